@@ -1,0 +1,42 @@
+"""TaskConfig of the UniMed app: one network behind four infer models."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Optional
+
+from monailabel.interfaces.config import TaskConfig
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.train import TrainTask
+
+from unimed.infer_task import UniMedInferTask
+from unimed.service import ModelService
+from unimed.tasks import Task
+
+logger = logging.getLogger(__name__)
+
+
+class UniMedTaskConfig(TaskConfig):
+    """Builds the shared :class:`ModelService` and the models ``unimed``, ``unimed_seg``,
+    ``unimed_det`` and ``unimed_cls``.
+
+    Conf keys (``--conf KEY VALUE``): ``model_path`` (default ``<app>/model/unimed.pt``),
+    ``max_size_3d`` (longest side of a volume's model grid, default 128).
+    """
+
+    def init(self, name: str, model_dir: str, conf: dict[str, str], planner: Any, **kwargs):
+        super().init(name, model_dir, conf, planner, **kwargs)
+        self.path = conf.get("model_path", os.path.join(model_dir, "unimed.pt"))
+        self.service = ModelService(self.path, max_size_3d=int(conf.get("max_size_3d", 128)))
+
+    def infer(self) -> dict[str, InferTask]:
+        return {
+            self.name: UniMedInferTask(self.service, None, "UniMed: any task, chosen by params {'task', 'labels'}"),
+            f"{self.name}_seg": UniMedInferTask(self.service, Task.SEGMENTATION, "UniMed segmentation"),
+            f"{self.name}_det": UniMedInferTask(self.service, Task.DETECTION, "UniMed detection (boxes)"),
+            f"{self.name}_cls": UniMedInferTask(self.service, Task.CLASSIFICATION, "UniMed classification"),
+        }
+
+    def trainer(self) -> Optional[TrainTask]:
+        return None

@@ -1,0 +1,85 @@
+"""The UniMed MONAI Label app: ``monailabel start_server --app apps/unimed --studies DIR``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[2]
+for _p in (_REPO / "lib", _REPO):  # the project's packages: unimed (lib/unimed) and trainers
+    if str(_p) not in sys.path:
+        sys.path.append(str(_p))
+
+from fastapi import HTTPException  # noqa: E402
+from monailabel.datastore.local import LocalDatastore  # noqa: E402
+from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
+from monailabel.interfaces.datastore import Datastore  # noqa: E402
+
+from lib.configs.unimed import UniMedTaskConfig  # noqa: E402
+from unimed import __version__  # noqa: E402
+from unimed.infer_task import InferRequestError, UniMedInferTask  # noqa: E402
+from unimed.labels import UnknownLabelError  # noqa: E402
+from unimed.tasks import UnknownTaskError  # noqa: E402
+from unimed.transforms import IMAGE_SUFFIXES, ImageLoadError  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+
+class UniMedApp(MONAILabelApp):
+    """One universal network for segmentation, detection and classification.
+
+    Bad requests get a 4xx whose message names the problem: an unknown model or image id
+    (404), an unknown task or label or malformed params (400), an image that cannot be read
+    (422).
+    """
+
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
+        self.model_dir = os.path.join(app_dir, "model")
+        self.task_config = UniMedTaskConfig()
+        self.task_config.init("unimed", self.model_dir, conf, None)
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="UniMed",
+            description="One universal network: segmentation, detection and classification chosen by a task token",
+            version=__version__,
+        )
+
+    def init_datastore(self) -> Datastore:
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return LocalDatastore(self.studies, extensions=[f"*{s}" for s in IMAGE_SUFFIXES], auto_reload=True)
+
+    def init_infers(self):
+        return self.task_config.infer()
+
+    def info(self):
+        meta = super().info()
+        meta["unimed"] = self.task_config.service.info()
+        return meta
+
+    def infer(self, request, datastore=None):
+        model = request.get("model")
+        task = self._infers.get(model)
+        if task is None:
+            raise HTTPException(404, f"unknown model {model!r}; available models: {', '.join(self._infers)}")
+        image = request.get("image")
+        if isinstance(image, str) and not os.path.exists(image):
+            if not (datastore or self.datastore()).get_image_uri(image):
+                raise HTTPException(404, f"image {image!r} is not in the datastore")
+        try:
+            if isinstance(task, UniMedInferTask):
+                task.validate(request)
+            return super().infer(request, datastore)
+        except (UnknownTaskError, UnknownLabelError, InferRequestError) as exc:
+            raise HTTPException(400, str(exc)) from exc
+        except ImageLoadError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        except HTTPException:
+            raise
+        except Exception as exc:
+            logger.exception("inference failed")
+            raise HTTPException(500, f"inference failed: {type(exc).__name__}: {exc}") from exc

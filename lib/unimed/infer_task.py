@@ -1,0 +1,185 @@
+"""MONAI Label infer tasks: one class, four models, one network.
+
+``unimed`` takes the task from the request's params (``{"task": "detection", "labels":
+["edema"]}``); ``unimed_seg``, ``unimed_det`` and ``unimed_cls`` fix it, so that the stock
+Slicer and OHIF plugins, which list models by type, show each of them. All share one
+:class:`unimed.service.ModelService`, so switching task on an image costs only the decoder.
+
+Outputs follow MONAI Label's writers: a NIfTI label map with the image's shape and affine
+for segmentation; ``{"box", "label", "score"}`` JSON in world coordinates plus a Slicer ROI
+markup file for detection; ``{"prediction": [{"idx", "label", "score"}]}`` for classification.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Any, Callable, Sequence
+
+import nibabel as nib
+import numpy as np
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+from monailabel.utils.others.detection import create_slicer_detection_json
+
+from unimed.labels import LabelRegistry
+from unimed.predictor import Prediction
+from unimed.service import ModelService
+from unimed.tasks import Task
+from unimed.transforms import load_image
+
+__all__ = ["UniMedInferTask", "InferRequestError", "parse_labels"]
+
+logger = logging.getLogger(__name__)
+
+_INFER_TYPE = {
+    Task.SEGMENTATION: InferType.SEGMENTATION,
+    Task.DETECTION: InferType.DETECTION,
+    Task.CLASSIFICATION: InferType.CLASSIFICATION,
+}
+
+
+class InferRequestError(ValueError):
+    """A request whose params are malformed (the message says which and why)."""
+
+
+def parse_labels(value: Any) -> list[str] | None:
+    """Read the ``labels`` param: a list of names, a comma-separated string, or nothing."""
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise InferRequestError(f"'labels' must be a list of label names or a comma-separated string, got {value!r}")
+
+
+class _LoadImage:
+    """Pre-transform: read ``data["image"]`` (a path) into a channel-first MetaTensor."""
+
+    def __call__(self, data: dict) -> dict:
+        path = data["image"]
+        data["image_path"] = path
+        data["image"] = load_image(path)
+        return data
+
+
+class UniMedInferTask(BasicInferTask):
+    """A MONAI Label infer task backed by the shared UniMed network.
+
+    Args:
+        service: the served model.
+        task: the task this model answers; None for the generic model that reads it from
+            the request's ``task`` param.
+        description: shown in the viewers' model lists.
+    """
+
+    def __init__(self, service: ModelService, task: Task | None, description: str):
+        registry = LabelRegistry()
+        labels = registry.for_task(task) if task else list(registry)
+        super().__init__(
+            path=str(service.path),
+            network=None,
+            type=_INFER_TYPE[task] if task else InferType.OTHERS,
+            labels={lab.name: lab.id for lab in labels},
+            dimension=3,
+            description=description,
+            config={"task": task.value if task else "segmentation", "labels": []},
+        )
+        self.service = service
+        self.task = task
+
+    def is_valid(self) -> bool:
+        return True  # the service serves untrained weights when no checkpoint exists
+
+    def info(self) -> dict[str, Any]:
+        info = super().info()
+        info["task"] = self.task.value if self.task else "any (params: task)"
+        info["model"] = self.service.info()
+        return info
+
+    def request_task(self, request: dict) -> Task:
+        """The task of a request: fixed for a per-task model, from params for ``unimed``.
+
+        Raises:
+            InferRequestError, UnknownTaskError: the request asks for another task, or an unknown one.
+        """
+        asked = request.get("task")
+        if self.task is None:
+            return Task.parse(asked or "segmentation")
+        if asked and Task.parse(asked) is not self.task:
+            raise InferRequestError(f"model serves {self.task.value} only; use 'unimed' for task {asked!r}")
+        return self.task
+
+    def validate(self, request: dict) -> tuple[Task, list[str] | None]:
+        """Check a request's params before any work; raises ValueError subclasses naming the problem."""
+        task = self.request_task(request)
+        labels = parse_labels(request.get("labels"))
+        self.service.model.registry.resolve(labels, task)
+        return task, labels
+
+    # -- the BasicInferTask pipeline -------------------------------------------------------------
+    def pre_transforms(self, data=None) -> Sequence[Callable]:
+        return [_LoadImage()]
+
+    def run_invert_transforms(self, data: dict[str, Any], pre_transforms, names) -> dict[str, Any]:
+        return data  # the prediction is already in the image's own space
+
+    def post_transforms(self, data=None) -> Sequence[Callable]:
+        return []
+
+    def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cpu") -> dict[str, Any]:
+        task, labels = self.validate(data)
+        path = data["image_path"]
+        key = (path, os.stat(path).st_mtime_ns) if isinstance(path, str) and os.path.exists(path) else None
+        data["prediction"] = self.service.predictor().predict(data["image"], task, labels, key=key)
+        return data
+
+    def run_detector(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cpu") -> dict[str, Any]:
+        return self.run_inferer(data, convert_to_batch, device)
+
+    def writer(self, data: dict[str, Any], extension=None, dtype=None) -> tuple[Any, Any]:
+        pred: Prediction = data["prediction"]
+        result = {"task": pred.task.value, "model_version": self.service.info().get("version"), "seconds": pred.seconds}
+        if pred.task is Task.SEGMENTATION:
+            return write_label_map(pred), {**result, "label_names": {lab.name: lab.id for lab in pred.labels},
+                                           "scores": pred.annotation.scores or {}}
+        if pred.task is Task.DETECTION:
+            return write_detection(pred, data, result)
+        ann = pred.annotation
+        reg = self.service.model.registry
+        result["prediction"] = [
+            {"idx": reg.get(name).id, "label": name, "score": round(float(s), 6)} for name, s in zip(ann.labels, ann.scores)
+        ]
+        return None, result
+
+
+def write_label_map(pred: Prediction) -> str:
+    """Write the segmentation as a NIfTI with exactly the image's shape and affine."""
+    path = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
+    img = nib.Nifti1Image(pred.label_map(), pred.spec.affine)
+    img.set_qform(pred.spec.affine, code=1)
+    img.set_sform(pred.spec.affine, code=1)
+    nib.save(img, path)
+    return path
+
+
+def write_detection(pred: Prediction, data: dict[str, Any], result: dict[str, Any]) -> tuple[Any, dict]:
+    """Detection JSON (world LPS ``[cx, cy, cz, sx, sy, sz]`` boxes) and a Slicer ROI markup file."""
+    ann = pred.annotation
+    boxes = np.round(pred.boxes_world(), 3).tolist()
+    result.update(
+        box=boxes,
+        label=list(ann.labels),
+        score=[round(float(s), 6) for s in ann.scores or []],
+        box_format="cccwhd",
+        coordinate_system="LPS",
+        box_voxel=np.round(pred.boxes_voxel(), 2).tolist(),
+    )
+    markup = None
+    if boxes and data.get("result_write_to_file", True):
+        markup, _ = create_slicer_detection_json(
+            {"box": boxes, "label": list(ann.labels), "image": str(data.get("image_path", "image"))}
+        )
+    return markup, result

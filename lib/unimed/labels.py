@@ -1,0 +1,164 @@
+"""The shared label space: one registry of named labels used by every dataset and task.
+
+Every dataset maps its own label values onto these entries, so that one network with one
+class head serves them all. A label's ``id`` is the value it takes in a segmentation label
+map written by the app; it never changes once published (checkpoints depend on it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from unimed.tasks import Task
+
+__all__ = ["Label", "LabelRegistry", "UnknownLabelError", "DEFAULT_LABELS"]
+
+
+class UnknownLabelError(ValueError):
+    """A label name that the registry does not hold."""
+
+
+@dataclass(frozen=True)
+class Label:
+    """One entry of the shared label space.
+
+    Attributes:
+        id: value of this label in a segmentation label map (1..255, 0 is background).
+        name: canonical snake_case name, used in requests and in ``/info``.
+        display: human-readable name shown in viewers.
+        tasks: tasks this label can be asked for.
+        color: RGB colour for viewers and DICOM SEG.
+        aliases: other spellings accepted in requests (case-insensitive).
+    """
+
+    id: int
+    name: str
+    display: str
+    tasks: frozenset[Task]
+    color: tuple[int, int, int]
+    aliases: tuple[str, ...] = field(default=())
+
+
+def _label(id: int, name: str, display: str, tasks: Iterable[Task], color, aliases=()) -> Label:
+    return Label(id, name, display, frozenset(tasks), tuple(color), tuple(aliases))
+
+
+SEG, DET, CLS = Task.SEGMENTATION, Task.DETECTION, Task.CLASSIFICATION
+
+# BraTS sub-region ids 1..4 equal the BraTS label values, so BraTS labels map onto themselves.
+DEFAULT_LABELS: tuple[Label, ...] = (
+    _label(1, "necrosis", "Necrosis", (SEG,), (255, 0, 0), ("necrotic_core", "ncr")),
+    _label(2, "edema", "Edema", (SEG, DET), (0, 255, 0), ("oedema", "peritumoral_edema", "ed")),
+    _label(3, "non_enhancing_tumor", "Non-enhancing tumour", (SEG,), (0, 0, 255), ("non_enhancing_tumour", "net")),
+    _label(4, "enhancing_tumor", "Enhancing tumour", (SEG, DET), (255, 255, 0), ("enhancing_tumour", "et")),
+    _label(5, "brain_tumor", "Brain tumour", (DET, CLS), (255, 128, 0), ("brain_tumour", "whole_tumor", "tumor")),
+    _label(6, "lung_tumor", "Lung tumour", (SEG, DET, CLS), (200, 0, 200), ("lung_tumour", "lung_nodule")),
+    _label(7, "red_blood_cell", "Red blood cell", (DET,), (220, 60, 60), ("rbc",)),
+    _label(8, "white_blood_cell", "White blood cell", (DET,), (60, 60, 220), ("wbc",)),
+    _label(9, "platelet", "Platelet", (DET,), (60, 200, 60), ("platelets",)),
+    _label(10, "adrenal_hyperplasia", "Adrenal hyperplasia", (CLS,), (128, 0, 128), ("hyperplasia",)),
+    _label(11, "adrenal_normal", "Normal adrenal gland", (CLS,), (0, 128, 128), ("normal_adrenal",)),
+)
+
+
+def _key(name: str) -> str:
+    return name.strip().lower().replace(" ", "_").replace("-", "_")
+
+
+class LabelRegistry:
+    """An ordered set of :class:`Label` with lookup by name, alias or id.
+
+    The position of a label in the registry is its class index in the network's semantic
+    output (index 0 is reserved for "no object"), so ``class_index(label) == position + 1``.
+
+    Args:
+        labels: the entries; ids and names (and aliases) must be unique.
+
+    Example:
+        >>> reg = LabelRegistry()
+        >>> reg.get("Oedema").name
+        'edema'
+        >>> [lab.name for lab in reg.for_task(Task.CLASSIFICATION)][:2]
+        ['brain_tumor', 'lung_tumor']
+    """
+
+    def __init__(self, labels: Sequence[Label] = DEFAULT_LABELS) -> None:
+        self._labels = tuple(labels)
+        self._by_key: dict[str, Label] = {}
+        ids = set()
+        for lab in self._labels:
+            if not 1 <= lab.id <= 255:
+                raise ValueError(f"label id must be in 1..255, got {lab.id} for {lab.name!r}")
+            if lab.id in ids:
+                raise ValueError(f"duplicate label id {lab.id}")
+            ids.add(lab.id)
+            for key in (lab.name, *lab.aliases):
+                k = _key(key)
+                if k in self._by_key:
+                    raise ValueError(f"label name or alias {key!r} is used twice")
+                self._by_key[k] = lab
+        self._by_id = {lab.id: lab for lab in self._labels}
+        self._index = {lab.name: i + 1 for i, lab in enumerate(self._labels)}
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def __iter__(self):
+        return iter(self._labels)
+
+    @property
+    def names(self) -> list[str]:
+        return [lab.name for lab in self._labels]
+
+    def get(self, name: str) -> Label:
+        """Look a label up by name or alias (case and separator insensitive).
+
+        Raises:
+            UnknownLabelError: no label has that name; the message lists the known names.
+        """
+        lab = self._by_key.get(_key(str(name)))
+        if lab is None:
+            raise UnknownLabelError(f"unknown label {name!r}; known labels: {', '.join(self.names)}")
+        return lab
+
+    def by_id(self, label_id: int) -> Label:
+        """The label whose label-map value is ``label_id``."""
+        try:
+            return self._by_id[int(label_id)]
+        except KeyError:
+            raise UnknownLabelError(f"no label has id {label_id}") from None
+
+    def class_index(self, label: Label | str) -> int:
+        """Index of ``label`` in the network's class logits (1-based; 0 is "no object")."""
+        name = label.name if isinstance(label, Label) else self.get(label).name
+        return self._index[name]
+
+    def from_class_index(self, index: int) -> Label:
+        if not 1 <= index <= len(self._labels):
+            raise UnknownLabelError(f"class index {index} is outside 1..{len(self._labels)}")
+        return self._labels[index - 1]
+
+    def for_task(self, task: Task) -> list[Label]:
+        """Labels that can be asked for with ``task``, in registry order."""
+        return [lab for lab in self._labels if task in lab.tasks]
+
+    def resolve(self, names: Iterable[str] | None, task: Task) -> list[Label]:
+        """Turn a request's label names into labels valid for ``task``.
+
+        ``None`` or an empty list means every label of the task.
+
+        Raises:
+            UnknownLabelError: a name is unknown, or the label cannot be asked for with ``task``.
+        """
+        if not names:
+            return self.for_task(task)
+        out: list[Label] = []
+        for name in names:
+            lab = self.get(name)
+            if task not in lab.tasks:
+                valid = ", ".join(x.name for x in self.for_task(task))
+                raise UnknownLabelError(f"label {lab.name!r} is not available for {task.value}; valid: {valid}")
+            if lab not in out:
+                out.append(lab)
+        return out

@@ -1,0 +1,228 @@
+"""UniMed: one network for segmentation, detection and classification, chosen by a task token.
+
+Our reading of "Universal Medical Image Representation Learning with Compositional Decoders"
+(arXiv 2409.19890): a backbone and pixel decoder give per-pixel embeddings and multi-scale
+memory; a decomposed decoder runs a queue of prompt tokens (task token, label tokens) and
+learned queries over that memory, and every item of the queue yields a pixel output and a
+semantic output. :mod:`unimed.composer` turns those outputs into the discrete tokens of the
+composed decoder, and :class:`unimed.tokens.TokenCodec` decodes them into annotations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from unimed.labels import Label, LabelRegistry
+from unimed.networks.backbone import Backbone
+from unimed.networks.decoder import DecomposedDecoder
+from unimed.networks.layers import position_encoding
+from unimed.networks.pixel_decoder import PixelDecoder
+from unimed.tasks import Task
+from unimed.tokens import TokenVocabulary
+
+__all__ = ["UniMedConfig", "UniMed", "Features", "unimed_small", "unimed_tiny"]
+
+#: spatial strides of the pixel embedding and of the decoder's memory levels
+PIXEL_STRIDE = 2
+MEMORY_STRIDES = (16, 8)
+#: input spatial sizes must be multiples of this (or 1, for the depth of a 2D image)
+SIZE_DIVISOR = 16
+
+
+@dataclass
+class UniMedConfig:
+    """Every hyper-parameter of the network; saved in each checkpoint.
+
+    Attributes:
+        channels: backbone stage channels (strides 2, 4, 8, 16).
+        blocks: residual blocks per backbone stage.
+        stem_channels: channels of the per-input-channel stem.
+        dim: width of the pixel decoder and of the transformer decoder.
+        mask_dim: width of the per-pixel embeddings.
+        heads: attention heads.
+        layers: transformer decoder layers.
+        num_queries: learned queries (the most objects one image can yield).
+        num_bins: coordinate bins per box coordinate.
+        labels: names of the shared label space, in class-index order.
+    """
+
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    blocks: tuple[int, ...] = (1, 1, 2, 2)
+    stem_channels: int = 16
+    dim: int = 96
+    mask_dim: int = 32
+    heads: int = 4
+    layers: int = 3
+    num_queries: int = 48
+    num_bins: int = 64
+    labels: tuple[str, ...] = field(default_factory=lambda: tuple(LabelRegistry().names))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UniMedConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        for k in ("channels", "blocks", "labels"):
+            if k in known:
+                known[k] = tuple(known[k])
+        return cls(**known)
+
+
+@dataclass
+class Features:
+    """What the backbone and pixel decoder give for one image: reusable by every task.
+
+    Attributes:
+        pixel: ``(B, mask_dim, X/2, Y/2, Z/2)`` per-pixel embeddings.
+        memory: ``(B, dim, ...)`` pyramid levels at strides 16 and 8.
+        embedding: ``(B, channels[-1])`` global average of the deepest backbone stage.
+    """
+
+    pixel: torch.Tensor
+    memory: list[torch.Tensor]
+    embedding: torch.Tensor
+
+
+class UniMed(nn.Module):
+    """The universal network.
+
+    Args:
+        config: hyper-parameters; defaults give the shipped model's size.
+        registry: the shared label space; its names must equal ``config.labels``.
+
+    ``forward(image, prompt_ids, prompt_pad)`` contract:
+        - ``image``: ``(B, C, X, Y, Z)`` float, any ``C >= 1``; ``X, Y, Z`` multiples of 16,
+          ``Z == 1`` for a 2D image.
+        - ``prompt_ids``: ``(B, P)`` token ids, each row ``[task token, label tokens..., pad]``
+          (see :meth:`prompt`).
+        - ``prompt_pad``: ``(B, P)`` bool, True at padding; None means no padding.
+
+        Returns a dict of tensors:
+        - ``mask_logits`` ``(B, P, X/2, Y/2, Z/2)``: pixel outputs of the prompt tokens; the
+          task token's channel is the background, each label token's channel its label.
+        - ``query_mask_logits`` ``(B, Q, X/2, Y/2, Z/2)``: pixel outputs of the learned queries.
+        - ``class_logits`` ``(B, Q, K + 1)``: semantic outputs of the queries over the label
+          space, index 0 "no object", index ``c`` the registry's class index ``c``.
+        - ``box_logits`` ``(B, Q, 6, num_bins)`` and ``boxes`` ``(B, Q, 6)``: each query's box
+          ``[x0, y0, z0, x1, y1, z1]`` normalised to the image, as coordinate-bin logits and
+          as their expected value.
+        - ``presence_logits`` ``(B, P)``: image-level presence of each prompt label (the
+          task token's entry is unused).
+        - ``embedding`` ``(B, channels[-1])``: the image embedding.
+
+    Example:
+        >>> net = unimed_tiny()
+        >>> ids, pad = net.prompt([("segmentation", ["edema"])])
+        >>> out = net(torch.zeros(1, 2, 32, 32, 16), ids, pad)
+        >>> out["mask_logits"].shape, out["class_logits"].shape
+        (torch.Size([1, 2, 16, 16, 8]), torch.Size([1, 8, 12]))
+    """
+
+    def __init__(self, config: UniMedConfig | None = None, registry: LabelRegistry | None = None):
+        super().__init__()
+        self.config = config = config or UniMedConfig()
+        self.registry = registry or LabelRegistry()
+        if tuple(self.registry.names) != tuple(config.labels):
+            raise ValueError(
+                f"the label registry {self.registry.names} differs from the network's label space {list(config.labels)}"
+            )
+        self.vocab = TokenVocabulary(
+            self.registry, num_bins=config.num_bins, num_mask_refs=1 + len(self.registry) + config.num_queries
+        )
+        self.backbone = Backbone(channels=config.channels, blocks=config.blocks, stem_channels=config.stem_channels)
+        self.pixel_decoder = PixelDecoder(in_channels=config.channels, dim=config.dim, mask_dim=config.mask_dim)
+        self.decoder = DecomposedDecoder(
+            vocab_size=self.vocab.size,
+            num_queries=config.num_queries,
+            num_classes=len(self.registry),
+            num_bins=config.num_bins,
+            dim=config.dim,
+            mask_dim=config.mask_dim,
+            heads=config.heads,
+            layers=config.layers,
+        )
+        self.register_buffer("bin_centres", (torch.arange(config.num_bins) + 0.5) / config.num_bins, persistent=False)
+
+    # -- prompts -----------------------------------------------------------------------------
+    def prompt(
+        self, requests: Sequence[tuple[Task | str, Sequence[Label | str] | None]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and padding mask for a batch of ``(task, labels)`` requests.
+
+        ``labels`` None or empty means every label of the task.
+
+        Raises:
+            UnknownTaskError, UnknownLabelError: a request names an unknown task or label.
+        """
+        rows = []
+        for task, labels in requests:
+            task = Task.parse(task)
+            names = [lab.name if isinstance(lab, Label) else lab for lab in labels] if labels else None
+            resolved = self.registry.resolve(names, task)
+            rows.append([self.vocab.task_token(task)] + [self.vocab.label_token(lab) for lab in resolved])
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.vocab.pad_id, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+        return ids.to(self.bin_centres.device), ids.eq(self.vocab.pad_id).to(self.bin_centres.device)
+
+    # -- the two halves ---------------------------------------------------------------------------
+    def encode(self, image: torch.Tensor) -> Features:
+        """Backbone and pixel decoder: the task-independent, expensive half."""
+        _check_image(image)
+        feats = self.backbone(image)
+        pixel, memory = self.pixel_decoder(feats)
+        return Features(pixel=pixel, memory=memory, embedding=feats[-1].mean(dim=(2, 3, 4)))
+
+    def decode(
+        self, features: Features, prompt_ids: torch.Tensor, prompt_pad: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The decomposed decoder and its heads over cached :class:`Features`."""
+        if prompt_pad is None:
+            prompt_pad = torch.zeros_like(prompt_ids, dtype=torch.bool)
+        if prompt_ids.shape[0] != features.pixel.shape[0]:
+            raise ValueError(f"{prompt_ids.shape[0]} prompts for a batch of {features.pixel.shape[0]} images")
+        memory = [m.flatten(2).transpose(1, 2) for m in features.memory]
+        memory_pos = [
+            position_encoding(tuple(m.shape[2:]), self.config.dim, device=m.device).to(m.dtype) for m in features.memory
+        ]
+        out = self.decoder(memory, memory_pos, prompt_ids, prompt_pad)
+        p = prompt_ids.shape[1]
+        masks = torch.einsum("bqd,bdxyz->bqxyz", out.pop("mask_embed"), features.pixel)
+        out["mask_logits"], out["query_mask_logits"] = masks[:, :p], masks[:, p:]
+        out["boxes"] = (out["box_logits"].softmax(-1) * self.bin_centres).sum(-1)
+        out["embedding"] = features.embedding
+        return out
+
+    def forward(
+        self, image: torch.Tensor, prompt_ids: torch.Tensor, prompt_pad: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        return self.decode(self.encode(image), prompt_ids, prompt_pad)
+
+
+def _check_image(image: torch.Tensor) -> None:
+    if image.ndim != 5:
+        raise ValueError(f"image must be (B, C, X, Y, Z), got shape {tuple(image.shape)}")
+    if image.shape[1] < 1:
+        raise ValueError("image must have at least one channel")
+    for n in image.shape[2:]:
+        if n != 1 and n % SIZE_DIVISOR:
+            raise ValueError(f"spatial sizes must be multiples of {SIZE_DIVISOR} (or 1 for depth), got {tuple(image.shape[2:])}")
+
+
+def unimed_small(**overrides) -> UniMed:
+    """The shipped model's size: about 1.6 M parameters, seconds per BraTS volume on a CPU."""
+    return UniMed(UniMedConfig(**overrides))
+
+
+def unimed_tiny(**overrides) -> UniMed:
+    """A very small UniMed for tests and quick experiments."""
+    cfg = dict(channels=(8, 8, 16, 16), blocks=(1, 1, 1, 1), stem_channels=8, dim=24, mask_dim=8, heads=2, layers=2,
+               num_queries=8, num_bins=16)
+    cfg.update(overrides)
+    return UniMed(UniMedConfig(**cfg))

@@ -1,0 +1,166 @@
+"""Image loading and the mapping between an image's own voxel grid and the model's grid.
+
+The model sees every image on a "model grid": intensities normalised per channel (robust to
+raw CT Hounsfield units, raw MR and 8-bit RGB alike), resampled isotropically in physical
+units so that the longest side fits ``max_size``, each side rounded to a multiple of 16
+(a 2D image keeps a depth of 1). :class:`GridSpec` remembers the original geometry so that
+outputs go back to exactly the image's shape and affine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from unimed.networks.unimed import SIZE_DIVISOR
+
+__all__ = ["ImageLoadError", "GridSpec", "load_image", "normalize_intensity", "to_model_grid", "resize_to_image"]
+
+#: file types a datastore or the command line can hand to UniMed
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+
+
+class ImageLoadError(ValueError):
+    """An image that cannot be read or has no usable pixel data."""
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """Geometry of an image and of its model grid.
+
+    Attributes:
+        shape: the image's spatial shape, 3 entries (depth 1 for a 2D image).
+        spatial_ndim: 2 or 3, as the image came in.
+        affine: 4x4 voxel-to-world matrix (RAS, as MONAI reads it).
+        grid: the model grid's spatial shape.
+    """
+
+    shape: tuple[int, int, int]
+    spatial_ndim: int
+    affine: np.ndarray
+    grid: tuple[int, int, int]
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """The spatial shape as the image has it (2 entries for a 2D image)."""
+        return self.shape[: self.spatial_ndim]
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """Read an image as a channel-first MONAI ``MetaTensor`` ``(C, X, Y[, Z])`` with its affine.
+
+    NIfTI, NRRD, MetaImage, a DICOM series folder and 2D JPEG/PNG/TIFF are read. A 4D NIfTI is
+    read as channels.
+
+    Raises:
+        ImageLoadError: the file is missing or cannot be read as an image.
+    """
+    from monai.transforms import LoadImage
+
+    path = Path(path)
+    if not path.exists():
+        raise ImageLoadError(f"image not found: {path}")
+    try:
+        image = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
+    except Exception as exc:  # readers raise many types; the caller needs one
+        raise ImageLoadError(f"cannot read {path.name} as an image: {exc}") from exc
+    if image.ndim not in (3, 4) or min(image.shape) < 1:
+        raise ImageLoadError(f"{path.name}: expected a 2D or 3D image, got array shape {tuple(image.shape)}")
+    if image.shape[0] > 8:
+        raise ImageLoadError(f"{path.name}: {image.shape[0]} channels; UniMed takes 1 to 8")
+    return image
+
+
+def normalize_intensity(image: torch.Tensor) -> torch.Tensor:
+    """Clip each channel to its 0.5-99.5 percentiles, then z-score it.
+
+    Example:
+        >>> x = normalize_intensity(torch.tensor([[[0.0, 1000.0], [2000.0, 3000.0]]]))
+        >>> bool(abs(x.mean()) < 1e-6)
+        True
+    """
+    out = torch.empty(image.shape, dtype=torch.float32)
+    for c in range(image.shape[0]):
+        ch = torch.as_tensor(image[c]).float()
+        if not torch.isfinite(ch).all():
+            raise ImageLoadError("image contains NaN or infinite values")
+        flat = ch.reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 1_000_000)]
+        lo, hi = torch.quantile(sample, torch.tensor([0.005, 0.995]))
+        ch = ch.clamp(lo, hi)
+        std = ch.std()
+        out[c] = (ch - ch.mean()) / (std if std > 1e-6 else 1.0)
+    return out
+
+
+def _spacing(affine: np.ndarray, ndim: int) -> np.ndarray:
+    return np.sqrt((affine[:ndim, :ndim] ** 2).sum(axis=0))
+
+
+def _affine4(image: torch.Tensor, ndim: int) -> np.ndarray:
+    aff = getattr(image, "affine", None)
+    aff = np.eye(ndim + 1) if aff is None else np.asarray(torch.as_tensor(aff).double().cpu())
+    if aff.shape == (4, 4):
+        return aff
+    out = np.eye(4)
+    out[:ndim, :ndim], out[:ndim, 3] = aff[:ndim, :ndim], aff[:ndim, ndim]
+    return out
+
+
+def grid_shape(shape: tuple[int, int, int], spacing: np.ndarray, max_size: int) -> tuple[int, int, int]:
+    """Model-grid shape: isotropic in physical units, longest side at most ``max_size``,
+    each side a multiple of 16 (a depth of 1 stays 1)."""
+    dims = [i for i, n in enumerate(shape) if not (i == 2 and n == 1)]
+    extent = np.array([shape[i] * spacing[i] for i in dims])
+    step = max(extent.max() / max_size, spacing[dims].min())
+    grid = [1, 1, 1]
+    for i, e in zip(dims, extent):
+        grid[i] = int(max(SIZE_DIVISOR, SIZE_DIVISOR * round(e / step / SIZE_DIVISOR)))
+    return tuple(grid)
+
+
+def to_model_grid(image: torch.Tensor, *, max_size_3d: int = 128, max_size_2d: int = 384) -> tuple[torch.Tensor, GridSpec]:
+    """Normalise and resample a channel-first image onto the model grid.
+
+    Args:
+        image: ``(C, X, Y)`` or ``(C, X, Y, Z)``; a MetaTensor's affine gives the spacing.
+        max_size_3d: longest side of a volume's grid.
+        max_size_2d: longest side of a 2D image's grid.
+
+    Returns:
+        ``(C, gx, gy, gz)`` float tensor and the :class:`GridSpec` to map outputs back.
+    """
+    ndim = image.ndim - 1
+    if ndim not in (2, 3):
+        raise ImageLoadError(f"expected a channel-first 2D or 3D image, got shape {tuple(image.shape)}")
+    affine = _affine4(image, ndim)
+    x = normalize_intensity(image)
+    if ndim == 2:
+        x = x.unsqueeze(-1)
+    shape = tuple(int(n) for n in x.shape[1:])
+    spacing = np.ones(3)
+    spacing[:ndim] = _spacing(affine, ndim)
+    if ndim == 3 and shape[2] == 1:
+        spacing[2] = spacing[:2].min()
+    grid = grid_shape(shape, spacing, max_size_3d if ndim == 3 and shape[2] > 1 else max_size_2d)
+    x = _resize(x.unsqueeze(0), grid, antialias=True)[0]
+    return x.contiguous(), GridSpec(shape=shape, spatial_ndim=ndim, affine=affine, grid=grid)
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int, int], antialias: bool = False) -> torch.Tensor:
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    if x.shape[-1] == 1 and size[-1] == 1:
+        return F.interpolate(x[..., 0], size=size[:2], mode="bilinear", align_corners=False, antialias=antialias)[..., None]
+    if antialias and any(s < n / 1.5 for s, n in zip(size, x.shape[2:])):
+        x = F.adaptive_avg_pool3d(x, [min(s * 2, n) for s, n in zip(size, x.shape[2:])])
+    return F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+
+
+def resize_to_image(logits: torch.Tensor, spec: GridSpec) -> torch.Tensor:
+    """Resize ``(K, ...)`` channels from any grid back to the image's spatial shape ``(K, X, Y, Z)``."""
+    return _resize(logits.unsqueeze(0).float(), spec.shape)[0]
