@@ -178,7 +178,7 @@ def write_detection(pred: Prediction, data: dict[str, Any], result: dict[str, An
         box_voxel=np.round(pred.boxes_voxel(), 2).tolist(),
     )
     markup = None
-    if boxes and data.get("result_write_to_file", True):
+    if data.get("result_write_to_file", True):  # written even when empty: clients expect the file
         markup, _ = create_slicer_detection_json(
             {"box": boxes, "label": list(ann.labels), "image": str(data.get("image_path", "image"))}
         )

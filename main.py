@@ -1,0 +1,152 @@
+#!/usr/bin/env python
+"""UniMed Label command line: ``python main.py COMMAND --help`` for each command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent
+sys.path[:0] = [str(REPO / "lib"), str(REPO)]
+
+APP_DIR = REPO / "apps" / "unimed"
+DEFAULT_CHECKPOINT = APP_DIR / "model" / "unimed.pt"
+SAMPLE_DATASTORE = REPO / "sample_datastore"
+RUNTIME_DATASTORE = REPO / "runtime" / "datastore"
+
+
+class CommandError(Exception):
+    """A command that cannot run as asked; main() prints the message and exits 2."""
+
+
+# -- serve -----------------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Start the MONAI Label server with the UniMed app."""
+    studies = args.studies
+    if studies is None:
+        studies = RUNTIME_DATASTORE
+        if not studies.exists():
+            # serve a working copy, so saved labels never touch the shipped sample
+            shutil.copytree(SAMPLE_DATASTORE, studies, ignore=shutil.ignore_patterns("LICENSES", "SOURCES.md"))
+            print(f"copied the sample datastore to {studies}")
+    elif not str(studies).startswith(("http://", "https://")) and not Path(studies).is_dir():
+        raise CommandError(f"--studies {studies}: no such folder")
+    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR), "--studies", str(studies),
+           "--host", args.host, "--port", str(args.port)]
+    for key, value in args.conf or []:
+        cmd += ["--conf", key, value]
+    env = dict(os.environ, MONAI_LABEL_TRACKING_ENABLED="false")
+    print(" ".join(cmd), flush=True)
+    return subprocess.call(cmd, env=env)
+
+
+# -- infer -----------------------------------------------------------------------------------------
+def cmd_infer(args: argparse.Namespace) -> int:
+    """Run one task on one image file, no server needed."""
+    from unimed.infer_task import parse_labels, write_label_map
+    from unimed.service import ModelService
+    from unimed.transforms import load_image
+
+    service = ModelService(args.checkpoint)
+    if not service.info()["trained"]:
+        print(f"warning: {service.info()['problem']}; the answer comes from UNTRAINED weights", file=sys.stderr)
+    pred = service.predictor().predict(load_image(args.image), args.task, parse_labels(args.labels))
+    ann = pred.annotation
+    if pred.task.value == "segmentation":
+        lm = pred.label_map()
+        print(f"segmentation of {args.image}: shape {lm.shape}")
+        for lab in pred.labels:
+            print(f"  {lab.name:22s} id {lab.id:3d}  voxels {int((lm == lab.id).sum()):>10d}")
+        if args.out:
+            shutil.move(write_label_map(pred), args.out)
+            print(f"label map written to {args.out}")
+        result = {"labels": {lab.name: lab.id for lab in pred.labels}, "scores": ann.scores}
+    elif pred.task.value == "detection":
+        world, vox = pred.boxes_world(), pred.boxes_voxel()
+        print(f"{len(ann.labels)} boxes in {args.image} (world LPS mm: centre, size; voxels: x0 y0 z0 x1 y1 z1)")
+        for name, s, w, v in zip(ann.labels, ann.scores, world, vox):
+            print(f"  {name:18s} {s:.3f}  centre {fmt(w[:3])}  size {fmt(w[3:])}  voxels {fmt(v)}")
+        result = {"box": world.round(3).tolist(), "box_voxel": vox.round(2).tolist(), "label": ann.labels,
+                  "score": ann.scores}
+    else:
+        print(f"classification of {args.image}:")
+        for name, s in zip(ann.labels, ann.scores):
+            print(f"  {name:22s} {s:.3f}")
+        result = {"prediction": [{"label": n, "score": s} for n, s in zip(ann.labels, ann.scores)]}
+    if args.out and pred.task.value != "segmentation":
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        print(f"result written to {args.out}")
+    print(f"seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in pred.seconds.items()))
+    return 0
+
+
+def fmt(values) -> str:
+    return "[" + ", ".join(f"{v:.1f}" for v in values) + "]"
+
+
+# -- info ------------------------------------------------------------------------------------------
+def cmd_info(args: argparse.Namespace) -> int:
+    """Describe the served checkpoint, the network and the label space."""
+    from unimed.service import ModelService
+
+    service = ModelService(args.checkpoint)
+    info = service.info()
+    model = service.model
+    info["parameters"] = sum(p.numel() for p in model.parameters())
+    info["config"] = model.config.to_dict()
+    info["labels"] = [{"id": lab.id, "name": lab.name, "tasks": sorted(t.value for t in lab.tasks)} for lab in model.registry]
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+# -- argument parsing ------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="main.py", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="start the MONAI Label server (sample datastore by default)",
+                       description=cmd_serve.__doc__)
+    p.add_argument("--studies", default=None, help="datastore folder or DICOMweb URL (default: a working copy of "
+                   "the shipped sample datastore in runtime/datastore)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--conf", nargs=2, action="append", metavar=("KEY", "VALUE"), help="app config, repeatable")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("infer", help="run one task on one image file", description=cmd_infer.__doc__)
+    p.add_argument("--task", required=True, choices=["segmentation", "detection", "classification"])
+    p.add_argument("--image", required=True, help="NIfTI, NRRD, DICOM folder, JPEG or PNG")
+    p.add_argument("--labels", default=None, help="comma-separated label names (default: all of the task's)")
+    p.add_argument("--out", default=None, help="write the label map (segmentation) or the JSON result here")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("info", help="describe the checkpoint, network and label space", description=cmd_info.__doc__)
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from unimed.labels import UnknownLabelError
+    from unimed.tasks import UnknownTaskError
+    from unimed.transforms import ImageLoadError
+
+    try:
+        return args.func(args)
+    except (CommandError, ImageLoadError, UnknownLabelError, UnknownTaskError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

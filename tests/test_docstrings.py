@@ -1,0 +1,21 @@
+"""The examples in the library's docstrings run and give what they show."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "unimed.tasks", "unimed.labels", "unimed.tokens", "unimed.networks.layers", "unimed.networks.backbone",
+    "unimed.networks.pixel_decoder", "unimed.networks.decoder", "unimed.networks.unimed", "unimed.composer",
+    "unimed.transforms", "unimed.checkpoint", "unimed.predictor", "unimed.service",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
+    assert result.attempted > 0

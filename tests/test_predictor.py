@@ -1,0 +1,112 @@
+"""The predictor and the composed decoder: outputs in the image's own space, cached features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unimed.composer import ComposedDecoder, box_iou, nms
+from unimed.labels import LabelRegistry
+from unimed.networks.unimed import unimed_tiny
+from unimed.predictor import Prediction, Predictor
+from unimed.tasks import Task
+from unimed.tokens import DetectionAnnotation, TokenVocabulary
+from unimed.transforms import GridSpec
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    torch.manual_seed(0)
+    return Predictor(unimed_tiny())
+
+
+@pytest.fixture(scope="module")
+def composer() -> ComposedDecoder:
+    return ComposedDecoder(TokenVocabulary(LabelRegistry(), num_bins=64, num_mask_refs=16), score_threshold=0.5)
+
+
+@pytest.mark.parametrize("shape", [(1, 37, 29, 11), (3, 50, 41)])
+def test_segmentation_has_the_image_shape(predictor, shape):
+    pred = predictor.predict(torch.rand(shape), "seg")
+    assert pred.label_map().shape == shape[1:]
+    assert set(np.unique(pred.label_map())) <= {0} | {lab.id for lab in pred.labels}
+
+
+def test_every_task_answers_from_cached_features(predictor):
+    image = torch.rand(1, 40, 40, 20)
+    first = predictor.predict(image, "segmentation", key="img")
+    for task in ("detection", "classification"):
+        pred = predictor.predict(image, task, key="img")
+        assert pred.seconds["encode"] < first.seconds["encode"]
+    cls = predictor.predict(image, "cls", ["adrenal_hyperplasia", "brain_tumor"], key="img")
+    assert sorted(cls.annotation.labels) == ["adrenal_hyperplasia", "brain_tumor"]
+    assert cls.annotation.scores == sorted(cls.annotation.scores, reverse=True)
+
+
+def test_sliding_window_covers_a_grid_larger_than_the_window():
+    torch.manual_seed(0)
+    pred = Predictor(unimed_tiny(), roi_size_3d=48, max_size_3d=96).predict(torch.rand(1, 100, 90, 70), "seg")
+    assert pred.spec.grid == (96, 80, 64)
+    assert pred.label_map().shape == (100, 90, 70)
+
+
+def test_segmentation_tokens_pick_the_winning_channel(composer):
+    reg = composer.vocab.registry
+    labels = [reg.get("necrosis"), reg.get("edema")]
+    logits = torch.zeros(3, 4, 4, 1)
+    logits[1, :2] = 5.0  # necrosis wins the first two rows
+    logits[2, 3] = 5.0  # edema wins the last row
+    seq = composer.segmentation_tokens(logits, labels)
+    assert [composer.vocab.token_str(i) for i in seq.ids] == [
+        "<seg>", "<label:necrosis>", "<mask:0>", "<label:edema>", "<mask:1>", "<eos>"]
+    lm = composer.decode(seq).label_map[..., 0]
+    assert lm.tolist() == [[1] * 4, [1] * 4, [0] * 4, [2] * 4]
+
+
+def test_detection_keeps_confident_boxes_and_suppresses_duplicates(composer):
+    reg = composer.vocab.registry
+    labels = [reg.get("red_blood_cell"), reg.get("platelet")]
+    logits = torch.full((4, len(reg) + 1), -10.0)
+    logits[:, 0] = 0.0
+    logits[0, reg.class_index("red_blood_cell")] = 10.0
+    logits[1, reg.class_index("red_blood_cell")] = 8.0  # duplicate of query 0
+    logits[2, reg.class_index("platelet")] = 9.0
+    logits[3, reg.class_index("necrosis")] = 10.0  # not asked for
+    boxes = torch.tensor([[0.1, 0.1, 0.0, 0.3, 0.3, 1.0], [0.11, 0.1, 0.0, 0.3, 0.31, 1.0],
+                          [0.6, 0.6, 0.0, 0.7, 0.7, 1.0], [0.5, 0.5, 0.0, 0.9, 0.9, 1.0]])
+    ann = composer.detection(logits, boxes, labels, flat_depth=True)
+    assert ann.labels == ["red_blood_cell", "platelet"]
+    assert np.allclose(ann.boxes[0], [0.1, 0.1, 0.0, 0.3, 0.3, 1.0], atol=1 / 64)
+    assert ann.scores[0] > ann.scores[1] > 0.5
+
+
+def test_box_iou_and_nms():
+    a = torch.tensor([[0.0, 0, 0, 2, 2, 2], [1.0, 0, 0, 3, 2, 2], [5.0, 5, 5, 6, 6, 6]])
+    iou = box_iou(a, a)
+    assert torch.allclose(iou[0, 1], torch.tensor(4 / 12))
+    assert iou[0, 2] == 0
+    assert nms(a, torch.tensor([0.9, 0.8, 0.7]), 0.3).tolist() == [0, 2]
+    assert nms(a, torch.tensor([0.9, 0.8, 0.7]), 0.5).tolist() == [0, 1, 2]
+
+
+def test_world_boxes_follow_the_affine():
+    """A box in voxels maps through the affine into LPS millimetres (hand-computed)."""
+    affine = np.array([[2.0, 0, 0, 10], [0, 3.0, 0, -20], [0, 0, 4.0, 5], [0, 0, 0, 1]])
+    spec = GridSpec(shape=(10, 20, 5), spatial_ndim=3, affine=affine, grid=(16, 16, 16))
+    # voxels x 1.5..5.5, y 3.5..7.5, z 0.5..2.5 in continuous index coordinates
+    box = np.array([[0.2, 0.2, 0.2, 0.6, 0.4, 0.6]])
+    pred = Prediction(Task.DETECTION, [], DetectionAnnotation(box, ["edema"], [0.9]), spec)
+    assert np.allclose(pred.boxes_voxel(), [[1.5, 3.5, 0.5, 5.5, 7.5, 2.5]])
+    # RAS x 13..21 -> LPS -21..-13 ; RAS y -9.5..2.5 -> LPS -2.5..9.5 ; z 7..15
+    assert np.allclose(pred.boxes_world(), [[-17.0, 3.5, 11.0, 8.0, 12.0, 8.0]])
+
+
+def test_unknown_task_and_label(predictor):
+    from unimed.labels import UnknownLabelError
+    from unimed.tasks import UnknownTaskError
+
+    with pytest.raises(UnknownTaskError, match="banana"):
+        predictor.predict(torch.rand(1, 16, 16), "banana")
+    with pytest.raises(UnknownLabelError, match="not available for classification"):
+        predictor.predict(torch.rand(1, 16, 16), "classification", ["edema"])
