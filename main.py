@@ -105,6 +105,63 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- pretrain / evaluate / versions ---------------------------------------------------------------
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Train the shipped checkpoint on every dataset of a data folder and write its model card."""
+    from trainers.pretrain import default_config, pretrain
+
+    data = Path(args.data)
+    if not data.is_dir():
+        raise CommandError(f"--data {data}: no such folder")
+    config = default_config(args.minutes)
+    if args.steps is not None:
+        config.steps = args.steps
+    config.seed = args.seed
+    card = pretrain(data, args.model_dir, config, progress=not args.no_progress, evaluate_after=not args.no_eval)
+    print(json.dumps({k: card[k] for k in ("version", "steps", "train_minutes")}, indent=2))
+    for name, r in card.get("validation", {}).items():
+        print(f"{name:12s} " + ", ".join(f"{k} {v:.3f}" for k, v in r["metrics"].items() if isinstance(v, float)))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Measure a checkpoint on a dataset folder: prints a table, optionally writes JSON."""
+    from unimed.checkpoint import load_checkpoint
+    from unimed.evaluation import evaluate, format_table
+    from unimed.predictor import Predictor
+
+    model, meta = load_checkpoint(args.checkpoint)
+    result = evaluate(args.dataset, args.data, Predictor(model), split=args.split, progress=not args.no_progress)
+    result["checkpoint"] = {"path": str(args.checkpoint), "version": meta.get("version")}
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=float))
+        print(f"written to {args.json}")
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    """List the numbered model versions, or publish an earlier one again (--rollback N)."""
+    from unimed.model_store import ModelStore
+
+    store = ModelStore(args.model_dir)
+    if args.rollback is not None:
+        try:
+            v = store.rollback(args.rollback)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        print(f"published version {v.number} ({v.path}) as {store.published}")
+        return 0
+    current = store.current_version()
+    print(f"published: {store.published} (version {current})")
+    for v in store.versions():
+        mark = "*" if v.number == current else " "
+        print(f"{mark} v{v.number:04d}  {v.meta.get('trained_at', '?'):25s} {v.meta.get('kind', '')}")
+    if not store.versions():
+        print("  (no stored versions: training runs store them under versions/)")
+    return 0
+
+
 # -- argument parsing ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="main.py", description=__doc__)
@@ -128,6 +185,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.set_defaults(func=cmd_infer)
 
+    p = sub.add_parser("pretrain", help="train the shipped checkpoint on a data folder", description=cmd_pretrain.__doc__)
+    p.add_argument("--data", required=True, help="a folder laid out like ../shared/data")
+    p.add_argument("--model-dir", default=str(DEFAULT_CHECKPOINT.parent), help="where to publish (default: the app's)")
+    p.add_argument("--minutes", type=float, default=80.0, help="wall-clock training budget")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the recipe's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-eval", action="store_true", help="skip the validation figures")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("evaluate", help="measure a checkpoint on a dataset folder", description=cmd_evaluate.__doc__)
+    p.add_argument("--dataset", required=True, choices=["brats", "medmnist", "voc", "msd_patches", "datastore"])
+    p.add_argument("--data", required=True, help="the dataset's folder or file")
+    p.add_argument("--split", default=None, help="split name (default: the dataset's own default)")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    p.add_argument("--json", default=None, help="write the result here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("versions", help="list model versions or roll back", description=cmd_versions.__doc__)
+    p.add_argument("--model-dir", default=str(DEFAULT_CHECKPOINT.parent))
+    p.add_argument("--rollback", type=int, default=None, metavar="N", help="publish version N again")
+    p.set_defaults(func=cmd_versions)
+
     p = sub.add_parser("info", help="describe the checkpoint, network and label space", description=cmd_info.__doc__)
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.set_defaults(func=cmd_info)
@@ -137,13 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from unimed.checkpoint import CheckpointError
+    from unimed.datasets import DatasetError
     from unimed.labels import UnknownLabelError
     from unimed.tasks import UnknownTaskError
     from unimed.transforms import ImageLoadError
 
     try:
         return args.func(args)
-    except (CommandError, ImageLoadError, UnknownLabelError, UnknownTaskError) as exc:
+    except (CommandError, ImageLoadError, UnknownLabelError, UnknownTaskError, CheckpointError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -56,6 +56,9 @@ class UniMedApp(MONAILabelApp):
     def init_infers(self):
         return self.task_config.infer()
 
+    def init_trainers(self):
+        return {self.task_config.name: self.task_config.trainer()}
+
     def info(self):
         meta = super().info()
         meta["unimed"] = self.task_config.service.info()

@@ -10,6 +10,7 @@ from monailabel.interfaces.config import TaskConfig
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.train import TrainTask
 
+from trainers.monailabel_task import UniMedTrainTask
 from unimed.infer_task import UniMedInferTask
 from unimed.service import ModelService
 from unimed.tasks import Task
@@ -39,4 +40,4 @@ class UniMedTaskConfig(TaskConfig):
         }
 
     def trainer(self) -> Optional[TrainTask]:
-        return None
+        return UniMedTrainTask(self.model_dir, self.path)

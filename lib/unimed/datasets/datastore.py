@@ -1,0 +1,130 @@
+"""MONAI Label local datastores: images at the top level, final labels in ``labels/final/``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unimed.datasets.errors import DatasetError
+from unimed.datasets.sample import Sample
+from unimed.labels import LabelRegistry, UnknownLabelError
+from unimed.transforms import IMAGE_SUFFIXES, ImageLoadError, load_image
+
+__all__ = ["read_datastore", "image_stem"]
+
+
+def image_stem(name: str) -> str:
+    """A file name without its image suffix (``.nii.gz`` counts as one).
+
+    Example:
+        >>> image_stem("case_01.nii.gz"), image_stem("cells.PNG")
+        ('case_01', 'cells')
+    """
+    lower = name.lower()
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _affine(image: torch.Tensor) -> np.ndarray:
+    """The image's affine as a 4x4 matrix (a 2D image's 3x3 affine is padded)."""
+    aff = getattr(image, "affine", None)
+    if aff is None:
+        return np.eye(4)
+    aff = np.asarray(torch.as_tensor(aff).double().cpu())
+    if aff.shape == (4, 4):
+        return aff
+    nd = aff.shape[0] - 1
+    out = np.eye(4)
+    out[:nd, :nd], out[:nd, 3] = aff[:nd, :nd], aff[:nd, nd]
+    return out
+
+
+def _load(path: Path) -> torch.Tensor:
+    try:
+        return load_image(path)
+    except ImageLoadError as exc:
+        raise DatasetError(f"{path}: {exc}") from exc
+
+
+def _label_file(folder: Path, image: Path) -> Path | None:
+    """``labels/final/<image name>``, or a file of the same stem with another image suffix."""
+    final = folder / "labels" / "final"
+    if (final / image.name).is_file():
+        return final / image.name
+    if not final.is_dir():
+        return None
+    stem = image_stem(image.name)
+    hits = sorted(p for p in final.iterdir() if _is_image(p) and image_stem(p.name) == stem)
+    return hits[0] if hits else None
+
+
+def _read_label(path: Path, spatial_shape: tuple[int, ...], registry: LabelRegistry) -> tuple[np.ndarray, tuple[str, ...]]:
+    label = _load(path)
+    if label.shape[0] != 1:
+        raise DatasetError(f"{path}: a label map must have one channel, got {label.shape[0]}")
+    values = np.asarray(label[0].detach().cpu().numpy())
+    if values.shape != spatial_shape:
+        raise DatasetError(f"{path}: label shape {values.shape} differs from the image's {spatial_shape}")
+    if not np.array_equal(values, np.rint(values)):
+        raise DatasetError(f"{path}: label values must be integers")
+    present = np.unique(values).astype(np.int64)
+    names = []
+    for value in present[present != 0]:
+        try:
+            names.append(registry.by_id(int(value)).name)
+        except UnknownLabelError:
+            raise DatasetError(f"{path}: label value {value} is not a registry label id") from None
+    return values.astype(np.uint8), tuple(names)
+
+
+def read_datastore(folder: str | Path) -> tuple[list[Sample], list[Sample]]:
+    """Read a MONAI Label local datastore folder.
+
+    Images are the top-level files with an image suffix (see
+    :data:`unimed.transforms.IMAGE_SUFFIXES`; other files such as licences, JSON or XML are
+    skipped), in sorted order. An image's final label is ``labels/final/<same file name>`` (or
+    the same name with another image suffix, e.g. a PNG label of a JPEG). A labelled sample's
+    ``label_map`` holds registry ids and its ``seg_labels`` are the labels present in it.
+    Samples are named by the image's file name without suffix.
+
+    Args:
+        folder: the datastore folder.
+
+    Returns:
+        ``(labelled, unlabelled)`` samples.
+
+    Raises:
+        DatasetError: the folder is missing, an image or label cannot be read, a label's shape
+            differs from its image's, or a label value is not a registry id.
+
+    Example:
+        >>> labelled, unlabelled = read_datastore("sample_datastore")  # doctest: +SKIP
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: no such datastore folder")
+    registry = LabelRegistry()
+    labelled, unlabelled = [], []
+    for path in sorted(p for p in folder.iterdir() if _is_image(p)):
+        image = _load(path)
+        sample = Sample(
+            image=torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image),
+            affine=_affine(image),
+            dataset="datastore",
+            name=image_stem(path.name),
+        )
+        label_path = _label_file(folder, path)
+        if label_path is None:
+            unlabelled.append(sample)
+            continue
+        sample.label_map, sample.seg_labels = _read_label(label_path, sample.spatial_shape, registry)
+        labelled.append(sample)
+    return labelled, unlabelled

@@ -1,0 +1,103 @@
+"""MedMNIST 3D ``.npz`` files (AdrenalMNIST3D): small volumes with a binary image label."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unimed.datasets.errors import DatasetError
+from unimed.datasets.sample import Sample
+
+__all__ = ["read_medmnist", "MEDMNIST_LABELS"]
+
+#: image label 1 and 0 of AdrenalMNIST3D, as registry names
+MEDMNIST_LABELS: tuple[str, str] = ("adrenal_hyperplasia", "adrenal_normal")
+_SIZED = re.compile(r"_(\d+)\.npz$", re.IGNORECASE)
+
+
+def _find_npz(folder: Path, size: int | None) -> Path:
+    """The ``.npz`` of ``folder`` for ``size``: ``<name>_<size>.npz``, or the unsuffixed file
+    (MedMNIST's 28^3) for ``size`` None or 28; ``adrenalmnist3d`` is preferred among several."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".npz")
+    if size in (None, 28):
+        hits = [p for p in files if not _SIZED.search(p.name)] or [p for p in files if p.name.endswith("_28.npz")]
+    else:
+        hits = [p for p in files if p.name.lower().endswith(f"_{size}.npz")]
+    if len(hits) > 1:
+        hits = [p for p in hits if p.name.lower().startswith("adrenalmnist3d")] or hits
+    if len(hits) != 1:
+        found = ", ".join(p.name for p in files) or "none"
+        what = "several" if hits else "no"
+        raise DatasetError(f"{folder}: {what} MedMNIST .npz file for size {size or 28} (.npz files: {found})")
+    return hits[0]
+
+
+def read_medmnist(path: str | Path, split: str = "train", size: int | None = None) -> list[Sample]:
+    """Read one split of a MedMNIST 3D ``.npz`` with binary labels (AdrenalMNIST3D).
+
+    The file holds ``{split}_images`` ``(N, D, H, W)`` (or ``(N, D, H, W, C)``) uint8 and
+    ``{split}_labels`` ``(N, 1)`` of 0/1. Each volume becomes a ``(C, D, H, W)`` float32 image
+    with the uint8 range kept (normalisation happens later) and an identity affine, labelled
+    ``{"adrenal_hyperplasia": y, "adrenal_normal": 1 - y}``. The splits are the file's own
+    (``train``, ``val``, ``test``). Samples are named ``{split}_{index:04d}``.
+
+    Args:
+        path: the ``.npz``, or a folder holding ``adrenalmnist3d.npz`` (size 28) and/or
+            ``adrenalmnist3d_64.npz`` (size 64).
+        split: the split's key prefix in the file.
+        size: volume side; picks the file in a folder, and is checked against a file's volumes.
+
+    Raises:
+        DatasetError: no matching file, missing split keys (the keys present are listed), an
+            array of the wrong shape, or labels other than 0/1.
+
+    Example:
+        >>> train = read_medmnist("/data/adrenalmnist3d", "train")  # doctest: +SKIP
+        >>> train[0].image.shape, train[0].class_labels  # doctest: +SKIP
+        (torch.Size([1, 28, 28, 28]), {'adrenal_hyperplasia': 0, 'adrenal_normal': 1})
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = _find_npz(path, size)
+    elif not path.is_file():
+        raise DatasetError(f"{path}: no such MedMNIST .npz file or folder")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as exc:  # numpy raises several types for a non-npz file
+        raise DatasetError(f"{path}: cannot read as .npz: {exc}") from exc
+    with data:
+        keys = sorted(data.files)
+        missing = [k for k in (f"{split}_images", f"{split}_labels") if k not in keys]
+        if missing:
+            raise DatasetError(f"{path}: no {' or '.join(missing)} for split {split!r}; keys present: {', '.join(keys)}")
+        images, labels = data[f"{split}_images"], data[f"{split}_labels"]
+    if images.ndim == 5:
+        images = np.moveaxis(images, -1, 1)
+    elif images.ndim == 4:
+        images = images[:, None]
+    else:
+        raise DatasetError(f"{path}: {split}_images must be (N, D, H, W) or (N, D, H, W, C), got shape {images.shape}")
+    if size is not None and images.shape[2:] != (size,) * 3:
+        raise DatasetError(f"{path}: expected {size}^3 volumes for size={size}, got {images.shape[2:]}")
+    if labels.ndim == 1:
+        labels = labels[:, None]
+    if labels.shape != (len(images), 1):
+        raise DatasetError(f"{path}: {split}_labels must be ({len(images)}, 1), got shape {labels.shape}")
+    if not np.isin(labels, [0, 1]).all():
+        raise DatasetError(f"{path}: {split}_labels must be 0 or 1, got values {np.unique(labels).tolist()}")
+    positive, negative = MEDMNIST_LABELS
+    out = []
+    for i, (volume, y) in enumerate(zip(images, labels[:, 0].astype(int))):
+        out.append(
+            Sample(
+                image=torch.from_numpy(volume.astype(np.float32)),
+                affine=np.eye(4),
+                dataset="medmnist",
+                name=f"{split}_{i:04d}",
+                class_labels={positive: int(y), negative: 1 - int(y)},
+            )
+        )
+    return out

@@ -1,0 +1,109 @@
+"""2D lung-tumour CT patches from the Medical Segmentation Decathlon (Task06), in HDF5."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from unimed.datasets.errors import DatasetError
+from unimed.datasets.sample import Sample
+from unimed.labels import LabelRegistry
+from unimed.metrics import mask_box
+
+__all__ = ["read_msd_patches"]
+
+_LABEL = "lung_tumor"
+
+
+def _find_h5(path: Path) -> Path:
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise DatasetError(f"{path}: no such HDF5 file or folder")
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in (".h5", ".hdf5"))
+    if len(files) != 1:
+        found = ", ".join(p.name for p in files) or "none"
+        raise DatasetError(f"{path}: expected exactly one .h5 file, found {found}")
+    return files[0]
+
+
+def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in ("images", "labels") if k not in f]
+            if missing:
+                raise DatasetError(f"{path}: missing dataset(s) {', '.join(missing)}; keys present: {', '.join(sorted(f))}")
+            return np.asarray(f["images"], dtype=np.float32), np.asarray(f["labels"])
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read as HDF5: {exc}") from exc
+
+
+def read_msd_patches(path: str | Path, split: str | None = None) -> list[Sample]:
+    """Read 2D patches with binary tumour masks from an HDF5 file.
+
+    The file holds ``images`` ``(N, 1, X, Y)`` (or ``(N, X, Y)``) float and ``labels`` of the same
+    shape with values 0/1; the HDF5's axis order is kept as ``(X, Y)``. Each patch becomes a
+    ``(1, X, Y)`` float32 image with an identity affine, a ``lung_tumor`` label map, one box
+    around the mask (none when it is empty) and ``class_labels={"lung_tumor": 0 or 1}``.
+    Patches are named ``patch_{i:04d}`` by their index in the file.
+
+    The data has no official validation split, so the split is fixed and deterministic:
+    ``None`` is every patch, ``"val"`` the indices with ``i % 5 == 4``, ``"train"`` the rest.
+
+    Args:
+        path: the ``.h5`` file or a folder holding exactly one.
+        split: ``None``, ``"train"`` or ``"val"``.
+
+    Raises:
+        DatasetError: no single HDF5 file, missing ``images`` / ``labels``, arrays of the wrong
+            shape, or mask values other than 0/1.
+        ValueError: an unknown split.
+
+    Example:
+        >>> patches = read_msd_patches("/data/msd_lung_patches", split="val")  # doctest: +SKIP
+        >>> patches[0].name, patches[0].image.shape  # doctest: +SKIP
+        ('patch_0004', torch.Size([1, 48, 48]))
+    """
+    if split not in (None, "train", "val"):
+        raise ValueError(f"split must be None, 'train' or 'val', got {split!r}")
+    path = _find_h5(Path(path))
+    images, labels = _read_arrays(path)
+    if images.ndim == 3:
+        images = images[:, None]
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise DatasetError(f"{path}: images must be (N, 1, X, Y) or (N, X, Y), got shape {images.shape}")
+    if labels.ndim == 3:
+        labels = labels[:, None]
+    if labels.shape != images.shape:
+        raise DatasetError(f"{path}: labels shape {labels.shape} differs from images shape {images.shape}")
+    if not np.isin(labels, [0, 1]).all():
+        raise DatasetError(f"{path}: labels must be 0 or 1, got values {np.unique(labels)[:10].tolist()}")
+    label_id = LabelRegistry().get(_LABEL).id
+    indices = range(len(images))
+    if split == "val":
+        indices = [i for i in indices if i % 5 == 4]
+    elif split == "train":
+        indices = [i for i in indices if i % 5 != 4]
+    out = []
+    for i in indices:
+        mask = labels[i, 0] > 0
+        has = bool(mask.any())
+        out.append(
+            Sample(
+                image=torch.from_numpy(np.ascontiguousarray(images[i])),
+                affine=np.eye(4),
+                dataset="msd_patches",
+                name=f"patch_{i:04d}",
+                label_map=mask.astype(np.uint8) * np.uint8(label_id),
+                seg_labels=(_LABEL,),
+                boxes=mask_box(mask)[None] if has else np.zeros((0, 6)),
+                box_labels=[_LABEL] if has else [],
+                det_labels=(_LABEL,),
+                class_labels={_LABEL: int(has)},
+            )
+        )
+    return out
+

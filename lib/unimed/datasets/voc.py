@@ -1,0 +1,137 @@
+"""Pascal VOC detection folders (``JPEGImages/``, ``Annotations/``, ``ImageSets/Main/``), e.g. BCCD."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unimed.datasets.errors import DatasetError
+from unimed.datasets.sample import Sample
+from unimed.labels import LabelRegistry, UnknownLabelError
+from unimed.transforms import IMAGE_SUFFIXES, ImageLoadError, load_image
+
+__all__ = ["read_voc", "VOC_CLASS_NAMES", "BCCD_LABELS"]
+
+#: VOC class names (lower case) that the registry's aliases do not cover
+VOC_CLASS_NAMES: dict[str, str] = {"rbc": "red_blood_cell", "wbc": "white_blood_cell", "platelets": "platelet"}
+#: the registry names BCCD annotates completely
+BCCD_LABELS: tuple[str, ...] = ("red_blood_cell", "white_blood_cell", "platelet")
+
+
+def _class_name(name: str, registry: LabelRegistry, xml_path: Path) -> str:
+    key = name.strip().lower()
+    if key in VOC_CLASS_NAMES:
+        return VOC_CLASS_NAMES[key]
+    try:
+        return registry.get(key).name
+    except UnknownLabelError:
+        raise DatasetError(f"{xml_path}: unknown class {name!r} (not in the label registry)") from None
+
+
+def _image_file(folder: Path, image_id: str) -> Path:
+    for suffix in (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG"):
+        path = folder / "JPEGImages" / f"{image_id}{suffix}"
+        if path.is_file():
+            return path
+    hits = sorted(p for p in (folder / "JPEGImages").glob(f"{image_id}.*") if p.name.lower().endswith(IMAGE_SUFFIXES))
+    if not hits:
+        raise DatasetError(f"{folder / 'JPEGImages'}: missing image file {image_id}.jpg")
+    return hits[0]
+
+
+def _number(obj: ET.Element, tag: str, xml_path: Path) -> float:
+    node = obj.find(tag)
+    try:
+        return float(node.text)
+    except (AttributeError, TypeError, ValueError):
+        raise DatasetError(f"{xml_path}: missing or non-numeric <{tag}> in an object's <bndbox>") from None
+
+
+def _read_boxes(xml_path: Path, width: int, height: int, registry: LabelRegistry) -> tuple[np.ndarray, list[str]]:
+    if not xml_path.is_file():
+        raise DatasetError(f"{xml_path}: missing annotation file")
+    try:
+        root = ET.parse(xml_path).getroot()
+    except ET.ParseError as exc:
+        raise DatasetError(f"{xml_path}: not valid XML: {exc}") from exc
+    size = root.find("size")
+    if size is not None and size.findtext("width") and size.findtext("height"):
+        declared = (int(float(size.findtext("width"))), int(float(size.findtext("height"))))
+        if declared != (width, height):
+            raise DatasetError(f"{xml_path}: <size> says {declared[0]}x{declared[1]}, the image is {width}x{height}")
+    boxes, names = [], []
+    for obj in root.iter("object"):
+        name = obj.findtext("name")
+        if not name:
+            raise DatasetError(f"{xml_path}: an <object> without a <name>")
+        bnd = obj.find("bndbox")
+        if bnd is None:
+            raise DatasetError(f"{xml_path}: object {name!r} has no <bndbox>")
+        xmin, ymin, xmax, ymax = (_number(bnd, t, xml_path) for t in ("xmin", "ymin", "xmax", "ymax"))
+        if xmax < xmin or ymax < ymin:
+            raise DatasetError(f"{xml_path}: object {name!r} has xmax < xmin or ymax < ymin")
+        box = [(xmin - 1) / width, (ymin - 1) / height, 0.0, xmax / width, ymax / height, 1.0]
+        boxes.append(np.clip(box, 0.0, 1.0))
+        names.append(_class_name(name, registry, xml_path))
+    return np.array(boxes, dtype=np.float64).reshape(-1, 6), names
+
+
+def read_voc(folder: str | Path, split: str = "train") -> list[Sample]:
+    """Read one split of a Pascal VOC detection folder.
+
+    The ids come from ``ImageSets/Main/{split}.txt`` (the folder's own splits); each image is
+    ``JPEGImages/<id>.jpg`` (or another image suffix), read as ``(C, W, H)`` (X = columns), and
+    its boxes come from ``Annotations/<id>.xml``. VOC's 1-based inclusive pixel boxes become
+    normalised ``[(xmin-1)/W, (ymin-1)/H, 0, xmax/W, ymax/H, 1]``, clipped to [0, 1]. Class names
+    are matched case-insensitively (``RBC``, ``WBC``, ``Platelets`` and any registry name or
+    alias). ``det_labels`` are the three BCCD classes plus any other class the split holds.
+    ``difficult`` and ``truncated`` flags are ignored.
+
+    Args:
+        folder: the VOC root folder.
+        split: name of the id list in ``ImageSets/Main``.
+
+    Raises:
+        DatasetError: a missing list, image or XML file, an image of another size than its
+            XML says, a malformed box, or a class the registry does not know.
+
+    Example:
+        >>> samples = read_voc("/data/bccd", "val")  # doctest: +SKIP
+        >>> samples[0].boxes.shape[1], samples[0].box_labels[0]  # doctest: +SKIP
+        (6, 'white_blood_cell')
+    """
+    folder = Path(folder)
+    listing = folder / "ImageSets" / "Main" / f"{split}.txt"
+    if not listing.is_file():
+        raise DatasetError(f"{folder}: missing split list {listing.relative_to(folder)}")
+    ids = sorted({line.split()[0] for line in listing.read_text().splitlines() if line.strip()})
+    registry = LabelRegistry()
+    out = []
+    for image_id in ids:
+        path = _image_file(folder, image_id)
+        try:
+            image = load_image(path)
+        except ImageLoadError as exc:
+            raise DatasetError(f"{path}: {exc}") from exc
+        if image.ndim != 3:
+            raise DatasetError(f"{path}: expected a 2D picture, got array shape {tuple(image.shape)}")
+        width, height = int(image.shape[1]), int(image.shape[2])
+        boxes, names = _read_boxes(folder / "Annotations" / f"{image_id}.xml", width, height, registry)
+        out.append(
+            Sample(
+                image=torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image, dtype=torch.float32),
+                affine=np.eye(4),
+                dataset="voc",
+                name=image_id,
+                boxes=boxes,
+                box_labels=names,
+            )
+        )
+    found = {name for s in out for name in s.box_labels}
+    det_labels = tuple(lab.name for lab in registry if lab.name in BCCD_LABELS or lab.name in found)
+    for sample in out:
+        sample.det_labels = det_labels
+    return out

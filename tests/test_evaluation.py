@@ -1,0 +1,258 @@
+"""evaluate(): known answers from stub predictors on tiny folders, and a smoke run of the real one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unimed.datasets import Sample, read_dataset
+from unimed.evaluation import evaluate, format_table
+from unimed.labels import LabelRegistry
+from unimed.networks.unimed import unimed_tiny
+from unimed.predictor import Prediction, Predictor
+from unimed.tasks import Task
+from unimed.tokens import ClassificationAnnotation, DetectionAnnotation, SegmentationAnnotation
+from unimed.transforms import GridSpec
+
+REG = LabelRegistry()
+EDEMA, LUNG = REG.get("edema").id, REG.get("lung_tumor").id
+
+
+# -- tiny folders ---------------------------------------------------------------------------------------
+def _nifti(path: Path, data: np.ndarray, affine=None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
+
+
+def brats_folder(root: Path) -> Path:
+    """Case a: 11 edema voxels around 1 enhancing voxel; case b: no tumour."""
+    for seed, name in enumerate(("a", "b")):
+        rng = np.random.default_rng(seed)
+        label = np.zeros((8, 6, 5), np.float32)
+        if name == "a":
+            label[2:5, 1:3, 3:5] = 2.0
+            label[3, 2, 4] = 4.0
+        _nifti(root / name / "Flair.nii.gz", rng.normal(size=label.shape).astype(np.float32))
+        _nifti(root / name / "T1c.nii.gz", rng.normal(size=label.shape).astype(np.float32))
+        _nifti(root / name / "OTMultiClass.nii.gz", label)
+    return root
+
+
+def medmnist_file(root: Path) -> Path:
+    images = np.arange(3 * 4**3, dtype=np.uint8).reshape(3, 4, 4, 4)
+    labels = np.array([[1], [0], [1]], np.uint8)
+    root.mkdir(parents=True, exist_ok=True)
+    np.savez(root / "adrenalmnist3d.npz", train_images=images, train_labels=labels, val_images=images, val_labels=labels)
+    return root
+
+
+def voc_folder(root: Path) -> Path:
+    """One 20x10 picture with a WBC, a platelet and an RBC."""
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (10, 20, 3), dtype=np.uint8)).save(root / "JPEGImages/x.jpg")
+    objects = [("WBC", 3, 2, 10, 10), ("Platelets", 12, 1, 15, 4), ("RBC", 11, 5, 20, 10)]
+    body = "".join(
+        f"<object><name>{n}</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax><ymax>{d}</ymax></bndbox></object>"
+        for n, a, b, c, d in objects
+    )
+    (root / "Annotations/x.xml").write_text(f"<annotation><size><width>20</width><height>10</height></size>{body}</annotation>")
+    (root / "ImageSets/Main/val.txt").write_text("x\n")
+    return root
+
+
+def msd_file(root: Path) -> Path:
+    """6 patches of 8x8; patch 1 has a 2x3 tumour at X 2..3, Y 4..6."""
+    root.mkdir(parents=True, exist_ok=True)
+    labels = np.zeros((6, 1, 8, 8))
+    labels[1, 0, 2:4, 4:7] = 1
+    with h5py.File(root / "p.h5", "w") as f:
+        f["images"] = np.random.default_rng(0).random((6, 1, 8, 8)).astype(np.float32)
+        f["labels"] = labels
+    return root / "p.h5"
+
+
+def datastore_folder(root: Path) -> Path:
+    """a: edema and lung tumour; c: edema only; b: unlabelled."""
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        _nifti(root / f"{name}.nii.gz", rng.random((6, 5, 4)).astype(np.float32))
+    label = np.zeros((6, 5, 4), np.uint8)
+    label[1:3, 1:3, 1:3] = EDEMA
+    _nifti(root / "labels/final/c.nii.gz", label)
+    label[4, 4, 3] = LUNG
+    _nifti(root / "labels/final/a.nii.gz", label)
+    return root
+
+
+# -- stub predictors ---------------------------------------------------------------------------------------
+def _key(image: torch.Tensor) -> tuple:
+    return tuple(image.shape), np.asarray(torch.as_tensor(image).float()).tobytes()
+
+
+class Oracle:
+    """Answers each request from the ground truth of the sample whose image it is given."""
+
+    def __init__(self, kind: str, path: Path, split: str | None = None):
+        self.samples = {_key(s.image): s for s in read_dataset(kind, path, split)}
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def answer(self, s: Sample, task: Task, labels: list[str]):
+        if task is Task.SEGMENTATION:
+            ids = [REG.get(n).id for n in labels]
+            return SegmentationAnnotation(np.where(np.isin(s.label_map, ids), s.label_map, 0))
+        if task is Task.DETECTION:
+            keep = [i for i, lab in enumerate(s.box_labels) if lab in labels]
+            return DetectionAnnotation(s.boxes[keep], [s.box_labels[i] for i in keep], [1.0] * len(keep))
+        return ClassificationAnnotation(list(labels), [float(s.class_labels[n]) for n in labels])
+
+    def predict(self, image: torch.Tensor, task: str, labels=None, **kwargs) -> Prediction:
+        assert hasattr(image, "affine")
+        s = self.samples[_key(image)]
+        np.testing.assert_allclose(np.asarray(image.affine), s.affine)
+        task = Task.parse(task)
+        self.calls.append((task.value, list(labels)))
+        shape = (tuple(s.spatial_shape) + (1,))[:3]
+        spec = GridSpec(shape=shape, spatial_ndim=len(s.spatial_shape), affine=s.affine, grid=(16, 16, 16))
+        return Prediction(task, [REG.get(n) for n in labels], self.answer(s, task, list(labels)), spec)
+
+
+class Wrong(Oracle):
+    """Known mistakes: see each test."""
+
+    def answer(self, s: Sample, task: Task, labels: list[str]):
+        if s.dataset == "brats":  # every tumour voxel called edema
+            return SegmentationAnnotation(np.where(s.label_map > 0, EDEMA, 0).astype(np.uint8))
+        if s.dataset == "msd_patches":  # the mask moved one voxel along X
+            return SegmentationAnnotation(np.roll(s.label_map, 1, axis=0))
+        if s.dataset == "datastore":  # the lung tumour missed
+            return SegmentationAnnotation(np.where(s.label_map == LUNG, 0, s.label_map))
+        if s.dataset == "medmnist":  # targets 1, 0, 1
+            score = {"train_0000": 0.2, "train_0001": 0.6, "train_0002": 0.9}[s.name.replace("val", "train")]
+            return ClassificationAnnotation(["adrenal_hyperplasia", "adrenal_normal"], [score, 1 - score])
+        boxes = s.boxes.copy()
+        boxes[2] += [0.2, 0, 0, 0.2, 0, 0]  # the RBC moved by 4 of its 10 pixels: IoU 6/14
+        extra = np.array([[0, 0, 0, 0.1, 0.1, 1]])  # a platelet where there is none, ranked first
+        return DetectionAnnotation(np.concatenate([boxes, extra]), s.box_labels + ["platelet"], [1.0, 0.5, 1.0, 0.9])
+
+
+@pytest.fixture
+def folders(tmp_path) -> dict[str, Path]:
+    return {
+        "brats": brats_folder(tmp_path / "brats"),
+        "medmnist": medmnist_file(tmp_path / "medmnist"),
+        "voc": voc_folder(tmp_path / "voc"),
+        "msd_patches": msd_file(tmp_path / "msd"),
+        "datastore": datastore_folder(tmp_path / "store"),
+    }
+
+
+EXPECTED_NAMES = {
+    "brats": {"dice_wt", "dice_tc", "dice_et"},
+    "medmnist": {"auc", "acc"},
+    "voc": {"map50", "ap50"},
+    "msd_patches": {"dice", "dice_global"},
+    "datastore": {"dice_edema", "dice_lung_tumor", "dice_mean"},
+}
+EXPECTED_N = {"brats": 2, "medmnist": 3, "voc": 1, "msd_patches": 6, "datastore": 2}
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED_NAMES))
+def test_ground_truth_scores_perfectly(folders, kind):
+    split = "val" if kind in ("medmnist", "voc") else None
+    oracle = Oracle(kind, folders[kind], split)
+    result = evaluate(kind, folders[kind], oracle)
+    assert result["dataset"] == kind and result["split"] == split and result["n"] == EXPECTED_N[kind]
+    assert set(result["metrics"]) == EXPECTED_NAMES[kind]
+    flat = {k: v for k, v in result["metrics"].items() if not isinstance(v, dict)}
+    assert all(v == pytest.approx(1.0) for v in flat.values()), result
+    if kind == "voc":
+        assert result["metrics"]["ap50"] == {"platelet": 1.0, "red_blood_cell": 1.0, "white_blood_cell": 1.0}
+        assert oracle.calls == [("detection", ["red_blood_cell", "white_blood_cell", "platelet"])]
+    if kind == "brats":
+        assert oracle.calls[0] == ("segmentation", ["necrosis", "edema", "non_enhancing_tumor", "enhancing_tumor"])
+    if kind == "medmnist":
+        assert oracle.calls[0] == ("classification", ["adrenal_hyperplasia", "adrenal_normal"])
+    if kind == "datastore":
+        assert [labels for _, labels in oracle.calls] == [["edema", "lung_tumor"]] * 2
+
+
+def test_known_wrong_answers(folders):
+    def metrics(kind: str, split: str | None = None) -> dict:
+        return evaluate(kind, folders[kind], Wrong(kind, folders[kind], split), split)["metrics"]
+
+    # case a: WT right, TC and ET (the enhancing voxel) missed; case b (no tumour) right
+    assert metrics("brats") == pytest.approx({"dice_wt": 1.0, "dice_tc": 0.5, "dice_et": 0.5})
+    # positives 0.2 and 0.9 vs negative 0.6: 1 of 2 pairs; predictions 0, 1, 1 vs 1, 0, 1
+    assert metrics("medmnist", "val") == pytest.approx({"auc": 0.5, "acc": 1 / 3})
+    # WBC found; RBC IoU 6/14 < 0.5 -> AP 0; platelet: FP (0.9) then TP (0.5) -> AP 1/2
+    voc = metrics("voc", "val")
+    assert voc["ap50"] == pytest.approx({"white_blood_cell": 1.0, "red_blood_cell": 0.0, "platelet": 0.5})
+    assert voc["map50"] == pytest.approx(0.5)
+    # patch 1: 3 of 6 voxels overlap -> 0.5; five empty patches -> 1
+    assert metrics("msd_patches") == pytest.approx({"dice": (5 + 0.5) / 6, "dice_global": 0.5})
+    assert metrics("msd_patches", "train") == pytest.approx({"dice": (4 + 0.5) / 5, "dice_global": 0.5})
+    assert metrics("datastore") == pytest.approx({"dice_edema": 1.0, "dice_lung_tumor": 0.0, "dice_mean": 0.5})
+
+
+def test_voc_boxes_compared_in_pixels(folders):
+    """A box off by half a pixel on each side of a 2-pixel-wide object still matches (IoU 0.5+),
+    one pixel off does not: GT and predictions share the pixel frame."""
+
+    class Shifted(Oracle):
+        def __init__(self, shift: float):
+            super().__init__("voc", folders["voc"], "val")
+            self.shift = shift
+
+        def answer(self, s, task, labels):
+            boxes = s.boxes.copy()
+            boxes[:, [0, 3]] += self.shift / 20  # W = 20
+            return DetectionAnnotation(boxes, list(s.box_labels), [1.0] * len(boxes))
+
+    # the platelet is 4 pixels wide: a shift of 1 pixel gives IoU 3/5 > 0.5, 2 pixels 2/6 < 0.5
+    assert evaluate("voc", folders["voc"], Shifted(1.0))["metrics"]["ap50"]["platelet"] == 1.0
+    assert evaluate("voc", folders["voc"], Shifted(2.0))["metrics"]["ap50"]["platelet"] == 0.0
+
+
+def test_errors(folders, tmp_path):
+    with pytest.raises(ValueError, match="known kinds: brats"):
+        evaluate("coco", tmp_path, Oracle("msd_patches", folders["msd_patches"]))
+    empty = tmp_path / "empty_store"
+    _nifti(empty / "x.nii.gz", np.zeros((4, 4, 4), np.float32))
+    with pytest.raises(ValueError, match="no annotated"):
+        evaluate("datastore", empty, Oracle("datastore", folders["datastore"]))
+
+
+def test_format_table():
+    table = format_table({"dataset": "brats", "split": None, "n": 2,
+                          "metrics": {"dice_wt": 0.5, "dice_tc": None, "ap50": {"platelet": 1.0}}})
+    lines = table.splitlines()
+    assert lines[0] == "brats (split None, n=2)"
+    assert lines[2].split() == ["dice_wt", "0.5000"] and lines[3].split() == ["dice_tc", "n/a"]
+    assert lines[4].split() == ["ap50/platelet", "1.0000"]
+    assert len({len(line) for line in lines[1:]}) == 1  # aligned
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    torch.manual_seed(0)
+    return Predictor(unimed_tiny())
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED_NAMES))
+def test_real_predictor_smoke(folders, predictor, kind):
+    result = evaluate(kind, folders[kind], predictor, progress=kind == "msd_patches")
+    assert json.loads(json.dumps(result)) == result
+    assert set(result) == {"dataset", "split", "n", "metrics"} and result["n"] == EXPECTED_N[kind]
+    assert set(result["metrics"]) == EXPECTED_NAMES[kind]
+    for name, value in result["metrics"].items():
+        values = value.values() if isinstance(value, dict) else [value]
+        assert all(v is None or 0.0 <= v <= 1.0 for v in values), (name, value)
+    assert all(name in format_table(result) for name in EXPECTED_NAMES[kind])

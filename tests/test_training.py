@@ -1,0 +1,148 @@
+"""Joint training: losses, matching, the self-supervised term, steps on real data, versions."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from trainers.config import MixEntry, TrainConfig
+from trainers.data import Source, augment, to_grid_item
+from trainers.joint import JointTrainer, seed_everything
+from trainers.losses import LossWeights, generalized_box_iou, match, segmentation_loss
+from trainers.ssl import MaskedReconstruction
+from unimed.checkpoint import load_checkpoint
+from unimed.datasets.sample import Sample
+from unimed.model_store import ModelStore
+from unimed.networks.unimed import unimed_tiny
+
+
+def test_giou_of_known_boxes():
+    a = torch.tensor([[0.0, 0, 0, 2, 2, 2]])
+    b = torch.tensor([[1.0, 0, 0, 3, 2, 2], [0.0, 0, 0, 2, 2, 2], [4.0, 0, 0, 6, 2, 2]])
+    g = generalized_box_iou(a, b)[0]
+    # overlap 4 of union 12; identical; disjoint with hull 12 and union 16 -> 0 - (12 - 16)/... hull 6x2x2=24
+    assert torch.allclose(g, torch.tensor([4 / 12, 1.0, 0 - (24 - 16) / 24]))
+
+
+def test_hungarian_match_pairs_each_box_with_its_query():
+    gt = torch.tensor([[0.1, 0.1, 0, 0.2, 0.2, 1], [0.6, 0.6, 0, 0.9, 0.9, 1]])
+    boxes = torch.tensor([[0.6, 0.6, 0, 0.9, 0.9, 1], [0.5, 0.1, 0, 0.6, 0.2, 1], [0.1, 0.1, 0, 0.2, 0.2, 1]])
+    logits = torch.zeros(3, 4)
+    q, g = match(logits, boxes, torch.tensor([1, 1]), gt, LossWeights())
+    assert dict(zip(g.tolist(), q.tolist())) == {0: 2, 1: 0}
+
+
+def test_segmentation_loss_is_low_for_the_right_answer_and_high_for_the_wrong_one():
+    target = torch.zeros(1, 8, 8, 1, dtype=torch.long)
+    target[0, 2:5, 2:5] = 1
+    good = torch.stack([(target[0] == 0).float(), (target[0] == 1).float()])[None] * 20 - 10
+    bad = good.flip(1)
+    w = LossWeights()
+    assert sum(segmentation_loss(good, target, w).values()) < 0.01
+    assert sum(segmentation_loss(bad, target, w).values()) > 5
+
+
+def test_flip_augmentation_moves_boxes_with_the_image():
+    img = torch.zeros(1, 16, 16, 1)
+    img[0, 2:6, 10:14] = 1
+    sample = Sample(img, np.eye(4), "toy", "t", boxes=np.array([[2 / 16, 10 / 16, 0, 6 / 16, 14 / 16, 1]]),
+                    box_labels=["platelet"], det_labels=("platelet",))
+    item = to_grid_item(sample)
+    for seed in range(8):
+        out = augment(item, random.Random(seed))
+        b = (out.boxes[0] * 16).round().long().tolist()
+        inside = out.image[0, b[0]:b[3], b[1]:b[4], 0]
+        assert inside.mean() > out.image[0].mean() + 0.5  # the box still covers the bright square
+
+
+def test_ssl_loss_gives_the_backbone_gradients():
+    net = unimed_tiny()
+    ssl = MaskedReconstruction(net.config.mask_dim, block=8)
+    loss = ssl(net, torch.randn(2, 1, 16, 16, 16))
+    loss.backward()
+    assert loss > 0
+    assert net.backbone.stem.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in net.decoder.parameters())  # only the dense half learns from it
+
+
+def _toy_sources():
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(4):
+        img = rng.normal(size=(1, 32, 32, 16)).astype(np.float32)
+        lm = np.zeros((32, 32, 16), np.uint8)
+        lm[8 + i:20, 8:20, 4:12] = 2
+        img[0][lm > 0] += 2
+        samples.append(Sample(torch.tensor(img), np.eye(4), "toy", f"s{i}", label_map=lm, seg_labels=("edema",),
+                              class_labels={"brain_tumor": 1}))
+    items = [to_grid_item(s) for s in samples]
+    return Source("toy", items, ("segmentation", "classification"), batch_size=2), Source("unlabelled", items, ())
+
+
+def test_unlabelled_images_change_the_weights_through_the_ssl_term():
+    seed_everything(0)
+    net = unimed_tiny()
+    _, unl = _toy_sources()
+    before = net.backbone.stem.weight.detach().clone()
+    trainer = JointTrainer(net, [], TrainConfig(steps=2, log_every=1), unlabelled=unl)
+    history = trainer.train()
+    assert all("unlabelled/ssl" in r.losses for r in history)
+    assert not torch.equal(before, net.backbone.stem.weight)
+
+
+def test_training_steps_lower_the_loss_on_toy_data():
+    seed_everything(0)
+    src, unl = _toy_sources()
+    trainer = JointTrainer(unimed_tiny(), [src], TrainConfig(steps=25, lr=3e-3, warmup_steps=2, augment=False), unl)
+    history = trainer.train()
+    first = np.mean([r.losses["toy/seg_ce"] + r.losses["toy/cls"] for r in history[:3]])
+    last = np.mean([r.losses["toy/seg_ce"] + r.losses["toy/cls"] for r in history[-3:]])
+    assert last < 0.5 * first
+
+
+def test_training_steps_lower_the_loss_on_real_data(shared_data):
+    """MSD lung-tumour patches and BCCD smears, every task, a few steps of the tiny network."""
+    from unimed.datasets import read_msd_patches, read_voc
+
+    seed_everything(0)
+    msd = [to_grid_item(s) for s in read_msd_patches(shared_data / "msd_lung_patches", split="train")[:8]]
+    voc = [to_grid_item(s) for s in read_voc(shared_data / "bccd", split="train")[:2]]
+    sources = [Source("msd", msd, ("segmentation", "detection", "classification"), batch_size=8),
+               Source("voc", voc, ("detection",), batch_size=2)]
+    trainer = JointTrainer(unimed_tiny(), sources, TrainConfig(steps=20, lr=3e-3, warmup_steps=2, augment=False))
+    history = trainer.train()
+    assert {"msd/seg_ce", "msd/det_giou", "msd/cls", "voc/det_class", "voc/det_token"} <= set(history[0].losses)
+    assert np.mean([r.loss for r in history[-3:]]) < np.mean([r.loss for r in history[:3]])
+
+
+def test_model_store_versions_and_rollback(tmp_path):
+    store = ModelStore(tmp_path)
+    a, b = unimed_tiny(), unimed_tiny()
+    assert store.publish(a, {"kind": "first"}).number == 1
+    assert store.publish(b, {"kind": "second"}).number == 2
+    assert [v.number for v in store.versions()] == [1, 2] and store.current_version() == 2
+    store.rollback(1)
+    assert store.current_version() == 1
+    with pytest.raises(ValueError, match="no model version 7"):
+        store.rollback(7)
+
+
+def test_a_crash_while_publishing_leaves_the_published_model_intact(tmp_path, monkeypatch):
+    store = ModelStore(tmp_path)
+    store.publish(unimed_tiny(), {})
+    before = store.published.read_bytes()
+
+    def broken_copy(src, dst):
+        with open(dst, "wb") as f:
+            f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("unimed.model_store.shutil.copyfile", broken_copy)
+    with pytest.raises(OSError, match="disk full"):
+        store.publish(unimed_tiny(), {})
+    assert store.published.read_bytes() == before
+    load_checkpoint(store.published)  # still readable
+    assert not list(tmp_path.glob("*.tmp"))

@@ -1,0 +1,60 @@
+"""Everything a training run is configured by: one dataclass, saved in the model card."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from trainers.losses import LossWeights
+
+__all__ = ["MixEntry", "TrainConfig"]
+
+
+@dataclass
+class MixEntry:
+    """How one data source takes part in each step.
+
+    Attributes:
+        tasks: the tasks trained on this source's samples (from one backbone pass).
+        batch_size: samples per step.
+        every: the source joins every ``every``-th step (1: every step).
+    """
+
+    tasks: tuple[str, ...]
+    batch_size: int = 1
+    every: int = 1
+
+
+@dataclass
+class TrainConfig:
+    """A joint training run.
+
+    Attributes:
+        steps: optimiser steps (the run may stop earlier at ``max_minutes``).
+        max_minutes: wall-clock budget; None for no limit.
+        lr, weight_decay, warmup_steps, grad_clip: AdamW with linear warm-up, cosine decay.
+        seed: seeds Python, NumPy and torch.
+        loss: weights of every loss term.
+        mix: per source name, its tasks, batch size and frequency. The source ``unlabelled``
+            feeds the self-supervised loss.
+        ssl_mask_ratio, ssl_block: masked-image reconstruction: the share of hidden blocks and
+            the block side in grid voxels.
+        augment: random flips and intensity jitter.
+        log_every: steps between log lines.
+    """
+
+    steps: int = 1000
+    max_minutes: float | None = None
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 30
+    grad_clip: float = 1.0
+    seed: int = 0
+    loss: LossWeights = field(default_factory=LossWeights)
+    mix: dict[str, MixEntry] = field(default_factory=dict)
+    ssl_mask_ratio: float = 0.5
+    ssl_block: int = 16
+    augment: bool = True
+    log_every: int = 10
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,260 @@
+"""One-stage joint training: every step mixes datasets and tasks, supervised and unsupervised.
+
+Each step draws a batch from every source due that step, runs the backbone once per batch, and
+decodes it once per task the source trains (segmentation, detection, classification prompts
+over the same features: tasks compose). Unlabelled images feed masked-image reconstruction in
+the same step. All losses are summed into one AdamW update.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from trainers.config import TrainConfig
+from trainers.data import GridItem, Source, collate
+from trainers.losses import classification_loss, detection_loss, segmentation_loss
+from trainers.ssl import MaskedReconstruction
+from unimed.networks.unimed import UniMed
+from unimed.tasks import Task
+
+__all__ = ["JointTrainer", "StepReport", "seed_everything", "init_distributed", "is_main_process"]
+
+logger = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def init_distributed() -> bool:
+    """Join the process group when started by ``torchrun`` (gloo on CPU, nccl on GPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
+def is_main_process() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+@dataclass
+class StepReport:
+    """What one step did: its number, the loss terms, and the time spent and expected."""
+
+    step: int
+    total_steps: int
+    losses: dict[str, float]
+    seconds: float
+    eta_seconds: float
+    samples: int = 0
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def loss(self) -> float:
+        return sum(self.losses.values())
+
+
+class JointTrainer:
+    """Trains a :class:`UniMed` on several sources at once.
+
+    Args:
+        model: the network (trained in place).
+        sources: labelled sources; their names must be keys of ``config.mix`` or they use
+            their own settings.
+        config: the run's configuration.
+        unlabelled: the source of unlabelled images for the self-supervised loss, or None.
+        ssl: the reconstruction module (kept between runs for fine-tuning); a new one if None.
+    """
+
+    def __init__(
+        self,
+        model: UniMed,
+        sources: Sequence[Source],
+        config: TrainConfig,
+        unlabelled: Source | None = None,
+        ssl: MaskedReconstruction | None = None,
+    ):
+        self.model, self.sources, self.config, self.unlabelled = model, list(sources), config, unlabelled
+        self.ssl = ssl or MaskedReconstruction(model.config.mask_dim, config.ssl_block, config.ssl_mask_ratio)
+        for src in self.sources:
+            for task in src.tasks:
+                Task.parse(task)
+        self.params = list(model.parameters()) + list(self.ssl.parameters())
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        # under torchrun every rank draws its own batches; rank 0's weights are everyone's start
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        if self.world > 1:
+            for p in self.params:
+                dist.broadcast(p.data, src=0)
+        self.rng = random.Random(config.seed + rank)
+        self.generator = torch.Generator().manual_seed(config.seed + rank)
+        self.step_count = 0
+
+    # -- schedule ------------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        cfg = self.config
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+    # -- losses --------------------------------------------------------------------------------
+    def batch_losses(self, items: list[GridItem], tasks: Sequence[str], channels: int | None) -> dict[str, torch.Tensor]:
+        """Losses of one batch of one source: one backbone pass, one decode per task."""
+        model, w = self.model, self.config.loss
+        feats = model.encode(collate(items, channels))
+        losses: dict[str, torch.Tensor] = {}
+        for task in map(Task.parse, tasks):
+            if task is Task.SEGMENTATION and all(it.label_map is not None for it in items):
+                losses.update(self._seg(feats, items, w))
+            elif task is Task.DETECTION and all(it.boxes is not None for it in items):
+                losses.update(self._det(feats, items, w))
+            elif task is Task.CLASSIFICATION and all(it.class_labels for it in items):
+                losses.update(self._cls(feats, items, w))
+        return losses
+
+    def _seg(self, feats, items, w):
+        model = self.model
+        ids, pad = model.prompt([(Task.SEGMENTATION, list(it.seg_labels)) for it in items])
+        out = model.decode(feats, ids, pad)
+        targets = []
+        for it in items:
+            lut = torch.zeros(256, dtype=torch.long)
+            for ch, name in enumerate(it.seg_labels, start=1):
+                lut[model.registry.get(name).id] = ch
+            targets.append(lut[it.label_map.clamp(0, 255)])
+        logits = out["mask_logits"].masked_fill(pad[:, :, None, None, None], -1e4)
+        return segmentation_loss(logits, torch.stack(targets), w)
+
+    def _det(self, feats, items, w):
+        model = self.model
+        ids, pad = model.prompt([(Task.DETECTION, list(it.det_labels)) for it in items])
+        out = model.decode(feats, ids, pad)
+        k = len(model.registry)
+        allowed = torch.zeros(len(items), k + 1, dtype=torch.bool)
+        allowed[:, 0] = True
+        targets = []
+        for i, it in enumerate(items):
+            for name in it.det_labels:
+                allowed[i, model.registry.class_index(name)] = True
+            cls = torch.tensor([model.registry.class_index(n) for n in it.box_labels], dtype=torch.long)
+            boxes = it.boxes.clone()
+            if it.image.shape[-1] == 1:
+                boxes[:, 2], boxes[:, 5] = 0.0, 1.0
+            targets.append((cls, boxes))
+        return detection_loss(out["class_logits"], out["box_logits"], out["boxes"], targets, allowed,
+                              model.config.num_bins, w)
+
+    def _cls(self, feats, items, w):
+        model = self.model
+        names = [sorted(it.class_labels) for it in items]
+        ids, pad = model.prompt([(Task.CLASSIFICATION, n) for n in names])
+        out = model.decode(feats, ids, pad)
+        targets = torch.zeros(ids.shape, dtype=torch.long)
+        valid = torch.zeros(ids.shape, dtype=torch.bool)
+        for i, (it, n) in enumerate(zip(items, names)):
+            for j, name in enumerate(n, start=1):
+                targets[i, j], valid[i, j] = int(it.class_labels[name]), True
+        return classification_loss(out["presence_logits"], targets, valid, w)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def step(self) -> StepReport:
+        """One optimiser step over every source due now."""
+        t0 = time.perf_counter()
+        self.model.train()
+        self.ssl.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step_count)
+        self.optimizer.zero_grad(set_to_none=True)
+        report: dict[str, float] = {}
+        used, n = [], 0
+        for src in self.sources:
+            if self.step_count % src.every:
+                continue
+            items, channels = src.batch(self.rng, self.config.augment)
+            losses = self.batch_losses(items, src.tasks, channels)
+            if losses:
+                sum(losses.values()).backward()
+            for k, v in losses.items():
+                report[f"{src.name}/{k}"] = float(v.detach())
+            used.append(src.name)
+            n += len(items)
+        if self.unlabelled is not None and self.step_count % self.unlabelled.every == 0:
+            items, channels = self.unlabelled.batch(self.rng, self.config.augment)
+            loss = self.config.loss.ssl * self.ssl(self.model, collate(items, channels), self.generator)
+            loss.backward()
+            report["unlabelled/ssl"] = float(loss.detach())
+            used.append(self.unlabelled.name)
+            n += len(items)
+        if self.world > 1:  # data parallel: average the gradients of all ranks
+            for p in self.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+        torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.optimizer.step()
+        self.step_count += 1
+        return StepReport(self.step_count, self.config.steps, report, time.perf_counter() - t0, 0.0, n, used)
+
+    def _agree_to_stop(self, stop: bool) -> bool:
+        """Under torchrun, every rank stops when any rank wants to (else the others would hang)."""
+        if self.world == 1:
+            return stop
+        flag = torch.tensor([1.0 if stop else 0.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def train(self, callback: Callable[[StepReport], bool | None] | None = None, progress: bool = False) -> list[StepReport]:
+        """Run until ``config.steps`` or ``config.max_minutes``; ``callback`` may return True to stop.
+
+        Every ``log_every`` steps a line with the mean losses goes to the log.
+        """
+        from tqdm import tqdm
+
+        cfg = self.config
+        start = time.perf_counter()
+        history: list[StepReport] = []
+        bar = tqdm(total=cfg.steps, desc="train", unit="step", disable=not (progress and is_main_process()),
+                   dynamic_ncols=True)
+        try:
+            while self.step_count < cfg.steps:
+                rep = self.step()
+                elapsed = time.perf_counter() - start
+                rep.eta_seconds = elapsed / len(history + [rep]) * (cfg.steps - self.step_count)
+                if cfg.max_minutes is not None:
+                    rep.eta_seconds = min(rep.eta_seconds, max(0.0, cfg.max_minutes * 60 - elapsed))
+                history.append(rep)
+                bar.update(1)
+                bar.set_postfix(loss=f"{rep.loss:.3f}")
+                if is_main_process() and (self.step_count % cfg.log_every == 0 or self.step_count == cfg.steps):
+                    recent = history[-cfg.log_every:]
+                    keys = sorted({k for r in recent for k in r.losses})
+                    means = {k: np.mean([r.losses[k] for r in recent if k in r.losses]) for k in keys}
+                    logger.info("step %d/%d loss %.4f (%s) %.1fs/step eta %.0fs", self.step_count, cfg.steps,
+                                np.mean([r.loss for r in recent]), ", ".join(f"{k} {v:.3f}" for k, v in means.items()),
+                                np.mean([r.seconds for r in recent]), rep.eta_seconds)
+                asked = bool(callback is not None and callback(rep))
+                out_of_time = cfg.max_minutes is not None and elapsed > cfg.max_minutes * 60
+                if self._agree_to_stop(asked or out_of_time):
+                    why = "on request" if asked else f"at its time budget ({cfg.max_minutes} min)"
+                    logger.info("training stopped %s at step %d", why, self.step_count)
+                    break
+        finally:
+            bar.close()
+            self.model.eval()
+        return history

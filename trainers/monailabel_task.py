@@ -1,0 +1,125 @@
+"""The MONAI Label train task: joint fine-tuning on the datastore, published as a new version.
+
+``POST /train/unimed`` runs this in MONAI Label's background process: final labels of the
+datastore give the supervised losses, still-unlabelled images the self-supervised one. Each
+step logs ``epoch e/E step s/S loss ... eta``, which ``GET /train/`` shows. The run starts
+from the published model (fine-tuning, not from scratch) and publishes a new numbered version
+atomically; infer serves it on its next request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
+from monailabel.interfaces.tasks.train import TrainTask
+
+from trainers.config import MixEntry, TrainConfig
+from trainers.data import Source, to_grid_item
+from trainers.joint import JointTrainer, StepReport, seed_everything
+from unimed.checkpoint import CheckpointError, load_checkpoint
+from unimed.datasets.sample import Sample
+from unimed.labels import LabelRegistry
+from unimed.model_store import ModelStore
+from unimed.networks.unimed import unimed_small
+from unimed.transforms import load_image
+
+__all__ = ["UniMedTrainTask", "datastore_samples"]
+
+logger = logging.getLogger(__name__)
+
+
+def datastore_samples(datastore: Datastore) -> tuple[list[Sample], list[Sample]]:
+    """``(labelled, unlabelled)`` samples of a MONAI Label datastore (final labels only)."""
+    registry = LabelRegistry()
+    labelled, unlabelled = [], []
+    for item in datastore.datalist():
+        image = load_image(item["image"])
+        label = np.asarray(load_image(item["label"])[0]).astype(np.int64)
+        if label.shape != tuple(image.shape[1:]):
+            logger.warning("skipping %s: label shape %s differs from image %s", item["image"], label.shape,
+                           tuple(image.shape[1:]))
+            continue
+        ids = sorted(int(v) for v in np.unique(label) if v != 0)
+        names = tuple(registry.by_id(i).name for i in ids)
+        labelled.append(Sample(image, image.affine.numpy(), "datastore", Path(item["image"]).name, label_map=label,
+                               seg_labels=names))
+    for image_id in datastore.get_unlabeled_images(DefaultLabelTag.FINAL):
+        image = load_image(datastore.get_image_uri(image_id))
+        unlabelled.append(Sample(image, image.affine.numpy(), "datastore", image_id))
+    return labelled, unlabelled
+
+
+class UniMedTrainTask(TrainTask):
+    """Fine-tune the served UniMed on the datastore and publish the result.
+
+    Args:
+        model_dir: the app's model folder (published file and numbered versions).
+        published: the published checkpoint's path.
+
+    Request params (``POST /train/unimed`` body): ``max_epochs`` (passes over the labelled
+    images), ``lr``, ``max_minutes``, ``seed``.
+    """
+
+    def __init__(self, model_dir: str | Path, published: str | Path):
+        super().__init__("Joint fine-tuning of UniMed on the datastore: final labels + unlabelled images")
+        self.store = ModelStore(model_dir, Path(published).name)
+        self.stats_file = Path(model_dir) / "train_stats.json"
+
+    def config(self) -> dict[str, Any]:
+        return {"max_epochs": 2, "lr": 3e-4, "max_minutes": 30, "seed": 0}
+
+    def stats(self) -> dict[str, Any]:
+        if self.stats_file.exists():
+            return json.loads(self.stats_file.read_text())
+        return {}
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        params = {**self.config(), **request}
+        epochs, lr = int(params["max_epochs"]), float(params["lr"])
+        if epochs < 1 or not lr > 0:
+            raise ValueError(f"max_epochs must be >= 1 and lr > 0, got {epochs} and {lr}")
+        seed_everything(int(params["seed"]))
+        labelled, unlabelled = datastore_samples(datastore)
+        if not labelled:
+            raise ValueError("the datastore has no final labels to train on; save a label first")
+        try:
+            model, meta = load_checkpoint(self.store.published)
+            start_from = meta.get("version")
+        except CheckpointError:
+            model, start_from = unimed_small(), None
+        steps = epochs * len(labelled)
+        config = TrainConfig(steps=steps, max_minutes=float(params["max_minutes"]), lr=lr, warmup_steps=0, log_every=1,
+                             mix={"datastore": MixEntry(("segmentation",)), "unlabelled": MixEntry((), every=2)})
+        labelled_src = Source("datastore", [to_grid_item(s) for s in labelled], ("segmentation",))
+        unlabelled_src = Source("unlabelled", [to_grid_item(s) for s in unlabelled], (), every=2) if unlabelled else None
+        trainer = JointTrainer(model, [labelled_src], config, unlabelled_src)
+        logger.info("training on %d labelled and %d unlabelled images, %d epochs, from version %s",
+                    len(labelled), len(unlabelled), epochs, start_from)
+        t0 = time.time()
+
+        def report(rep: StepReport) -> None:
+            epoch = math.ceil(rep.step / len(labelled))
+            logger.info("epoch %d/%d step %d/%d loss %.4f eta %.0fs", epoch, epochs, rep.step, steps, rep.loss,
+                        rep.eta_seconds)
+
+        history = trainer.train(callback=report)
+        version = self.store.publish(model, {
+            "kind": "datastore fine-tuning", "from_version": start_from, "steps": trainer.step_count,
+            "labelled": [s.name for s in labelled], "unlabelled": len(unlabelled),
+        })
+        stats = {
+            "version": version.number, "steps": trainer.step_count, "epochs": epochs,
+            "seconds": round(time.time() - t0, 1), "final_loss": history[-1].loss if history else None,
+            "labelled": len(labelled), "unlabelled": len(unlabelled), "trained_at": version.meta["trained_at"],
+        }
+        self.stats_file.write_text(json.dumps(stats, indent=2))
+        logger.info("published model version %d", version.number)
+        return stats

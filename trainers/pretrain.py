@@ -1,0 +1,185 @@
+"""Training the shipped checkpoint on every dataset of a shared data folder, then measuring it.
+
+``python main.py pretrain --data ../shared/data`` runs :func:`pretrain`: it reads the training
+splits, trains one UniMed jointly (fixed seed, a wall-clock budget), publishes the checkpoint
+and writes a model card with the validation figures beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainers.config import MixEntry, TrainConfig
+from trainers.data import Source, to_grid_item
+from trainers.joint import JointTrainer, seed_everything
+from unimed.datasets import read_brats, read_medmnist, read_msd_patches, read_voc
+from unimed.datasets.sample import Sample
+from unimed.model_store import ModelStore
+from unimed.networks.unimed import UniMed, unimed_small
+
+__all__ = ["DATASETS", "default_config", "build_sources", "pretrain"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where a dataset lies in the shared data folder and which splits train and validate."""
+
+    kind: str
+    folder: str
+    train_split: str
+    val_split: str
+
+
+DATASETS = {
+    "brats": DatasetSpec("brats", "brats2013", "train", "val"),
+    "medmnist": DatasetSpec("medmnist", "adrenalmnist3d", "train", "val"),
+    "voc": DatasetSpec("voc", "bccd", "train", "val"),
+    "msd_patches": DatasetSpec("msd_patches", "msd_lung_patches", "train", "val"),
+}
+
+#: unlabelled volumes of the shared folder (their label maps are a model's output, not experts')
+UNLABELLED = ("totalseg_examples/example_ct_sm.nii.gz", "totalseg_examples/example_mr_sm.nii.gz")
+
+
+def default_config(minutes: float = 80.0) -> TrainConfig:
+    """The shipped checkpoint's recipe."""
+    return TrainConfig(
+        steps=2000,
+        max_minutes=minutes,
+        lr=1e-3,
+        mix={
+            "brats": MixEntry(("segmentation", "detection", "classification"), batch_size=1, every=2),
+            "medmnist": MixEntry(("classification",), batch_size=16),
+            "voc": MixEntry(("detection",), batch_size=4),
+            "msd_patches": MixEntry(("segmentation", "detection", "classification"), batch_size=16),
+            "unlabelled": MixEntry((), batch_size=1, every=4),
+        },
+    )
+
+
+def _read(kind: str, path: Path, split: str) -> list[Sample]:
+    readers = {"brats": read_brats, "medmnist": read_medmnist, "voc": read_voc, "msd_patches": read_msd_patches}
+    return readers[kind](path, split=split)
+
+
+def build_sources(data: Path, config: TrainConfig) -> tuple[list[Source], Source | None]:
+    """Grid items of every dataset's training split, as the config's mix wants them."""
+    from monai.transforms import LoadImage
+
+    sources = []
+    for name, spec in DATASETS.items():
+        if name not in config.mix:
+            continue
+        samples = _read(spec.kind, data / spec.folder, spec.train_split)
+        mix = config.mix[name]
+        items = [to_grid_item(s) for s in samples]
+        sources.append(Source(name, items, mix.tasks, mix.batch_size, mix.every, channel_dropout=name == "brats"))
+        logger.info("source %s: %d samples, tasks %s", name, len(items), ", ".join(mix.tasks))
+    unlabelled = None
+    if "unlabelled" in config.mix:
+        loader = LoadImage(image_only=True, ensure_channel_first=True)
+        samples = []
+        for rel in UNLABELLED:
+            if (data / rel).exists():
+                img = loader(str(data / rel))
+                samples.append(Sample(img, img.affine.numpy(), "unlabelled", rel))
+        # the labelled volumes' images count as unlabelled too: reconstruction needs no label
+        samples += [Sample(s.image, s.affine, "unlabelled", s.name) for s in _read("brats", data / "brats2013", "train")]
+        if samples:
+            mix = config.mix["unlabelled"]
+            unlabelled = Source("unlabelled", [to_grid_item(s) for s in samples], (), mix.batch_size, mix.every,
+                                channel_dropout=True)
+    return sources, unlabelled
+
+
+def pretrain(
+    data: str | Path,
+    model_dir: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    progress: bool = True,
+    evaluate_after: bool = True,
+    model: UniMed | None = None,
+) -> dict[str, Any]:
+    """Train on ``data`` (a folder laid out like ``../shared/data``), publish, write the model card.
+
+    Returns the model card as a dict.
+    """
+    data, model_dir = Path(data), Path(model_dir)
+    config = config or default_config()
+    seed_everything(config.seed)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    start = time.time()
+    sources, unlabelled = build_sources(data, config)
+    model = model or unimed_small()
+    trainer = JointTrainer(model, sources, config, unlabelled)
+    history = trainer.train(progress=progress)
+    train_seconds = time.time() - start
+    card: dict[str, Any] = {
+        "data": {s.name: {"samples": len(s.items), "split": DATASETS[s.name].train_split, "tasks": list(s.tasks)}
+                 for s in sources},
+        "unlabelled_samples": len(unlabelled.items) if unlabelled else 0,
+        "steps": trainer.step_count,
+        "train_minutes": round(train_seconds / 60, 1),
+        "final_losses": history[-1].losses if history else {},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+        "config": config.to_dict(),
+        "command": f"python main.py pretrain --data {data}",
+    }
+    version = ModelStore(model_dir).publish(model, {"kind": "pretrain", "steps": trainer.step_count})
+    card["version"] = version.number
+    if evaluate_after:
+        card["validation"] = validate(model, data, progress=progress)
+    write_model_card(model_dir, card)
+    return card
+
+
+def validate(model: UniMed, data: Path, progress: bool = False) -> dict[str, Any]:
+    """Every dataset's validation split through the served inference path."""
+    from unimed.evaluation import evaluate
+    from unimed.predictor import Predictor
+
+    predictor = Predictor(model)
+    out = {}
+    for name, spec in DATASETS.items():
+        result = evaluate(spec.kind, data / spec.folder, predictor, split=spec.val_split, progress=progress)
+        result["command"] = f"python main.py evaluate --dataset {spec.kind} --data {data / spec.folder} --split {spec.val_split}"
+        out[name] = result
+        logger.info("validation %s: %s", name, result["metrics"])
+    return out
+
+
+def write_model_card(model_dir: Path, card: dict[str, Any]) -> None:
+    """``model_card.json`` and ``MODEL_CARD.md`` beside the checkpoint."""
+    (model_dir / "model_card.json").write_text(json.dumps(card, indent=2, default=str))
+    lines = [
+        "# UniMed shipped checkpoint",
+        "",
+        f"Version {card.get('version')}, trained by `{card['command']}` in {card['train_minutes']} minutes, "
+        f"{card['steps']} steps, on {card['machine']['cpus']} CPU cores ({card['machine']['platform']}, "
+        f"torch {card['machine']['torch']}).",
+        "",
+        "| source | split | samples | tasks |",
+        "|---|---|---|---|",
+    ]
+    for name, d in card["data"].items():
+        lines.append(f"| {name} | {d['split']} | {d['samples']} | {', '.join(d['tasks'])} |")
+    lines.append(f"| unlabelled (self-supervised) | - | {card['unlabelled_samples']} | masked-image reconstruction |")
+    if "validation" in card:
+        lines += ["", "Validation figures (held-out splits; each row's command reproduces it):", "",
+                  "| dataset | split | n | metrics | command |", "|---|---|---|---|---|"]
+        for name, r in card["validation"].items():
+            metrics = ", ".join(f"{k} {v:.3f}" for k, v in r["metrics"].items() if isinstance(v, (int, float)))
+            lines.append(f"| {name} | {r['split']} | {r['n']} | {metrics} | `{r['command']}` |")
+    (model_dir / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
