@@ -117,8 +117,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.steps is not None:
         config.steps = args.steps
     config.seed = args.seed
-    card = pretrain(data, args.model_dir, config, progress=not args.no_progress, evaluate_after=not args.no_eval)
-    print(json.dumps({k: card[k] for k in ("version", "steps", "train_minutes")}, indent=2))
+    try:
+        card = pretrain(data, args.model_dir, config, progress=not args.no_progress, evaluate_after=not args.no_eval)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if not card:  # a non-zero rank under torchrun: rank 0 reports
+        return 0
+    print(json.dumps({k: card[k] for k in ("version", "steps", "train_minutes", "processes", "replicas_agree")}, indent=2))
     for name, r in card.get("validation", {}).items():
         print(f"{name:12s} " + ", ".join(f"{k} {v:.3f}" for k, v in r["metrics"].items() if isinstance(v, float)))
     return 0

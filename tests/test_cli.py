@@ -58,3 +58,52 @@ def test_info_describes_the_network(repo):
     assert out.returncode == 0
     info = json.loads(out.stdout[out.stdout.index("{"):])
     assert info["parameters"] > 0 and len(info["labels"]) == len(info["config"]["labels"])
+
+
+@pytest.mark.parametrize("command", ["pretrain", "evaluate", "versions"])
+def test_training_commands_have_help(repo, command):
+    out = run(repo, command, "--help")
+    assert out.returncode == 0 and "usage: main.py " + command in out.stdout
+
+
+def test_evaluate_writes_the_documented_json(repo, tmp_path):
+    """``evaluate`` on a folder it has never seen: a tiny MSD-format file and a tiny checkpoint."""
+    import h5py
+    import numpy as np
+    import torch
+
+    from unimed.checkpoint import save_checkpoint
+    from unimed.networks.unimed import unimed_tiny
+
+    folder = tmp_path / "patches"
+    folder.mkdir()
+    images = np.random.default_rng(0).random((5, 1, 48, 48)).astype(np.float32)
+    labels = np.zeros((5, 1, 48, 48))
+    labels[:, :, 10:20, 10:20] = 1
+    with h5py.File(folder / "some_split.h5", "w") as f:
+        f["images"], f["labels"] = images, labels
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(unimed_tiny(), tmp_path / "tiny.pt", {"version": 3})
+    out_json = tmp_path / "result.json"
+    out = run(repo, "evaluate", "--dataset", "msd_patches", "--data", str(folder), "--checkpoint", str(ckpt),
+              "--json", str(out_json), "--no-progress")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out_json.read_text())
+    assert doc["dataset"] == "msd_patches" and doc["n"] == 5
+    assert set(doc["metrics"]) >= {"dice"} and 0 <= doc["metrics"]["dice"] <= 1
+    assert "dice" in out.stdout
+
+
+def test_versions_lists_and_rolls_back(repo, tmp_path):
+    from unimed.model_store import ModelStore
+    from unimed.networks.unimed import unimed_tiny
+
+    store = ModelStore(tmp_path)
+    store.publish(unimed_tiny(), {"kind": "a"})
+    store.publish(unimed_tiny(), {"kind": "b"})
+    out = run(repo, "versions", "--model-dir", str(tmp_path))
+    assert out.returncode == 0 and "v0001" in out.stdout and "* v0002" in out.stdout
+    out = run(repo, "versions", "--model-dir", str(tmp_path), "--rollback", "1")
+    assert out.returncode == 0 and store.current_version() == 1
+    out = run(repo, "versions", "--model-dir", str(tmp_path), "--rollback", "9")
+    assert out.returncode == 2 and "no model version 9" in out.stderr

@@ -56,7 +56,8 @@ def test_gradients_reach_every_parameter(net):
     net.zero_grad()
     ids, pad = net.prompt([("segmentation", None), ("detection", None)])
     out = net(torch.randn(2, 2, 32, 32, 16), ids, pad)
-    loss = sum(out[k].float().pow(2).mean() for k in ("mask_logits", "class_logits", "boxes", "presence_logits"))
+    loss = sum(out[k].float().pow(2).mean() for k in ("mask_logits", "class_logits", "boxes", "presence_logits",
+                                                      "heat_logits", "extents"))
     loss = loss + out["query_mask_logits"].pow(2).mean()
     loss.backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]

@@ -39,13 +39,18 @@ def _free_port() -> int:
 def server(repo, sample, tmp_path_factory):
     studies = tmp_path_factory.mktemp("datastore")
     shutil.copytree(sample, studies, dirs_exist_ok=True)
+    model_dir = tmp_path_factory.mktemp("model")  # training in these tests must not touch the shipped model
+    shipped = repo / "apps" / "unimed" / "model" / "unimed.pt"
+    if shipped.exists():
+        shutil.copy(shipped, model_dir / "unimed.pt")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(tmp_path_factory.mktemp("log") / "server.log", "w+")
     env = dict(os.environ, MONAI_LABEL_TRACKING_ENABLED="false")
     proc = subprocess.Popen(
         [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(repo / "apps" / "unimed"),
-         "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port)],
+         "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port),
+         "--conf", "model_path", str(model_dir / "unimed.pt")],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )
     deadline = time.time() + 180
@@ -59,7 +64,8 @@ def server(repo, sample, tmp_path_factory):
                 proc.kill()
                 pytest.fail(f"server did not start:\n{log.read()[-4000:]}")
             time.sleep(1)
-    yield {"url": url, "studies": studies, "client": MONAILabelClient(url, tmpdir=str(studies.parent))}
+    yield {"url": url, "studies": studies, "model_dir": model_dir,
+           "client": MONAILabelClient(url, tmpdir=str(studies.parent))}
     proc.terminate()
     try:
         proc.wait(20)
@@ -148,3 +154,23 @@ def test_unreadable_upload_gets_422(server, tmp_path):
     with pytest.raises(MONAILabelClientException) as err:
         infer(server["client"], "unimed_seg", "", {}, file=str(bad))
     assert "Status: 422" in err.value.msg and "cannot read" in err.value.msg
+
+
+def test_training_through_the_rest_api_publishes_a_version_that_infer_then_serves(server):
+    client = server["client"]
+    before = client.info()["unimed"]["version"]
+    client.train_start("unimed", {"max_epochs": 1, "max_minutes": 5})
+    deadline = time.time() + 600
+    while True:
+        status = client.train_status()
+        if status.get("status") in ("DONE", "ERROR") or time.time() > deadline:
+            break
+        time.sleep(2)
+    details = "\n".join(status.get("details", []))
+    assert status["status"] == "DONE", details[-3000:]
+    assert "epoch 1/1 step 2/2 loss" in details and "eta" in details  # two labelled images, one epoch
+    after = client.info()["unimed"]["version"]
+    assert after == (before or 0) + 1
+    assert (server["model_dir"] / "versions" / f"v{after:04d}.pt").exists()
+    _, params = infer(client, "unimed_cls", "adrenal_val_000", {})
+    assert params["model_version"] == after

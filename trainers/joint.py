@@ -22,12 +22,12 @@ import torch.distributed as dist
 
 from trainers.config import TrainConfig
 from trainers.data import GridItem, Source, collate
-from trainers.losses import classification_loss, detection_loss, segmentation_loss
+from trainers.losses import classification_loss, detection_loss, proposal_loss, segmentation_loss
 from trainers.ssl import MaskedReconstruction
 from unimed.networks.unimed import UniMed
 from unimed.tasks import Task
 
-__all__ = ["JointTrainer", "StepReport", "seed_everything", "init_distributed", "is_main_process"]
+__all__ = ["JointTrainer", "StepReport", "seed_everything", "init_distributed", "is_main_process", "replicas_agree"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,16 @@ def init_distributed() -> bool:
 
 def is_main_process() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def replicas_agree(model: torch.nn.Module) -> bool:
+    """Whether every rank holds bit-identical weights (True outside torchrun)."""
+    if not dist.is_initialized():
+        return True
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, flat)
+    return all(torch.equal(gathered[0], g) for g in gathered)
 
 
 @dataclass
@@ -156,8 +166,10 @@ class JointTrainer:
             if it.image.shape[-1] == 1:
                 boxes[:, 2], boxes[:, 5] = 0.0, 1.0
             targets.append((cls, boxes))
-        return detection_loss(out["class_logits"], out["box_logits"], out["boxes"], targets, allowed,
-                              model.config.num_bins, w)
+        losses = detection_loss(out["class_logits"], out["box_logits"], out["boxes"], targets, allowed,
+                                model.config.num_bins, w)
+        losses.update(proposal_loss(out["heat_logits"], out["extents"], targets, allowed[:, 1:], w))
+        return losses
 
     def _cls(self, feats, items, w):
         model = self.model

@@ -6,6 +6,9 @@
   probability, L1 and generalised IoU), then class cross-entropy over the label tokens for every
   query (unmatched ones to "no object"), and for matched queries box L1, GIoU and the token
   loss of the composed decoder: cross-entropy of the six coordinate-bin tokens;
+* proposals (two-stage decoding): a penalty-reduced focal loss on the centre heat map
+  (Gaussian peaks at box centres, as in CenterNet) and L1 plus GIoU of the box extents at
+  each box's centre cell;
 * classification: binary cross-entropy of each prompt label token's presence logit.
 """
 
@@ -17,7 +20,10 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["LossWeights", "segmentation_loss", "detection_loss", "classification_loss", "generalized_box_iou", "match"]
+__all__ = [
+    "LossWeights", "segmentation_loss", "detection_loss", "proposal_loss", "classification_loss", "generalized_box_iou",
+    "match",
+]
 
 
 @dataclass
@@ -30,6 +36,9 @@ class LossWeights:
     det_l1: float = 5.0
     det_giou: float = 2.0
     det_token: float = 0.5
+    det_heat: float = 1.0
+    det_extent_l1: float = 5.0
+    det_extent_giou: float = 2.0
     no_object: float = 0.1
     cls: float = 1.0
     ssl: float = 1.0
@@ -141,6 +150,54 @@ def detection_loss(
     token = F.cross_entropy(torch.cat(matched_logits).flatten(0, 1), bins.flatten())
     return {"det_class": w.det_class * loss_class, "det_l1": w.det_l1 * l1, "det_giou": w.det_giou * giou,
             "det_token": w.det_token * token}
+
+
+def proposal_loss(heat_logits: torch.Tensor, extents: torch.Tensor, targets: list[tuple[torch.Tensor, torch.Tensor]],
+                  allowed: torch.Tensor, w: LossWeights) -> dict[str, torch.Tensor]:
+    """Loss of the dense proposal head.
+
+    Args:
+        heat_logits: ``(B, K, X, Y, Z)``.
+        extents: ``(B, 6, X, Y, Z)`` distances from cell centres to box faces.
+        targets: per image ``(classes (M,) 1-based class indices, boxes (M, 6) normalised)``.
+        allowed: ``(B, K)`` bool: the classes annotated for each image (others are ignored).
+    """
+    from unimed.networks.proposals import cell_centres, decode_boxes
+
+    shape = tuple(heat_logits.shape[2:])
+    size = torch.tensor(shape, dtype=torch.float32)
+    centres = cell_centres(shape).flatten(1)  # (3, N)
+    target = torch.zeros_like(heat_logits)
+    pos_cells, pos_img, pos_boxes = [], [], []
+    for i, (cls, boxes) in enumerate(targets):
+        for c, box in zip(cls.tolist(), boxes):
+            centre = (box[:3] + box[3:]) / 2
+            cell = (centre * size).long().clamp(max=size.long() - 1)
+            sigma = ((box[3:] - box[:3]) * size / 6).clamp(min=0.5)
+            d = ((centres - ((cell.float() + 0.5) / size)[:, None]) * size[:, None]) ** 2 / (2 * sigma[:, None] ** 2)
+            flat = int(shape[1] * shape[2] * cell[0] + shape[2] * cell[1] + cell[2])
+            g = torch.exp(-d.sum(0))
+            g[flat] = 1.0
+            target[i, c - 1] = torch.maximum(target[i, c - 1], g.reshape(shape))
+            pos_cells.append(flat)
+            pos_img.append(i)
+            pos_boxes.append(box)
+    p = heat_logits.sigmoid().clamp(1e-4, 1 - 1e-4)
+    pos = target.eq(1.0)
+    valid = allowed[:, :, None, None, None].expand_as(p)
+    pos_term = (torch.log(p) * (1 - p) ** 2)[pos & valid].sum()
+    neg_term = (torch.log(1 - p) * p**2 * (1 - target) ** 4)[~pos & valid].sum()
+    heat = -(pos_term + neg_term) / max(1, int((pos & valid).sum()))
+    if not pos_cells:
+        return {"det_heat": w.det_heat * heat, "det_extent_l1": extents.sum() * 0, "det_extent_giou": extents.sum() * 0}
+    img, cells = torch.tensor(pos_img), torch.tensor(pos_cells)
+    pred = decode_boxes(extents).flatten(2)[img, :, cells]  # (M, 6)
+    gt = torch.stack(pos_boxes)
+    flat = heat_logits.shape[-1] == 1
+    axes = [0, 1, 3, 4] if flat else list(range(6))
+    l1 = F.l1_loss(pred[:, axes], gt[:, axes])
+    giou = (1 - torch.diag(generalized_box_iou(pred, gt))).mean()
+    return {"det_heat": w.det_heat * heat, "det_extent_l1": w.det_extent_l1 * l1, "det_extent_giou": w.det_extent_giou * giou}
 
 
 def classification_loss(presence_logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,

@@ -20,7 +20,7 @@ import torch
 
 from trainers.config import MixEntry, TrainConfig
 from trainers.data import Source, to_grid_item
-from trainers.joint import JointTrainer, seed_everything
+from trainers.joint import JointTrainer, init_distributed, is_main_process, replicas_agree, seed_everything
 from unimed.datasets import read_brats, read_medmnist, read_msd_patches, read_voc
 from unimed.datasets.sample import Sample
 from unimed.model_store import ModelStore
@@ -55,13 +55,13 @@ UNLABELLED = ("totalseg_examples/example_ct_sm.nii.gz", "totalseg_examples/examp
 def default_config(minutes: float = 80.0) -> TrainConfig:
     """The shipped checkpoint's recipe."""
     return TrainConfig(
-        steps=2000,
+        steps=2400,
         max_minutes=minutes,
         lr=1e-3,
         mix={
             "brats": MixEntry(("segmentation", "detection", "classification"), batch_size=1, every=2),
             "medmnist": MixEntry(("classification",), batch_size=16),
-            "voc": MixEntry(("detection",), batch_size=4),
+            "voc": MixEntry(("detection",), batch_size=6),
             "msd_patches": MixEntry(("segmentation", "detection", "classification"), batch_size=16),
             "unlabelled": MixEntry((), batch_size=1, every=4),
         },
@@ -81,6 +81,9 @@ def build_sources(data: Path, config: TrainConfig) -> tuple[list[Source], Source
     for name, spec in DATASETS.items():
         if name not in config.mix:
             continue
+        if not (data / spec.folder).exists():
+            logger.warning("no %s data at %s: training without it", name, data / spec.folder)
+            continue
         samples = _read(spec.kind, data / spec.folder, spec.train_split)
         mix = config.mix[name]
         items = [to_grid_item(s) for s in samples]
@@ -95,7 +98,9 @@ def build_sources(data: Path, config: TrainConfig) -> tuple[list[Source], Source
                 img = loader(str(data / rel))
                 samples.append(Sample(img, img.affine.numpy(), "unlabelled", rel))
         # the labelled volumes' images count as unlabelled too: reconstruction needs no label
-        samples += [Sample(s.image, s.affine, "unlabelled", s.name) for s in _read("brats", data / "brats2013", "train")]
+        if (data / "brats2013").exists():
+            samples += [Sample(s.image, s.affine, "unlabelled", s.name)
+                        for s in _read("brats", data / "brats2013", "train")]
         if samples:
             mix = config.mix["unlabelled"]
             unlabelled = Source("unlabelled", [to_grid_item(s) for s in samples], (), mix.batch_size, mix.every,
@@ -118,14 +123,19 @@ def pretrain(
     """
     data, model_dir = Path(data), Path(model_dir)
     config = config or default_config()
+    distributed = init_distributed()
     seed_everything(config.seed)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     start = time.time()
     sources, unlabelled = build_sources(data, config)
+    if not sources:
+        raise ValueError(f"{data} holds none of the datasets {', '.join(s.folder for s in DATASETS.values())}")
     model = model or unimed_small()
     trainer = JointTrainer(model, sources, config, unlabelled)
     history = trainer.train(progress=progress)
     train_seconds = time.time() - start
+    agree = replicas_agree(model)
+    if not is_main_process():
+        return {}
     card: dict[str, Any] = {
         "data": {s.name: {"samples": len(s.items), "split": DATASETS[s.name].train_split, "tasks": list(s.tasks)}
                  for s in sources},
@@ -136,6 +146,8 @@ def pretrain(
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
         "config": config.to_dict(),
         "command": f"python main.py pretrain --data {data}",
+        "processes": torch.distributed.get_world_size() if distributed else 1,
+        "replicas_agree": agree,
     }
     version = ModelStore(model_dir).publish(model, {"kind": "pretrain", "steps": trainer.step_count})
     card["version"] = version.number

@@ -144,12 +144,13 @@ class Predictor:
 
         def window(patch: torch.Tensor):
             f = self.model.encode(patch)
-            return (f.pixel, *f.memory, f.embedding[:, :, None, None, None].expand(-1, -1, *f.memory[0].shape[2:]).contiguous())
+            emb = f.embedding[:, :, None, None, None].expand(-1, -1, *f.memory[0].shape[2:]).contiguous()
+            return (f.pixel, *f.memory, f.dense, emb)
 
-        pixel, m16, m8, emb = sliding_window_inference(
+        pixel, m16, m8, dense, emb = sliding_window_inference(
             x, roi, sw_batch_size=1, predictor=window, overlap=self.overlap, mode="constant"
         )
-        return Features(pixel=pixel, memory=[m16, m8], embedding=emb.mean(dim=(2, 3, 4)))
+        return Features(pixel=pixel, memory=[m16, m8], dense=dense, embedding=emb.mean(dim=(2, 3, 4)))
 
     @torch.inference_mode()
     def predict(

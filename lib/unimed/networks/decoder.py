@@ -31,19 +31,14 @@ class DecoderLayer(nn.Module):
         return x + self.ffn(self.norm3(x))
 
 
-def _anchor_logits(num_queries: int, num_bins: int, seed: int = 0) -> torch.Tensor:
-    """Coordinate-bin logits of one reference box per query, spread over the image.
+def box_prior_logits(ref: torch.Tensor, num_bins: int, width: float = 0.05) -> torch.Tensor:
+    """Coordinate-bin logits ``(..., 6, num_bins)`` peaked at reference boxes ``(..., 6)``.
 
-    Every query starts from its own box (centre uniform in the image, sides 0.05-0.35), so
-    that queries specialise by place from the first step instead of all starting at the
-    degenerate mean box of uniform bin logits.
+    Added to the box head's logits, they make each query's box start at its reference (its
+    proposal) so that the head only learns the correction.
     """
-    g = torch.Generator().manual_seed(seed)
-    centre = torch.rand(num_queries, 3, generator=g)
-    half = (0.05 + 0.3 * torch.rand(num_queries, 3, generator=g)) / 2
-    ref = torch.cat([(centre - half).clamp(0, 1), (centre + half).clamp(0, 1)], dim=1)  # (Q, 6)
-    bins = (torch.arange(num_bins) + 0.5) / num_bins
-    return (-(((bins - ref[..., None]) / 0.1) ** 2) / 2).clamp(min=-4.0)
+    bins = (torch.arange(num_bins, device=ref.device, dtype=ref.dtype) + 0.5) / num_bins
+    return (-(((bins - ref[..., None]) / width) ** 2) / 2).clamp(min=-8.0)
 
 
 class DecomposedDecoder(nn.Module):
@@ -101,7 +96,7 @@ class DecomposedDecoder(nn.Module):
         self.class_head = nn.Linear(dim, num_classes + 1)
         self.box_head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 6 * num_bins))
         self.presence_head = nn.Linear(dim, 1)
-        self.box_prior = nn.Parameter(_anchor_logits(num_queries, num_bins))
+        self.ref_pos = nn.Linear(6, dim)
 
     def forward(
         self,
@@ -109,6 +104,8 @@ class DecomposedDecoder(nn.Module):
         memory_pos: Sequence[torch.Tensor],
         prompt_ids: torch.Tensor,
         prompt_pad: torch.Tensor,
+        query_content: torch.Tensor | None = None,
+        query_boxes: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Run the queue through the decoder.
 
@@ -117,6 +114,8 @@ class DecomposedDecoder(nn.Module):
             memory_pos: position encodings of the levels, ``(N_l, dim)`` each.
             prompt_ids: ``(B, P)`` token ids: the task token, then label tokens, padded.
             prompt_pad: ``(B, P)`` True where ``prompt_ids`` is padding.
+            query_content: ``(B, Q, dim)`` added to the learned queries (their proposals' features).
+            query_boxes: ``(B, Q, 6)`` reference boxes of the queries; the boxes start there.
 
         Returns:
             ``mask_embed`` ``(B, P + Q, mask_dim)``; ``class_logits`` ``(B, Q, num_classes + 1)``;
@@ -124,8 +123,13 @@ class DecomposedDecoder(nn.Module):
         """
         b, p = prompt_ids.shape
         queries = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)
+        qpos = self.query_pos.weight.unsqueeze(0).expand(b, -1, -1)
+        if query_content is not None:
+            queries = queries + query_content
+        if query_boxes is not None:
+            qpos = qpos + self.ref_pos(query_boxes)
         x = torch.cat([self.token_embed(prompt_ids), queries], dim=1)
-        pos = torch.cat([self.prompt_pos.expand(b, p, -1), self.query_pos.weight.unsqueeze(0).expand(b, -1, -1)], 1)
+        pos = torch.cat([self.prompt_pos.expand(b, p, -1), qpos], 1)
         pad = torch.cat([prompt_pad, prompt_pad.new_zeros(b, self.num_queries)], dim=1)
         for i, layer in enumerate(self.layers):
             level = i % len(memory)
@@ -135,6 +139,7 @@ class DecomposedDecoder(nn.Module):
         return {
             "mask_embed": self.mask_head(x),
             "class_logits": self.class_head(q),
-            "box_logits": self.box_head(q).reshape(b, self.num_queries, 6, self.num_bins) + self.box_prior,
+            "box_logits": self.box_head(q).reshape(b, self.num_queries, 6, self.num_bins)
+            + (0 if query_boxes is None else box_prior_logits(query_boxes, self.num_bins)),
             "presence_logits": self.presence_head(x[:, :p]).squeeze(-1),
         }

@@ -21,6 +21,7 @@ from unimed.networks.backbone import Backbone
 from unimed.networks.decoder import DecomposedDecoder
 from unimed.networks.layers import position_encoding
 from unimed.networks.pixel_decoder import PixelDecoder
+from unimed.networks.proposals import ProposalHead, select_proposals
 from unimed.tasks import Task
 from unimed.tokens import TokenVocabulary
 
@@ -80,11 +81,13 @@ class Features:
     Attributes:
         pixel: ``(B, mask_dim, X/2, Y/2, Z/2)`` per-pixel embeddings.
         memory: ``(B, dim, ...)`` pyramid levels at strides 16 and 8.
+        dense: ``(B, dim, X/4, Y/4, Z/4)`` the stride-4 level that proposes objects.
         embedding: ``(B, channels[-1])`` global average of the deepest backbone stage.
     """
 
     pixel: torch.Tensor
     memory: list[torch.Tensor]
+    dense: torch.Tensor
     embedding: torch.Tensor
 
 
@@ -114,6 +117,8 @@ class UniMed(nn.Module):
         - ``presence_logits`` ``(B, P)``: image-level presence of each prompt label (the
           task token's entry is unused).
         - ``embedding`` ``(B, channels[-1])``: the image embedding.
+        - ``heat_logits`` ``(B, K, X/4, Y/4, Z/4)`` and ``extents`` ``(B, 6, ...)``: the dense
+          proposals the queries start from, and ``proposal_boxes`` ``(B, Q, 6)``.
 
     Example:
         >>> net = unimed_tiny()
@@ -146,6 +151,8 @@ class UniMed(nn.Module):
             heads=config.heads,
             layers=config.layers,
         )
+        self.proposal_head = ProposalHead(dim=config.dim, num_classes=len(self.registry))
+        self.proposal_proj = nn.Linear(config.dim, config.dim)
         self.register_buffer("bin_centres", (torch.arange(config.num_bins) + 0.5) / config.num_bins, persistent=False)
 
     # -- prompts -----------------------------------------------------------------------------
@@ -171,13 +178,22 @@ class UniMed(nn.Module):
             ids[i, : len(r)] = torch.tensor(r)
         return ids.to(self.bin_centres.device), ids.eq(self.vocab.pad_id).to(self.bin_centres.device)
 
+    def prompt_classes(self, prompt_ids: torch.Tensor) -> torch.Tensor:
+        """``(B, K)`` bool: the labels each prompt asks for, as class channels."""
+        k = len(self.registry)
+        idx = prompt_ids - self.vocab.label_offset
+        valid = (idx >= 0) & (idx < k)
+        out = torch.zeros(prompt_ids.shape[0], k, dtype=torch.bool, device=prompt_ids.device)
+        out.scatter_(1, idx.clamp(0, k - 1), valid)
+        return out
+
     # -- the two halves ---------------------------------------------------------------------------
     def encode(self, image: torch.Tensor) -> Features:
         """Backbone and pixel decoder: the task-independent, expensive half."""
         _check_image(image)
         feats = self.backbone(image)
-        pixel, memory = self.pixel_decoder(feats)
-        return Features(pixel=pixel, memory=memory, embedding=feats[-1].mean(dim=(2, 3, 4)))
+        pixel, memory, dense = self.pixel_decoder(feats)
+        return Features(pixel=pixel, memory=memory, dense=dense, embedding=feats[-1].mean(dim=(2, 3, 4)))
 
     def decode(
         self, features: Features, prompt_ids: torch.Tensor, prompt_pad: torch.Tensor | None = None
@@ -191,7 +207,12 @@ class UniMed(nn.Module):
         memory_pos = [
             position_encoding(tuple(m.shape[2:]), self.config.dim, device=m.device).to(m.dtype) for m in features.memory
         ]
-        out = self.decoder(memory, memory_pos, prompt_ids, prompt_pad)
+        heat, extents = self.proposal_head(features.dense)
+        props = select_proposals(heat, extents, features.dense, self.prompt_classes(prompt_ids), self.config.num_queries)
+        label_ids = (props.classes - 1 + self.vocab.label_offset).clamp(max=self.vocab.size - 1)
+        content = self.proposal_proj(props.features) + self.decoder.token_embed(label_ids)
+        out = self.decoder(memory, memory_pos, prompt_ids, prompt_pad, content, props.boxes)
+        out.update(heat_logits=heat, extents=extents, proposal_boxes=props.boxes)
         p = prompt_ids.shape[1]
         masks = torch.einsum("bqd,bdxyz->bqxyz", out.pop("mask_embed"), features.pixel)
         out["mask_logits"], out["query_mask_logits"] = masks[:, :p], masks[:, p:]

@@ -22,13 +22,15 @@ class UniMedTaskConfig(TaskConfig):
     """Builds the shared :class:`ModelService` and the models ``unimed``, ``unimed_seg``,
     ``unimed_det`` and ``unimed_cls``.
 
-    Conf keys (``--conf KEY VALUE``): ``model_path`` (default ``<app>/model/unimed.pt``),
+    Conf keys (``--conf KEY VALUE``): ``model_path`` (default ``<app>/model/unimed.pt``; training
+    publishes there and keeps numbered versions in ``versions/`` beside it),
     ``max_size_3d`` (longest side of a volume's model grid, default 128).
     """
 
     def init(self, name: str, model_dir: str, conf: dict[str, str], planner: Any, **kwargs):
         super().init(name, model_dir, conf, planner, **kwargs)
         self.path = conf.get("model_path", os.path.join(model_dir, "unimed.pt"))
+        self.model_dir = os.path.dirname(os.path.abspath(self.path))  # versions live beside the published file
         self.service = ModelService(self.path, max_size_3d=int(conf.get("max_size_3d", 128)))
 
     def infer(self) -> dict[str, InferTask]:
