@@ -107,8 +107,9 @@ class UniMedTrainTask(TrainTask):
 
         def report(rep: StepReport) -> None:
             epoch = math.ceil(rep.step / len(labelled))
-            logger.info("epoch %d/%d step %d/%d loss %.4f eta %.0fs", epoch, epochs, rep.step, steps, rep.loss,
-                        rep.eta_seconds)
+            terms = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in rep.losses.items())
+            logger.info("epoch %d/%d step %d/%d loss %.4f (%s) eta %.0fs", epoch, epochs, rep.step, steps, rep.loss,
+                        terms, rep.eta_seconds)
 
         history = trainer.train(callback=report)
         version = self.store.publish(model, {
