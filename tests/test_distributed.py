@@ -37,7 +37,7 @@ def test_two_processes_train_in_step_and_publish_one_model(repo, tmp_path):
     out = tmp_path / "model"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(repo / "main.py"), "pretrain", "--data", str(data), "--model-dir", str(out), "--steps", "3",
          "--no-eval", "--no-progress"],
         capture_output=True, text=True, timeout=600, env=env, cwd=repo,

@@ -44,6 +44,7 @@ def save_checkpoint(model: UniMed, path: str | Path, meta: dict[str, Any] | None
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is read by the server's user too
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

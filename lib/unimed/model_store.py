@@ -115,6 +115,7 @@ class ModelStore:
             shutil.copyfile(source, tmp)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
             os.replace(tmp, self.published)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
