@@ -82,7 +82,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     if args.out and pred.task.value != "segmentation":
         Path(args.out).write_text(json.dumps(result, indent=2))
         print(f"result written to {args.out}")
-    print(f"seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in pred.seconds.items()))
+    print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in pred.seconds.items()))
     return 0
 
 

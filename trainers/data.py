@@ -13,7 +13,6 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.data import MetaTensor
 
 from unimed.datasets.sample import Sample
 from unimed.transforms import to_model_grid
@@ -38,9 +37,7 @@ class GridItem:
 
 def to_grid_item(sample: Sample, *, max_size_3d: int = 128, max_size_2d: int = 384) -> GridItem:
     """Put a sample on the model grid (labels by nearest neighbour; boxes are grid-free)."""
-    raw = sample.image.as_tensor() if isinstance(sample.image, MetaTensor) else torch.as_tensor(sample.image)
-    image = MetaTensor(raw, affine=torch.as_tensor(sample.affine, dtype=torch.float64))
-    grid, spec = to_model_grid(image, max_size_3d=max_size_3d, max_size_2d=max_size_2d)
+    grid, spec = to_model_grid(sample.meta_image(), max_size_3d=max_size_3d, max_size_2d=max_size_2d)
     label_map = None
     if sample.label_map is not None:
         lm = torch.as_tensor(np.asarray(sample.label_map, dtype=np.int64)).reshape(spec.shape)

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
+from unimed.networks.layers import upsample_to
+
 __all__ = [
     "LossWeights", "segmentation_loss", "detection_loss", "proposal_loss", "classification_loss", "generalized_box_iou",
     "match",
@@ -52,7 +54,7 @@ def segmentation_loss(mask_logits: torch.Tensor, target: torch.Tensor, w: LossWe
     channel indices (0 background, ``i`` the ``i``-th label token). Logits are upsampled to the
     target's size. Padding channels of a batch must carry a large negative logit."""
     if mask_logits.shape[2:] != target.shape[1:]:
-        mask_logits = _resize(mask_logits, tuple(target.shape[1:]))
+        mask_logits = upsample_to(mask_logits, tuple(target.shape[1:]))
     ce = F.cross_entropy(mask_logits, target)
     probs = mask_logits.softmax(1)
     onehot = F.one_hot(target, mask_logits.shape[1]).movedim(-1, 1).float()
@@ -64,12 +66,6 @@ def segmentation_loss(mask_logits: torch.Tensor, target: torch.Tensor, w: LossWe
     # labels absent from an image still teach "not here" through CE; Dice averages over present ones
     dice = dice[:, 1:][present[:, 1:]].mean() if present[:, 1:].any() else dice.new_zeros(())
     return {"seg_ce": w.seg_ce * ce, "seg_dice": w.seg_dice * dice}
-
-
-def _resize(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    if x.shape[-1] == 1 and size[-1] == 1:
-        return F.interpolate(x[..., 0], size=size[:2], mode="bilinear", align_corners=False)[..., None]
-    return F.interpolate(x, size=size, mode="trilinear", align_corners=False)
 
 
 def _volume(b: torch.Tensor) -> torch.Tensor:

@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 
@@ -25,11 +23,13 @@ from trainers.config import MixEntry, TrainConfig
 from trainers.data import Source, to_grid_item
 from trainers.joint import JointTrainer, StepReport, seed_everything
 from unimed.checkpoint import CheckpointError, load_checkpoint
+from unimed.datasets.datastore import read_label
+from unimed.datasets.errors import DatasetError
 from unimed.datasets.sample import Sample
 from unimed.labels import LabelRegistry
 from unimed.model_store import ModelStore
 from unimed.networks.unimed import unimed_small
-from unimed.transforms import load_image
+from unimed.transforms import image_affine, load_image
 
 __all__ = ["UniMedTrainTask", "datastore_samples"]
 
@@ -42,18 +42,16 @@ def datastore_samples(datastore: Datastore) -> tuple[list[Sample], list[Sample]]
     labelled, unlabelled = [], []
     for item in datastore.datalist():
         image = load_image(item["image"])
-        label = np.asarray(load_image(item["label"])[0]).astype(np.int64)
-        if label.shape != tuple(image.shape[1:]):
-            logger.warning("skipping %s: label shape %s differs from image %s", item["image"], label.shape,
-                           tuple(image.shape[1:]))
+        try:
+            label_map, names = read_label(Path(item["label"]), tuple(image.shape[1:]), registry)
+        except DatasetError as exc:  # one bad label must not stop training on the others
+            logger.warning("skipping %s: %s", item["image"], exc)
             continue
-        ids = sorted(int(v) for v in np.unique(label) if v != 0)
-        names = tuple(registry.by_id(i).name for i in ids)
-        labelled.append(Sample(image, image.affine.numpy(), "datastore", Path(item["image"]).name, label_map=label,
-                               seg_labels=names))
+        labelled.append(Sample(image, image_affine(image), "datastore", Path(item["image"]).name,
+                               label_map=label_map, seg_labels=names))
     for image_id in datastore.get_unlabeled_images(DefaultLabelTag.FINAL):
         image = load_image(datastore.get_image_uri(image_id))
-        unlabelled.append(Sample(image, image.affine.numpy(), "datastore", image_id))
+        unlabelled.append(Sample(image, image_affine(image), "datastore", image_id))
     return labelled, unlabelled
 
 

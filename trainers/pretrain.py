@@ -25,6 +25,7 @@ from unimed.datasets import read_brats, read_medmnist, read_msd_patches, read_vo
 from unimed.datasets.sample import Sample
 from unimed.model_store import ModelStore
 from unimed.networks.unimed import UniMed, unimed_small
+from unimed.transforms import image_affine, load_image
 
 __all__ = ["DATASETS", "default_config", "build_sources", "pretrain"]
 
@@ -75,8 +76,6 @@ def _read(kind: str, path: Path, split: str) -> list[Sample]:
 
 def build_sources(data: Path, config: TrainConfig) -> tuple[list[Source], Source | None]:
     """Grid items of every dataset's training split, as the config's mix wants them."""
-    from monai.transforms import LoadImage
-
     sources = []
     for name, spec in DATASETS.items():
         if name not in config.mix:
@@ -91,12 +90,11 @@ def build_sources(data: Path, config: TrainConfig) -> tuple[list[Source], Source
         logger.info("source %s: %d samples, tasks %s", name, len(items), ", ".join(mix.tasks))
     unlabelled = None
     if "unlabelled" in config.mix:
-        loader = LoadImage(image_only=True, ensure_channel_first=True)
         samples = []
         for rel in UNLABELLED:
             if (data / rel).exists():
-                img = loader(str(data / rel))
-                samples.append(Sample(img, img.affine.numpy(), "unlabelled", rel))
+                img = load_image(data / rel)
+                samples.append(Sample(img, image_affine(img), "unlabelled", rel))
         # the labelled volumes' images count as unlabelled too: reconstruction needs no label
         if (data / "brats2013").exists():
             samples += [Sample(s.image, s.affine, "unlabelled", s.name)

@@ -14,7 +14,6 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
 
 from unimed.datasets import READERS, Sample, read_dataset
 from unimed.labels import LabelRegistry
@@ -34,12 +33,6 @@ class _Predicts(Protocol):
     def predict(self, image: torch.Tensor, task: str, labels: Sequence[str] | None = None, **kwargs: Any) -> Any: ...
 
 
-def _image(sample: Sample) -> MetaTensor:
-    """The sample's image as a MetaTensor carrying its affine (so the model grid sees the spacing)."""
-    image = sample.image.as_tensor() if isinstance(sample.image, MetaTensor) else sample.image
-    return MetaTensor(image, affine=torch.as_tensor(np.asarray(sample.affine, dtype=np.float64)))
-
-
 def _mean(values: Iterable[float]) -> float | None:
     values = list(values)
     return float(np.mean(values)) if values else None
@@ -48,7 +41,7 @@ def _mean(values: Iterable[float]) -> float | None:
 def _brats(samples: Iterable[Sample], predictor: _Predicts, names: Sequence[str] = ()) -> dict[str, Any]:
     scores: dict[str, list[float]] = {"wt": [], "tc": [], "et": []}
     for s in samples:
-        pred = brats_regions(predictor.predict(_image(s), "segmentation", _BRATS_LABELS).label_map())
+        pred = brats_regions(predictor.predict(s.meta_image(), "segmentation", _BRATS_LABELS).label_map())
         true = brats_regions(s.label_map)
         for region in scores:
             scores[region].append(dice(pred[region], true[region]))
@@ -65,7 +58,7 @@ def _class_score(pred: Any, name: str) -> float:
 def _medmnist(samples: Iterable[Sample], predictor: _Predicts, names: Sequence[str] = ()) -> dict[str, Any]:
     scores, targets = [], []
     for s in samples:
-        pred = predictor.predict(_image(s), "classification", _ADRENAL_LABELS)
+        pred = predictor.predict(s.meta_image(), "classification", _ADRENAL_LABELS)
         scores.append(_class_score(pred, _ADRENAL_LABELS[0]))
         targets.append(s.class_labels[_ADRENAL_LABELS[0]])
     auc = roc_auc(scores, targets) if len(set(targets)) == 2 else None
@@ -80,7 +73,7 @@ def _voc(samples: Iterable[Sample], predictor: _Predicts, names: Sequence[str] =
         gt = np.asarray(s.boxes, dtype=np.float64).reshape(-1, 6) * shape - 0.5
         for name in s.det_labels:
             truth.setdefault(name, {})[s.name] = gt[[lab == name for lab in s.box_labels]]
-        pred = predictor.predict(_image(s), "detection", list(s.det_labels))
+        pred = predictor.predict(s.meta_image(), "detection", list(s.det_labels))
         boxes = np.asarray(pred.boxes_voxel(), dtype=np.float64).reshape(-1, 6)
         labels = list(pred.annotation.labels)
         scores = pred.annotation.scores or [1.0] * len(labels)
@@ -95,7 +88,7 @@ def _msd_patches(samples: Iterable[Sample], predictor: _Predicts, names: Sequenc
     label_id = LabelRegistry().get("lung_tumor").id
     per_patch, inter, total = [], 0, 0
     for s in samples:
-        pred = predictor.predict(_image(s), "segmentation", ["lung_tumor"]).label_map() == label_id
+        pred = predictor.predict(s.meta_image(), "segmentation", ["lung_tumor"]).label_map() == label_id
         true = np.asarray(s.label_map) == label_id
         per_patch.append(dice(pred, true))
         inter += int(np.logical_and(pred, true).sum())
@@ -117,7 +110,7 @@ def _datastore(samples: Iterable[Sample], predictor: _Predicts, names: Sequence[
         wanted = [n for n in names if n in s.seg_labels]
         if not wanted:
             continue
-        pred = predictor.predict(_image(s), "segmentation", names).label_map()
+        pred = predictor.predict(s.meta_image(), "segmentation", names).label_map()
         for name in wanted:
             label_id = registry.get(name).id
             scores[name].append(dice(pred == label_id, np.asarray(s.label_map) == label_id))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from unimed.networks.unimed import SIZE_DIVISOR
 
-__all__ = ["ImageLoadError", "GridSpec", "load_image", "normalize_intensity", "to_model_grid", "resize_to_image"]
+__all__ = ["ImageLoadError", "GridSpec", "load_image", "image_affine", "normalize_intensity", "to_model_grid", "resize_to_image"]
 
 #: file types a datastore or the command line can hand to UniMed
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
@@ -101,13 +101,17 @@ def _spacing(affine: np.ndarray, ndim: int) -> np.ndarray:
     return np.sqrt((affine[:ndim, :ndim] ** 2).sum(axis=0))
 
 
-def _affine4(image: torch.Tensor, ndim: int) -> np.ndarray:
+def image_affine(image: torch.Tensor) -> np.ndarray:
+    """An image's voxel-to-world affine as 4x4 (a 2D image's 3x3 is padded; none gives identity)."""
     aff = getattr(image, "affine", None)
-    aff = np.eye(ndim + 1) if aff is None else np.asarray(torch.as_tensor(aff).double().cpu())
+    if aff is None:
+        return np.eye(4)
+    aff = np.asarray(torch.as_tensor(aff).double().cpu())
     if aff.shape == (4, 4):
         return aff
+    nd = aff.shape[0] - 1
     out = np.eye(4)
-    out[:ndim, :ndim], out[:ndim, 3] = aff[:ndim, :ndim], aff[:ndim, ndim]
+    out[:nd, :nd], out[:nd, 3] = aff[:nd, :nd], aff[:nd, nd]
     return out
 
 
@@ -137,7 +141,7 @@ def to_model_grid(image: torch.Tensor, *, max_size_3d: int = 128, max_size_2d: i
     ndim = image.ndim - 1
     if ndim not in (2, 3):
         raise ImageLoadError(f"expected a channel-first 2D or 3D image, got shape {tuple(image.shape)}")
-    affine = _affine4(image, ndim)
+    affine = image_affine(image)
     x = normalize_intensity(image)
     if ndim == 2:
         x = x.unsqueeze(-1)

@@ -10,7 +10,7 @@ import torch
 from unimed.datasets.errors import DatasetError
 from unimed.datasets.sample import Sample
 from unimed.labels import LabelRegistry, UnknownLabelError
-from unimed.transforms import IMAGE_SUFFIXES, ImageLoadError, load_image
+from unimed.transforms import IMAGE_SUFFIXES, ImageLoadError, image_affine, load_image
 
 __all__ = ["read_datastore", "image_stem"]
 
@@ -33,20 +33,6 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def _affine(image: torch.Tensor) -> np.ndarray:
-    """The image's affine as a 4x4 matrix (a 2D image's 3x3 affine is padded)."""
-    aff = getattr(image, "affine", None)
-    if aff is None:
-        return np.eye(4)
-    aff = np.asarray(torch.as_tensor(aff).double().cpu())
-    if aff.shape == (4, 4):
-        return aff
-    nd = aff.shape[0] - 1
-    out = np.eye(4)
-    out[:nd, :nd], out[:nd, 3] = aff[:nd, :nd], aff[:nd, nd]
-    return out
-
-
 def _load(path: Path) -> torch.Tensor:
     try:
         return load_image(path)
@@ -66,7 +52,13 @@ def _label_file(folder: Path, image: Path) -> Path | None:
     return hits[0] if hits else None
 
 
-def _read_label(path: Path, spatial_shape: tuple[int, ...], registry: LabelRegistry) -> tuple[np.ndarray, tuple[str, ...]]:
+def read_label(path: Path, spatial_shape: tuple[int, ...], registry: LabelRegistry) -> tuple[np.ndarray, tuple[str, ...]]:
+    """A final label map as registry ids (uint8) and the names of the labels present in it.
+
+    Raises:
+        DatasetError: unreadable, not one channel, another shape than the image's, or a value
+            that is not a registry id.
+    """
     label = _load(path)
     if label.shape[0] != 1:
         raise DatasetError(f"{path}: a label map must have one channel, got {label.shape[0]}")
@@ -117,7 +109,7 @@ def read_datastore(folder: str | Path) -> tuple[list[Sample], list[Sample]]:
         image = _load(path)
         sample = Sample(
             image=torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image),
-            affine=_affine(image),
+            affine=image_affine(image),
             dataset="datastore",
             name=image_stem(path.name),
         )
@@ -125,6 +117,6 @@ def read_datastore(folder: str | Path) -> tuple[list[Sample], list[Sample]]:
         if label_path is None:
             unlabelled.append(sample)
             continue
-        sample.label_map, sample.seg_labels = _read_label(label_path, sample.spatial_shape, registry)
+        sample.label_map, sample.seg_labels = read_label(label_path, sample.spatial_shape, registry)
         labelled.append(sample)
     return labelled, unlabelled

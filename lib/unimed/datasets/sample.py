@@ -51,6 +51,13 @@ class Sample:
     def is_labelled(self) -> bool:
         return self.label_map is not None or self.boxes is not None or self.class_labels is not None
 
+    def meta_image(self) -> torch.Tensor:
+        """The image as a MONAI MetaTensor carrying ``affine``, so the model grid sees the spacing."""
+        from monai.data import MetaTensor
+
+        raw = self.image.as_tensor() if isinstance(self.image, MetaTensor) else torch.as_tensor(self.image)
+        return MetaTensor(raw, affine=torch.as_tensor(np.asarray(self.affine, dtype=np.float64)))
+
     @property
     def spatial_shape(self) -> tuple[int, ...]:
         return tuple(self.image.shape[1:])
