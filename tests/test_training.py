@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
@@ -146,3 +147,23 @@ def test_a_crash_while_publishing_leaves_the_published_model_intact(tmp_path, mo
     assert store.published.read_bytes() == before
     load_checkpoint(store.published)  # still readable
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_the_schedule_follows_whichever_budget_binds_first():
+    src, _ = _toy_sources()
+    trainer = JointTrainer(unimed_tiny(), [src], TrainConfig(steps=100, lr=1e-3, warmup_steps=10))
+    assert trainer.lr_at(0) == pytest.approx(1e-4)
+    assert trainer.lr_at(10) == pytest.approx(1e-3)
+    # a quarter of the steps but all of the time: the bottom of the cosine, 5% of lr
+    assert trainer.lr_at(30, time_fraction=1.0) == pytest.approx(5e-5)
+    assert trainer.lr_at(30, time_fraction=0.5) < trainer.lr_at(30, time_fraction=0.1) == trainer.lr_at(30)
+
+
+def test_channel_dropout_is_a_probability():
+    src, _ = _toy_sources()
+    with pytest.raises(ValueError, match="channel_dropout"):
+        Source("toy", src.items, ("segmentation",), channel_dropout=1.5)
+    two = [dataclasses.replace(it, image=it.image.repeat(2, 1, 1, 1)) for it in src.items]
+    rng = random.Random(0)
+    kept = [Source("toy", two, ("segmentation",), channel_dropout=p).batch(rng, False)[1] for p in (0.0, 1.0)]
+    assert kept == [None, 1]

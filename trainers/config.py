@@ -17,11 +17,13 @@ class MixEntry:
         tasks: the tasks trained on this source's samples (from one backbone pass).
         batch_size: samples per step.
         every: the source joins every ``every``-th step (1: every step).
+        channel_dropout: probability that a multi-channel batch keeps only its first channel.
     """
 
     tasks: tuple[str, ...]
     batch_size: int = 1
     every: int = 1
+    channel_dropout: float = 0.0
 
 
 @dataclass

@@ -81,8 +81,10 @@ class Source:
         tasks: tasks trained on it.
         batch_size: items per step, drawn from one grid shape.
         every: joins every ``every``-th step.
-        channel_dropout: with probability 0.5, a batch keeps only its first channel, so that a
+        channel_dropout: the probability that a batch keeps only its first channel, so that a
             multi-channel study also teaches the single-channel case (a FLAIR-only BraTS study).
+            Kept low: what only a later channel shows (enhancing tumour on T1c) cannot be
+            learnt from the first channel alone.
     """
 
     name: str
@@ -90,11 +92,13 @@ class Source:
     tasks: tuple[str, ...]
     batch_size: int = 1
     every: int = 1
-    channel_dropout: bool = False
+    channel_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.items:
             raise ValueError(f"source {self.name!r} has no samples")
+        if not 0.0 <= self.channel_dropout <= 1.0:
+            raise ValueError(f"channel_dropout must be a probability in [0, 1], got {self.channel_dropout}")
         groups: dict[tuple, list[int]] = {}
         for i, it in enumerate(self.items):
             groups.setdefault(tuple(it.image.shape), []).append(i)
@@ -107,5 +111,5 @@ class Source:
                                            else rng.choices(group, k=self.batch_size))]
         if augment_items:
             picked = [augment(it, rng) for it in picked]
-        channels = 1 if self.channel_dropout and picked[0].image.shape[0] > 1 and rng.random() < 0.5 else None
+        channels = 1 if picked[0].image.shape[0] > 1 and rng.random() < self.channel_dropout else None
         return picked, channels

@@ -115,11 +115,17 @@ class JointTrainer:
         self.step_count = 0
 
     # -- schedule ------------------------------------------------------------------------------
-    def lr_at(self, step: int) -> float:
+    def lr_at(self, step: int, time_fraction: float = 0.0) -> float:
+        """Linear warm-up, then cosine decay to 5% of ``lr``.
+
+        The decay follows whichever budget binds first: the share of ``steps`` done, or
+        ``time_fraction``, the share of ``max_minutes`` spent; so a run that its time budget
+        stops (a slower or busier machine) still ends at the bottom of the schedule.
+        """
         cfg = self.config
         if step < cfg.warmup_steps:
             return cfg.lr * (step + 1) / cfg.warmup_steps
-        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        progress = max((step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps), time_fraction)
         return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
     # -- losses --------------------------------------------------------------------------------
@@ -184,13 +190,13 @@ class JointTrainer:
         return classification_loss(out["presence_logits"], targets, valid, w)
 
     # -- the loop ------------------------------------------------------------------------------
-    def step(self) -> StepReport:
-        """One optimiser step over every source due now."""
+    def step(self, time_fraction: float = 0.0) -> StepReport:
+        """One optimiser step over every source due now; ``time_fraction`` as in :meth:`lr_at`."""
         t0 = time.perf_counter()
         self.model.train()
         self.ssl.train()
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(self.step_count)
+            group["lr"] = self.lr_at(self.step_count, time_fraction)
         self.optimizer.zero_grad(set_to_none=True)
         report: dict[str, float] = {}
         used, n = [], 0
@@ -245,7 +251,8 @@ class JointTrainer:
                    dynamic_ncols=True)
         try:
             while self.step_count < cfg.steps:
-                rep = self.step()
+                spent = time.perf_counter() - start
+                rep = self.step(0.0 if cfg.max_minutes is None else spent / (cfg.max_minutes * 60))
                 elapsed = time.perf_counter() - start
                 rep.eta_seconds = elapsed / len(history + [rep]) * (cfg.steps - self.step_count)
                 if cfg.max_minutes is not None:

@@ -60,11 +60,12 @@ def default_config(minutes: float = 80.0) -> TrainConfig:
         max_minutes=minutes,
         lr=1e-3,
         mix={
-            "brats": MixEntry(("segmentation", "detection", "classification"), batch_size=1, every=2),
+            "brats": MixEntry(("segmentation", "detection", "classification"), batch_size=1, every=2,
+                              channel_dropout=0.25),
             "medmnist": MixEntry(("classification",), batch_size=16),
             "voc": MixEntry(("detection",), batch_size=6),
             "msd_patches": MixEntry(("segmentation", "detection", "classification"), batch_size=16),
-            "unlabelled": MixEntry((), batch_size=1, every=4),
+            "unlabelled": MixEntry((), batch_size=1, every=4, channel_dropout=0.5),
         },
     )
 
@@ -86,7 +87,7 @@ def build_sources(data: Path, config: TrainConfig) -> tuple[list[Source], Source
         samples = _read(spec.kind, data / spec.folder, spec.train_split)
         mix = config.mix[name]
         items = [to_grid_item(s) for s in samples]
-        sources.append(Source(name, items, mix.tasks, mix.batch_size, mix.every, channel_dropout=name == "brats"))
+        sources.append(Source(name, items, mix.tasks, mix.batch_size, mix.every, mix.channel_dropout))
         logger.info("source %s: %d samples, tasks %s", name, len(items), ", ".join(mix.tasks))
     unlabelled = None
     if "unlabelled" in config.mix:
@@ -102,7 +103,7 @@ def build_sources(data: Path, config: TrainConfig) -> tuple[list[Source], Source
         if samples:
             mix = config.mix["unlabelled"]
             unlabelled = Source("unlabelled", [to_grid_item(s) for s in samples], (), mix.batch_size, mix.every,
-                                channel_dropout=True)
+                                mix.channel_dropout)
     return sources, unlabelled
 
 
