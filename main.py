@@ -189,7 +189,7 @@ def cmd_al_sim(args: argparse.Namespace) -> int:
         config = SimulationConfig(
             dataset=args.dataset, strategies=tuple(s.strip() for s in args.strategy.split(",") if s.strip()),
             rounds=args.rounds, per_round=args.per_round, steps_per_round=args.steps, lr=args.lr, ssl=args.ssl,
-            pool_size=args.pool_size, val_size=args.val_size, seed=args.seed)
+            initial=args.initial, pool_size=args.pool_size, val_size=args.val_size, seed=args.seed)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     import torch
@@ -283,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default="random,uncertainty", help="comma-separated: random, uncertainty, diversity")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--per-round", type=int, default=8, help="samples labelled per round")
+    p.add_argument("--initial", type=int, default=0,
+                   help="random seed-set labels shared by every strategy before round 1 (default 0)")
     p.add_argument("--steps", type=int, default=40, help="fine-tuning steps per round")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ssl", action=argparse.BooleanOptionalAction, default=True,

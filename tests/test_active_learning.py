@@ -188,7 +188,7 @@ def test_al_sim_writes_well_formed_json(repo, shared_data, tmp_path):
     proc = subprocess.run(
         [sys.executable, str(repo / "main.py"), "al-sim", "--dataset", "msd_patches",
          "--data", str(shared_data / "msd_lung_patches"), "--strategy", "random,uncertainty,diversity",
-         "--rounds", "2", "--per-round", "2", "--steps", "1", "--pool-size", "6", "--val-size", "3",
+         "--initial", "1", "--rounds", "2", "--per-round", "2", "--steps", "1", "--pool-size", "6", "--val-size", "3",
          "--threads", "1", "--no-progress", "--json", str(out), "--png", str(png)],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -196,7 +196,7 @@ def test_al_sim_writes_well_formed_json(repo, shared_data, tmp_path):
     assert result["dataset"] == "msd_patches" and result["metric"] == "dice"
     assert set(result["strategies"]) == {"random", "uncertainty", "diversity"}
     for curve in result["strategies"].values():
-        assert [p["labels"] for p in curve] == [0, 2, 4]
+        assert [p["labels"] for p in curve] == [1, 3, 5]
         assert all(0.0 <= p["value"] <= 1.0 for p in curve)
     starts = {curve[0]["value"] for curve in result["strategies"].values()}
     assert len(starts) == 1  # one starting model for every strategy
@@ -206,7 +206,7 @@ def test_al_sim_writes_well_formed_json(repo, shared_data, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--strategy", "random,oracle"], "unknown strategies ['oracle']"),
     (["--rounds", "0"], "rounds must be >= 1"),
-    (["--per-round", "500"], "fewer than per_round=500"),
+    (["--per-round", "500"], "fewer than initial + per_round = 0 + 500"),
 ])
 def test_al_sim_rejects_bad_arguments_in_one_line(repo, shared_data, args, message):
     proc = subprocess.run([sys.executable, str(repo / "main.py"), "al-sim", "--dataset", "msd_patches",

@@ -58,6 +58,9 @@ class SimulationConfig:
         steps_per_round: optimiser steps after each round's labels arrive.
         lr: AdamW learning rate of the fine-tuning.
         ssl: masked-image reconstruction on the still-unlabelled pool images.
+        initial: samples labelled at random before the first round, the same for every
+            strategy (a seed set: an untrained model's uncertainty says little); the model
+            fine-tunes on them once and every curve starts there.
         pool_size: use a fixed random subset of the training split as the pool (None: all).
         val_size: the same for the validation split.
         seed: seeds the pool subset, random picks and training.
@@ -71,6 +74,7 @@ class SimulationConfig:
     steps_per_round: int = 40
     lr: float = 1e-3
     ssl: bool = True
+    initial: int = 0
     pool_size: int | None = None
     val_size: int | None = None
     seed: int = 0
@@ -87,6 +91,8 @@ class SimulationConfig:
         for name in ("rounds", "per_round", "steps_per_round"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.initial < 0:
+            raise ValueError(f"initial must be >= 0, got {self.initial}")
         for name in ("pool_size", "val_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
@@ -132,15 +138,29 @@ def _pick(strategy: str, scores: list[ImageScore] | None, labelled: list[int], u
     return [unlabelled[j] for j in select_diverse(u, emb, refs, k)]
 
 
-def _run_strategy(strategy: str, start: UniMed, pool: _Pool, val: list[Sample], config: SimulationConfig,
-                  start_value: float | None, on_round: Callable[[str, int, float | None], None]) -> list[dict[str, Any]]:
-    kind, metric = config.dataset, PRIMARY_METRIC[config.dataset]
+def _train_round(model: UniMed, ssl: MaskedReconstruction, pool: _Pool, labelled: list[int], config: SimulationConfig,
+                 round_: int) -> None:
+    """Fine-tune on the labelled pool samples (and reconstruct the others when ``ssl`` is on)."""
+    kind = config.dataset
     mix = default_config().mix[kind]
-    model = copy.deepcopy(start)
-    ssl = MaskedReconstruction(model.config.mask_dim)
-    rng = random.Random(config.seed)
-    labelled: list[int] = []
-    curve = [{"labels": 0, "value": start_value}]
+    taken = set(labelled)
+    rest = [item for i, item in enumerate(pool.items) if i not in taken]
+    train_config = TrainConfig(steps=config.steps_per_round, lr=config.lr, warmup_steps=0, seed=config.seed + round_,
+                               log_every=config.steps_per_round, mix={kind: mix})
+    labelled_src = Source(kind, [pool.items[i] for i in labelled], mix.tasks, mix.batch_size)
+    unlabelled_src = Source("unlabelled", rest, (), mix.batch_size, every=2) if config.ssl and rest else None
+    seed_everything(config.seed + round_)
+    JointTrainer(model, [labelled_src], train_config, unlabelled_src, ssl=ssl).train()
+
+
+def _run_strategy(strategy: str, start: UniMed, start_ssl: MaskedReconstruction, initial: list[int], pool: _Pool,
+                  val: list[Sample], config: SimulationConfig, start_value: float | None,
+                  on_round: Callable[[str, int, float | None], None]) -> list[dict[str, Any]]:
+    metric = PRIMARY_METRIC[config.dataset]
+    model, ssl = copy.deepcopy(start), copy.deepcopy(start_ssl)
+    rng = random.Random(config.seed + 1)
+    labelled = list(initial)
+    curve = [{"labels": len(labelled), "value": start_value}]
     for r in range(1, config.rounds + 1):
         unlabelled = [i for i in range(len(pool.samples)) if i not in set(labelled)]
         if not unlabelled:
@@ -152,14 +172,8 @@ def _run_strategy(strategy: str, start: UniMed, pool: _Pool, val: list[Sample], 
             scores = [score_image(predictor, s.meta_image(), pool.task, pool.labels, top_fraction=config.top_fraction)
                       for s in pool.samples]
         labelled += _pick(strategy, scores, labelled, unlabelled, config.per_round, rng)
-        rest = [pool.items[i] for i in range(len(pool.items)) if i not in set(labelled)]
-        train_config = TrainConfig(steps=config.steps_per_round, lr=config.lr, warmup_steps=0, seed=config.seed + r,
-                                   log_every=max(1, config.steps_per_round), mix={kind: mix})
-        labelled_src = Source(kind, [pool.items[i] for i in labelled], mix.tasks, mix.batch_size)
-        unlabelled_src = Source("unlabelled", rest, (), mix.batch_size, every=2) if config.ssl and rest else None
-        seed_everything(config.seed + r)
-        JointTrainer(model, [labelled_src], train_config, unlabelled_src, ssl=ssl).train()
-        value = evaluate_samples(kind, val, Predictor(model, cache_size=0))[metric]
+        _train_round(model, ssl, pool, labelled, config, r)
+        value = evaluate_samples(config.dataset, val, Predictor(model, cache_size=0))[metric]
         curve.append({"labels": len(labelled), "value": value})
         on_round(strategy, r, value)
     return curve
@@ -182,7 +196,8 @@ def simulate(
 
     Returns:
         ``{"dataset", "metric", "strategies": {name: [{"labels": n, "value": v}, ...]}, "config",
-        "pool", "val", "seconds"}``; the first point of each curve is the starting model.
+        "pool", "val", "seconds"}``; the first point of each curve is the starting model (after
+        its fine-tuning on the ``initial`` labels, if any).
 
     Raises:
         ValueError: a pool smaller than one round's labels.
@@ -198,16 +213,22 @@ def simulate(
     spec = DATASETS[config.dataset]
     pool_samples = _subset(read_dataset(spec.kind, data, spec.train_split), config.pool_size, config.seed)
     val = _subset(read_dataset(spec.kind, data, spec.val_split), config.val_size, config.seed)
-    if len(pool_samples) < config.per_round:
-        raise ValueError(f"the pool holds {len(pool_samples)} samples, fewer than per_round={config.per_round}")
+    if len(pool_samples) < config.initial + config.per_round:
+        raise ValueError(f"the pool holds {len(pool_samples)} samples, fewer than initial + per_round = "
+                         f"{config.initial} + {config.per_round}")
     task, labels = _score_task(pool_samples)
     pool = _Pool(pool_samples, [to_grid_item(s) for s in pool_samples], task, labels)
     metric = PRIMARY_METRIC[config.dataset]
     start = copy.deepcopy(start).eval()
+    start_ssl = MaskedReconstruction(start.config.mask_dim)
+    initial = sorted(random.Random(config.seed).sample(range(len(pool_samples)), config.initial))
+    if initial:
+        _train_round(start, start_ssl, pool, initial, config, 0)
     start_value = evaluate_samples(config.dataset, val, Predictor(start, cache_size=0))[metric]
-    logger.info("%s: pool %d, validation %d, starting %s %s", config.dataset, len(pool_samples), len(val), metric,
-                start_value)
-    curves = {name: _run_strategy(name, start, pool, val, config, start_value, on_round or (lambda *a: None))
+    logger.info("%s: pool %d, validation %d, %d initial labels, starting %s %s", config.dataset, len(pool_samples),
+                len(val), len(initial), metric, start_value)
+    curves = {name: _run_strategy(name, start, start_ssl, initial, pool, val, config, start_value,
+                                  on_round or (lambda *a: None))
               for name in config.strategies}
     return {"dataset": config.dataset, "metric": metric, "strategies": curves, "config": asdict(config),
             "pool": len(pool_samples), "val": len(val), "seconds": round(time.time() - t0, 1)}
