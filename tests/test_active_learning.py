@@ -56,6 +56,45 @@ def test_diverse_selection_skips_near_duplicates_of_labelled_and_picked_images()
         select_uncertain(np.array([np.nan]), 1)
 
 
+class _Datastore:
+    """The few datastore calls the strategies make, over a dict of image infos."""
+
+    def __init__(self, infos: dict[str, dict], labelled: set[str]):
+        self.infos, self.labelled = infos, labelled
+
+    def list_images(self):
+        return list(self.infos)
+
+    def get_unlabeled_images(self, label_tag=None, labels=None):
+        return [i for i in self.infos if i not in self.labelled]
+
+    def get_image_info(self, image_id):
+        return self.infos[image_id]
+
+
+def _info(u: float, emb: list[float], served_ago: float | None = None) -> dict:
+    info: dict = {SCORE_KEY: {"uncertainty": u, "embedding": emb, "model": {"version": 1}}}
+    if served_ago is not None:
+        info["strategy"] = {"diversity": {"ts": time.time() - served_ago}, "uncertainty": {"ts": time.time() - served_ago}}
+    return info
+
+
+def test_server_strategies_skip_recently_served_images_and_near_duplicates(repo, monkeypatch):
+    monkeypatch.syspath_prepend(str(repo / "apps" / "unimed"))  # the app's own lib package, as MONAI Label loads it
+    from lib.activelearning.strategies import UncertaintyStrategy
+
+    infos = {"a": _info(0.9, [0.0, 0.0], served_ago=10), "b": _info(0.8, [0.0, 0.01]), "c": _info(0.5, [0.0, 5.0]),
+             "d": _info(0.1, [5.0, 0.0])}
+    store = _Datastore(infos, labelled={"d"})
+    # "a" was just served (someone is labelling it): the most uncertain of the rest is "b" ...
+    assert UncertaintyStrategy(diversity=False)({"strategy": "uncertainty"}, store)["id"] == "b"
+    # ... but "b" nearly duplicates "a", so the diversity-aware strategy serves "c"
+    assert UncertaintyStrategy(diversity=True)({"strategy": "diversity"}, store)["id"] == "c"
+    # nothing scored yet: an unlabelled image is still served
+    unscored = _Datastore({"x": {}, "y": {}}, labelled=set())
+    assert UncertaintyStrategy(diversity=True)({"strategy": "diversity"}, unscored) == {"id": "x", "uncertainty": None}
+
+
 # -- the server ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(start_server):

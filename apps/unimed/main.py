@@ -19,6 +19,7 @@ from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from monailabel.interfaces.datastore import Datastore  # noqa: E402
 from monailabel.tasks.activelearning.first import First  # noqa: E402
 from monailabel.tasks.activelearning.random import Random  # noqa: E402
+from monailabel.utils.async_tasks.utils import tasks as background_tasks  # noqa: E402
 
 from lib.activelearning.retrain import AutoRetrain, labels_since, training_active  # noqa: E402
 from lib.activelearning.scoring import SCORE_KEY, model_tag  # noqa: E402
@@ -100,9 +101,7 @@ class UniMedApp(MONAILabelApp):
 
     def async_scoring(self, method, params=None):
         # one queued scoring run is enough: it reads the datastore and the model when it starts
-        from monailabel.utils.async_tasks.utils import tasks
-
-        if any(t.get("status") == "SUBMITTED" for t in tasks("scoring")):
+        if any(t.get("status") == "SUBMITTED" for t in background_tasks("scoring")):
             return {}
         return super().async_scoring(method, params)
 

@@ -70,8 +70,10 @@ class UncertaintyStrategy(Strategy):
         if self.diversity:
             emb = np.array([scores[i]["embedding"] for i in scored], dtype=np.float64)
             unl = set(unlabelled)
-            ref_ids = [i for i in datastore.list_images() if i not in unl] + [i for i in recent if i not in scored]
-            refs = [s["embedding"] for s in map(lambda i: stored_score(datastore, i), ref_ids) if s is not None]
+            # references: labelled images, and images served recently that are not candidates now
+            ref_ids = [i for i in datastore.list_images() if i not in unl] + [i for i in recent if i not in scores]
+            ref_scores = [stored_score(datastore, i) for i in ref_ids]
+            refs = [s["embedding"] for s in ref_scores if s is not None]
             best = select_diverse(u, emb, np.array(refs, dtype=np.float64) if refs else None, 1)[0]
         else:
             best = select_uncertain(u, 1)[0]
