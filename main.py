@@ -170,6 +170,64 @@ def cmd_versions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _value(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+# -- al-sim ----------------------------------------------------------------------------------------
+def cmd_al_sim(args: argparse.Namespace) -> int:
+    """Simulate active learning on a labelled dataset: compare strategies, label for label."""
+    from tqdm import tqdm
+
+    from trainers.active_learning import SimulationConfig, plot, simulate
+    from unimed.checkpoint import load_checkpoint
+    from unimed.networks.unimed import unimed_small
+
+    if not Path(args.data).exists():
+        raise CommandError(f"--data {args.data}: no such file or folder")
+    try:
+        config = SimulationConfig(
+            dataset=args.dataset, strategies=tuple(s.strip() for s in args.strategy.split(",") if s.strip()),
+            rounds=args.rounds, per_round=args.per_round, steps_per_round=args.steps, lr=args.lr, ssl=args.ssl,
+            initial=args.initial, pool_size=args.pool_size, val_size=args.val_size, seed=args.seed)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)  # on a busy CPU, fewer threads than cores is often faster
+    if args.checkpoint == "scratch":
+        torch.manual_seed(args.seed)
+        start, start_name = unimed_small(), "scratch"
+    else:
+        start, meta = load_checkpoint(args.checkpoint)
+        start_name = f"{args.checkpoint} (version {meta.get('version')})"
+    bar = tqdm(total=len(config.strategies) * config.rounds, desc="al-sim", unit="round",
+               disable=args.no_progress, dynamic_ncols=True)
+
+    def on_round(strategy: str, round_: int, value) -> None:
+        bar.update(1)
+        bar.set_postfix_str(f"{strategy} round {round_}: {value if value is None else round(value, 4)}")
+
+    try:
+        result = simulate(args.data, start, config, on_round=on_round)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    finally:
+        bar.close()
+    result["start"] = start_name
+    print(f"{result['dataset']}: {result['metric']} on {result['val']} validation samples, pool {result['pool']}, "
+          f"ssl {'on' if config.ssl else 'off'}, start {start_name}, {result['seconds']} s")
+    for name, curve in result["strategies"].items():
+        print(f"  {name:12s} " + "  ".join(f"{p['labels']}: {_value(p['value'])}" for p in curve))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"written to {args.json}")
+    if args.png:
+        print(f"plot written to {plot(result, args.png)}")
+    return 0
+
+
 # -- argument parsing ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="main.py", description=__doc__)
@@ -216,6 +274,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", default=str(DEFAULT_CHECKPOINT.parent))
     p.add_argument("--rollback", type=int, default=None, metavar="N", help="publish version N again")
     p.set_defaults(func=cmd_versions)
+
+    p = sub.add_parser("al-sim", help="simulate active learning: strategies compared on a dataset",
+                       description=cmd_al_sim.__doc__)
+    p.add_argument("--dataset", required=True, choices=["brats", "msd_patches", "medmnist"])
+    p.add_argument("--data", required=True, help="the dataset's folder or file (its train split is the pool, "
+                   "its val split the fixed validation set)")
+    p.add_argument("--strategy", default="random,uncertainty", help="comma-separated: random, uncertainty, diversity")
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--per-round", type=int, default=8, help="samples labelled per round")
+    p.add_argument("--initial", type=int, default=0,
+                   help="random seed-set labels shared by every strategy before round 1 (default 0)")
+    p.add_argument("--steps", type=int, default=40, help="fine-tuning steps per round")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--ssl", action=argparse.BooleanOptionalAction, default=True,
+                   help="masked-image reconstruction on the still-unlabelled pool (default on)")
+    p.add_argument("--pool-size", type=int, default=None, help="a fixed random subset of the train split as the pool")
+    p.add_argument("--val-size", type=int, default=None, help="a fixed random subset of the val split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
+                   help="starting model (default: the shipped one); 'scratch' for untrained weights")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", default=None, help="write the curves here")
+    p.add_argument("--png", default=None, help="plot the curves here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_al_sim)
 
     p = sub.add_parser("info", help="describe the checkpoint, network and label space", description=cmd_info.__doc__)
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))

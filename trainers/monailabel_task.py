@@ -85,6 +85,7 @@ class UniMedTrainTask(TrainTask):
         if epochs < 1 or not lr > 0:
             raise ValueError(f"max_epochs must be >= 1 and lr > 0, got {epochs} and {lr}")
         seed_everything(int(params["seed"]))
+        labels_until = time.time()  # labels saved from now on are new to the version this run publishes
         labelled, unlabelled = datastore_samples(datastore)
         if not labelled:
             raise ValueError("the datastore has no final labels to train on; save a label first")
@@ -112,7 +113,7 @@ class UniMedTrainTask(TrainTask):
         history = trainer.train(callback=report)
         version = self.store.publish(model, {
             "kind": "datastore fine-tuning", "from_version": start_from, "steps": trainer.step_count,
-            "labelled": [s.name for s in labelled], "unlabelled": len(unlabelled),
+            "labelled": [s.name for s in labelled], "unlabelled": len(unlabelled), "labels_until": labels_until,
         })
         stats = {
             "version": version.number, "steps": trainer.step_count, "epochs": epochs,

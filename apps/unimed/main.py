@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parents[2]
@@ -16,7 +17,12 @@ from fastapi import HTTPException  # noqa: E402
 from monailabel.datastore.local import LocalDatastore  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from monailabel.interfaces.datastore import Datastore  # noqa: E402
+from monailabel.tasks.activelearning.first import First  # noqa: E402
+from monailabel.tasks.activelearning.random import Random  # noqa: E402
+from monailabel.utils.async_tasks.utils import tasks as background_tasks  # noqa: E402
 
+from lib.activelearning.retrain import AutoRetrain, labels_since, training_active  # noqa: E402
+from lib.activelearning.scoring import SCORE_KEY, model_tag  # noqa: E402
 from lib.configs.unimed import UniMedTaskConfig  # noqa: E402
 from unimed import __version__  # noqa: E402
 from unimed.infer_task import InferRequestError, UniMedInferTask  # noqa: E402
@@ -33,12 +39,19 @@ class UniMedApp(MONAILabelApp):
     Bad requests get a 4xx whose message names the problem: an unknown model or image id
     (404), an unknown task or label or malformed params (400), an image that cannot be read
     (422).
+
+    Active learning: strategies ``random``, ``first``, ``uncertainty`` and ``diversity``; the
+    scoring method ``unimed_uncertainty`` runs in the background. Saving a final label starts
+    a short fine-tuning run once ``auto_train_labels`` new labels have arrived (conf keys:
+    see :class:`~lib.activelearning.retrain.AutoRetrain`).
     """
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
         self.model_dir = os.path.join(app_dir, "model")
         self.task_config = UniMedTaskConfig()
         self.task_config.init("unimed", self.model_dir, conf, None)
+        self.auto_retrain = AutoRetrain.from_conf(conf)
+        self._retrain_lock = threading.Lock()
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -59,10 +72,59 @@ class UniMedApp(MONAILabelApp):
     def init_trainers(self):
         return {self.task_config.name: self.task_config.trainer()}
 
+    def init_strategies(self):
+        return {"random": Random(), "first": First(), **self.task_config.strategy()}
+
+    def init_scoring_methods(self):
+        return self.task_config.scoring_method()
+
     def info(self):
         meta = super().info()
-        meta["unimed"] = self.task_config.service.info()
+        service_info = self.task_config.service.info()
+        meta["unimed"] = service_info
+        meta["unimed"]["active_learning"] = self.active_learning_status(service_info)
         return meta
+
+    def active_learning_status(self, service_info: dict) -> dict:
+        """How many images the served version has scored, and how many new labels wait."""
+        datastore = self.datastore()
+        tag = model_tag(service_info)
+        images = datastore.list_images()
+        scored = sum(1 for i in images if datastore.get_image_info(i).get(SCORE_KEY, {}).get("model") == tag)
+        return {
+            "images": len(images),
+            "scored_by_served_version": scored,
+            "new_labels": len(labels_since(datastore, service_info)),
+            "auto_train_after_labels": self.auto_retrain.after_labels,
+            "training": training_active(),
+        }
+
+    def async_scoring(self, method, params=None):
+        # one queued scoring run is enough: it reads the datastore and the model when it starts
+        if any(t.get("status") == "SUBMITTED" for t in background_tasks("scoring")):
+            return {}
+        return super().async_scoring(method, params)
+
+    def on_save_label(self, image_id, label_id):
+        super().on_save_label(image_id, label_id)
+        return {"auto_train": self.maybe_retrain()}
+
+    def maybe_retrain(self) -> dict:
+        """Start a fine-tuning run if enough new final labels arrived and none is running."""
+        policy = self.auto_retrain
+        with self._retrain_lock:
+            new = labels_since(self.datastore(), self.task_config.service.info())
+            state = {"started": False, "new_labels": len(new), "after_labels": policy.after_labels}
+            if policy.after_labels == 0:
+                return {**state, "reason": "auto-training is off (auto_train_labels 0)"}
+            if len(new) < policy.after_labels:
+                return {**state, "reason": f"waiting for {policy.after_labels - len(new)} more new label(s)"}
+            if training_active():
+                return {**state, "reason": "a training run is already running; it is not started twice"}
+            name = self.task_config.name
+            res = self.async_training(name, params={name: policy.params()}, enqueue=False)
+            logger.info("%d new label(s): fine-tuning started (%s)", len(new), res)
+            return {**state, "started": res is not None}
 
     def infer(self, request, datastore=None):
         model = request.get("model")

@@ -20,7 +20,7 @@ from unimed.labels import LabelRegistry
 from unimed.metrics import accuracy, brats_regions, dice, mean_ap, roc_auc
 from unimed.tasks import Task
 
-__all__ = ["evaluate", "format_table", "EVAL_SPLIT_DEFAULTS"]
+__all__ = ["evaluate", "evaluate_samples", "format_table", "EVAL_SPLIT_DEFAULTS"]
 
 #: the split evaluated when none is given (BraTS, MSD patches and datastores: every case)
 EVAL_SPLIT_DEFAULTS: dict[str, str | None] = {"medmnist": "val", "voc": "val"}
@@ -172,10 +172,26 @@ def evaluate(
         raise ValueError(f"unknown dataset kind {kind!r}; known kinds: {', '.join(READERS)}")
     if split is None:
         split = EVAL_SPLIT_DEFAULTS.get(kind)
-    annotated, score = _EVALUATORS[kind]
+    annotated, _ = _EVALUATORS[kind]
     samples = [s for s in read_dataset(kind, data, split) if annotated(s)]
     if not samples:
         raise ValueError(f"{data}: no annotated {kind} samples to evaluate (split {split!r})")
+    return {"dataset": kind, "split": split, "n": len(samples), "metrics": evaluate_samples(kind, samples, predictor, progress)}
+
+
+def evaluate_samples(kind: str, samples: Sequence[Sample], predictor: _Predicts, progress: bool = False) -> dict[str, Any]:
+    """The metrics of :func:`evaluate` on samples already read (e.g. a fixed validation split
+    scored again after every round of a simulation).
+
+    Raises:
+        ValueError: an unknown kind, or no annotated sample among ``samples``.
+    """
+    if kind not in _EVALUATORS:
+        raise ValueError(f"unknown dataset kind {kind!r}; known kinds: {', '.join(READERS)}")
+    annotated, score = _EVALUATORS[kind]
+    samples = [s for s in samples if annotated(s)]
+    if not samples:
+        raise ValueError(f"no annotated {kind} samples to evaluate")
     if progress:
         from tqdm.auto import tqdm
 
@@ -183,8 +199,7 @@ def evaluate(
     else:
         iterable = samples
     names = _datastore_labels(samples) if kind == "datastore" else []
-    metrics = score(iterable, predictor, names)
-    return {"dataset": kind, "split": split, "n": len(samples), "metrics": metrics}
+    return score(iterable, predictor, names)
 
 
 def _rows(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:

@@ -83,12 +83,15 @@ class ModelService:
         return unimed_small().to(device).eval()
 
     def info(self) -> dict[str, Any]:
-        """What is served: the checkpoint path, whether it is trained, its version and meta."""
+        """What is served: the checkpoint path, whether it is trained, its version, when it was
+        trained, and until when the datastore's labels were read for it (``labels_until``,
+        seconds since the epoch; None for a model not trained on the datastore)."""
         self.predictor()
         return {
             "checkpoint": str(self.path),
             "trained": self._error is None,
             "version": self._meta.get("version"),
             "trained_at": self._meta.get("trained_at"),
+            "labels_until": self._meta.get("labels_until"),
             "problem": self._error,
         }

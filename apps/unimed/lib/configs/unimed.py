@@ -8,8 +8,12 @@ from typing import Any, Optional
 
 from monailabel.interfaces.config import TaskConfig
 from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 
+from lib.activelearning.scoring import UncertaintyScoring
+from lib.activelearning.strategies import UncertaintyStrategy
 from trainers.monailabel_task import UniMedTrainTask
 from unimed.infer_task import UniMedInferTask
 from unimed.service import ModelService
@@ -24,7 +28,8 @@ class UniMedTaskConfig(TaskConfig):
 
     Conf keys (``--conf KEY VALUE``): ``model_path`` (default ``<app>/model/unimed.pt``; training
     publishes there and keeps numbered versions in ``versions/`` beside it),
-    ``max_size_3d`` (longest side of a volume's model grid, default 128).
+    ``max_size_3d`` (longest side of a volume's model grid, default 128), ``al_labels``
+    (comma-separated segmentation labels whose output entropy ranks images; default all).
     """
 
     def init(self, name: str, model_dir: str, conf: dict[str, str], planner: Any, **kwargs):
@@ -32,6 +37,7 @@ class UniMedTaskConfig(TaskConfig):
         self.path = conf.get("model_path", os.path.join(model_dir, "unimed.pt"))
         self.model_dir = os.path.dirname(os.path.abspath(self.path))  # versions live beside the published file
         self.service = ModelService(self.path, max_size_3d=int(conf.get("max_size_3d", 128)))
+        self.al_labels = [n.strip() for n in conf.get("al_labels", "").split(",") if n.strip()] or None
 
     def infer(self) -> dict[str, InferTask]:
         return {
@@ -43,3 +49,9 @@ class UniMedTaskConfig(TaskConfig):
 
     def trainer(self) -> Optional[TrainTask]:
         return UniMedTrainTask(self.model_dir, self.path)
+
+    def strategy(self) -> dict[str, Strategy]:
+        return {"uncertainty": UncertaintyStrategy(diversity=False), "diversity": UncertaintyStrategy(diversity=True)}
+
+    def scoring_method(self) -> dict[str, ScoringMethod]:
+        return {f"{self.name}_uncertainty": UncertaintyScoring(self.service, labels=self.al_labels)}

@@ -1,0 +1,1 @@
+"""Active learning in the UniMed app: scoring, strategies and label-triggered retraining."""

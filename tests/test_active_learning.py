@@ -1,0 +1,255 @@
+"""Active learning end to end: strategies, background scoring per model version, a saved label
+that retrains and serves a new version (through MONAILabelClient), and the al-sim command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, Callable
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from unimed.selection import select_diverse, select_uncertain
+from unimed.uncertainty import presence_entropy, segmentation_entropy
+
+SCORE_KEY = "unimed_al"
+
+
+# -- the measures (fast) ---------------------------------------------------------------------------
+def test_segmentation_entropy_ranks_an_ambiguous_region_above_a_confident_image():
+    confident = torch_logits(np.full((24, 24), 8.0))
+    ambiguous = confident.clone()
+    ambiguous[:, 8:16, 8:16] = 0.0  # a small 50/50 spot (11 % of the voxels) in a confidently empty patch
+    assert segmentation_entropy(confident) < 0.01
+    assert segmentation_entropy(ambiguous) > 0.9  # the spot fills the top 10 % of the voxels
+    assert segmentation_entropy(ambiguous, top_fraction=1.0) < 0.15  # a plain mean would hide it
+
+
+def torch_logits(background_margin: np.ndarray):
+    import torch
+
+    bg = torch.as_tensor(background_margin, dtype=torch.float32)[..., None]
+    return torch.stack([bg, torch.zeros_like(bg)])
+
+
+def test_presence_entropy_is_highest_at_fifty_fifty():
+    import torch
+
+    assert presence_entropy(torch.tensor([0.0])) == pytest.approx(1.0)
+    assert presence_entropy(torch.tensor([6.0])) < presence_entropy(torch.tensor([1.0])) < 1.0
+
+
+def test_diverse_selection_skips_near_duplicates_of_labelled_and_picked_images():
+    emb = np.array([[0.0, 0.0], [0.0, 0.02], [4.0, 0.0], [0.0, 4.0]])
+    u = np.array([0.9, 0.8, 0.5, 0.4])
+    assert select_uncertain(u, 2) == [0, 1]
+    assert select_diverse(u, emb, None, 2) == [0, 2]  # 1 duplicates the first pick
+    assert select_diverse(u, emb, np.array([[4.0, 0.01]]), 2) == [0, 3]  # 2 duplicates a labelled image
+    with pytest.raises(ValueError, match="NaN"):
+        select_uncertain(np.array([np.nan]), 1)
+
+
+class _Datastore:
+    """The few datastore calls the strategies make, over a dict of image infos."""
+
+    def __init__(self, infos: dict[str, dict], labelled: set[str]):
+        self.infos, self.labelled = infos, labelled
+
+    def list_images(self):
+        return list(self.infos)
+
+    def get_unlabeled_images(self, label_tag=None, labels=None):
+        return [i for i in self.infos if i not in self.labelled]
+
+    def get_image_info(self, image_id):
+        return self.infos[image_id]
+
+
+def _info(u: float, emb: list[float], served_ago: float | None = None) -> dict:
+    info: dict = {SCORE_KEY: {"uncertainty": u, "embedding": emb, "model": {"version": 1}}}
+    if served_ago is not None:
+        info["strategy"] = {"diversity": {"ts": time.time() - served_ago}, "uncertainty": {"ts": time.time() - served_ago}}
+    return info
+
+
+def test_server_strategies_skip_recently_served_images_and_near_duplicates(repo, monkeypatch):
+    monkeypatch.syspath_prepend(str(repo / "apps" / "unimed"))  # the app's own lib package, as MONAI Label loads it
+    from lib.activelearning.strategies import UncertaintyStrategy
+
+    infos = {"a": _info(0.9, [0.0, 0.0], served_ago=10), "b": _info(0.8, [0.0, 0.01]), "c": _info(0.5, [0.0, 5.0]),
+             "d": _info(0.1, [5.0, 0.0])}
+    store = _Datastore(infos, labelled={"d"})
+    # "a" was just served (someone is labelling it): the most uncertain of the rest is "b" ...
+    assert UncertaintyStrategy(diversity=False)({"strategy": "uncertainty"}, store)["id"] == "b"
+    # ... but "b" nearly duplicates "a", so the diversity-aware strategy serves "c"
+    assert UncertaintyStrategy(diversity=True)({"strategy": "diversity"}, store)["id"] == "c"
+    # nothing scored yet: an unlabelled image is still served
+    unscored = _Datastore({"x": {}, "y": {}}, labelled=set())
+    assert UncertaintyStrategy(diversity=True)({"strategy": "diversity"}, unscored) == {"id": "x", "uncertainty": None}
+
+
+# -- the server ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def server(start_server):
+    return start_server(conf={"max_size_3d": "64", "auto_train_labels": "1", "auto_train_minutes": "3"})
+
+
+def get_json(server: dict, path: str, **query: Any) -> Any:
+    url = server["url"] + path + ("?" + urllib.parse.urlencode(query) if query else "")
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def wait_for(condition: Callable[[], Any], seconds: float, what: str, server: dict) -> Any:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(2)
+    pytest.fail(f"timed out waiting for {what}; server log tail:\n{server['log'].read_text()[-4000:]}")
+
+
+def scores(server: dict) -> dict[str, dict]:
+    images = server["client"].datastore()["objects"]
+    return {i: get_json(server, "/datastore/image/info", image=i).get(SCORE_KEY) for i in images}
+
+
+def served(server: dict) -> dict:
+    return server["client"].info()["unimed"]
+
+
+def all_scored_by_served_version(server: dict) -> bool:
+    al = served(server)["active_learning"]
+    return al["scored_by_served_version"] == al["images"]
+
+
+def scoring_idle(server: dict) -> bool:
+    try:
+        get_json(server, "/scoring/", check_if_running="true")
+        return False  # 200: a scoring job is running
+    except urllib.error.HTTPError as exc:
+        return exc.code == 404
+
+
+def unlabelled(server: dict) -> set[str]:
+    objects = server["client"].datastore()["objects"]
+    return {i for i, o in objects.items() if "final" not in o.get("labels", {})}
+
+
+def test_background_scoring_scores_every_image_with_the_served_version(server):
+    wait_for(lambda: all_scored_by_served_version(server), 240, "the startup scoring", server)
+    version = served(server)["version"]
+    for image, s in scores(server).items():
+        assert s["model"]["version"] == version, image
+        assert 0.0 <= s["uncertainty"] <= 1.0
+        assert len(s["embedding"]) == 128
+
+
+@pytest.mark.parametrize("strategy", ["random", "first", "uncertainty", "diversity"])
+def test_each_strategy_serves_an_unlabelled_image(server, strategy):
+    wait_for(lambda: all_scored_by_served_version(server), 240, "the startup scoring", server)
+    open_images = unlabelled(server)
+    result = server["client"].next_sample(strategy, {})
+    assert result["id"] in open_images
+    if strategy == "uncertainty":  # nothing was served by it before: the most uncertain image
+        best = max(open_images, key=lambda i: scores(server)[i]["uncertainty"])
+        assert result["id"] == best
+        assert result["uncertainty"] == pytest.approx(scores(server)[best]["uncertainty"])
+
+
+def test_scores_are_not_recomputed_for_the_same_version(server):
+    wait_for(lambda: all_scored_by_served_version(server), 240, "the startup scoring", server)
+    wait_for(lambda: scoring_idle(server), 240, "the background scoring to finish", server)
+    before = scores(server)
+    req = urllib.request.Request(server["url"] + "/scoring/unimed_uncertainty?run_sync=true", data=b"{}",
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=120) as r:
+        summary = json.loads(r.read())
+    assert summary["executed"] == 0 and summary["skipped"] == summary["total"] == len(before)
+    assert scores(server) == before  # same values, same timestamps
+
+
+def _label_for(server: dict, image: str, tmp_path) -> str:
+    src = nib.load(server["studies"] / f"{image}.nii.gz")
+    label = np.zeros(src.shape[:3], dtype=np.uint8)
+    x, y = label.shape[0] // 2, label.shape[1] // 2
+    label[x - 6:x + 6, y - 6:y + 6] = 6  # lung_tumor
+    path = tmp_path / f"{image}_label.nii.gz"
+    nib.save(nib.Nifti1Image(label, src.affine), path)
+    return str(path)
+
+
+def test_a_saved_label_trains_a_new_version_that_infer_and_scoring_then_use(server, tmp_path):
+    client = server["client"]
+    wait_for(lambda: all_scored_by_served_version(server), 240, "the startup scoring", server)
+    before = served(server)
+    old_scores = scores(server)
+
+    saved = client.save_label("lung_patch_001", _label_for(server, "lung_patch_001", tmp_path), tag="final")
+    assert saved["auto_train"]["started"] is True, saved
+    second = client.save_label("lung_patch_002", _label_for(server, "lung_patch_002", tmp_path), tag="final")
+    assert second["auto_train"]["started"] is False
+    assert "already running" in second["auto_train"]["reason"]
+    assert len(get_json(server, "/train/", all="true")) == 1  # started once, not twice
+
+    status = wait_for(lambda: (s := client.train_status()).get("status") in ("DONE", "ERROR") and s, 600,
+                      "the label-triggered training", server)
+    assert status["status"] == "DONE", "\n".join(status.get("details", []))[-3000:]
+
+    after = served(server)
+    assert after["version"] == (before["version"] or 0) + 1
+    assert after["trained_at"] != before["trained_at"] and after["labels_until"] is not None
+    meta = json.loads((server["model_dir"] / "versions" / f"v{after['version']:04d}.json").read_text())
+    assert "lung_patch_001.nii.gz" in meta["labelled"]  # the saved label was in the run
+    _, params = client.infer("unimed_seg", "lung_patch_000", {})
+    params = params if isinstance(params, dict) else json.loads(params)
+    assert params["model_version"] == after["version"]
+
+    # the run ended by asking for scoring: every image is scored again, by the new version
+    wait_for(lambda: all_scored_by_served_version(server), 300, "scoring by the new version", server)
+    new_scores = scores(server)
+    assert all(s["model"]["version"] == after["version"] for s in new_scores.values())
+    assert all(new_scores[i]["ts"] >= old_scores[i]["ts"] for i in old_scores)
+    assert any(new_scores[i]["uncertainty"] != old_scores[i]["uncertainty"] for i in old_scores)
+
+
+# -- al-sim ----------------------------------------------------------------------------------------
+def test_al_sim_writes_well_formed_json(repo, shared_data, tmp_path):
+    out, png = tmp_path / "al.json", tmp_path / "al.png"
+    proc = subprocess.run(
+        [sys.executable, str(repo / "main.py"), "al-sim", "--dataset", "msd_patches",
+         "--data", str(shared_data / "msd_lung_patches"), "--strategy", "random,uncertainty,diversity",
+         "--initial", "1", "--rounds", "2", "--per-round", "2", "--steps", "1", "--pool-size", "6", "--val-size", "3",
+         "--threads", "1", "--no-progress", "--json", str(out), "--png", str(png)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["dataset"] == "msd_patches" and result["metric"] == "dice"
+    assert set(result["strategies"]) == {"random", "uncertainty", "diversity"}
+    for curve in result["strategies"].values():
+        assert [p["labels"] for p in curve] == [1, 3, 5]
+        assert all(0.0 <= p["value"] <= 1.0 for p in curve)
+    starts = {curve[0]["value"] for curve in result["strategies"].values()}
+    assert len(starts) == 1  # one starting model for every strategy
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--strategy", "random,oracle"], "unknown strategies ['oracle']"),
+    (["--rounds", "0"], "rounds must be >= 1"),
+    (["--per-round", "500"], "fewer than initial + per_round = 0 + 500"),
+])
+def test_al_sim_rejects_bad_arguments_in_one_line(repo, shared_data, args, message):
+    proc = subprocess.run([sys.executable, str(repo / "main.py"), "al-sim", "--dataset", "msd_patches",
+                           "--data", str(shared_data / "msd_lung_patches"), "--no-progress", *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr

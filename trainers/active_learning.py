@@ -1,0 +1,259 @@
+"""Simulated active learning: how fast each strategy turns labels into a better model.
+
+``python main.py al-sim`` runs :func:`simulate`. A dataset's training split is the pool of
+"unlabelled" studies, its validation split is fixed. Every strategy starts from the same model
+and the same empty label set; each round it picks ``per_round`` pool samples, a simulated
+annotator reveals their true labels, the model fine-tunes for a fixed number of steps (joint
+training: the labelled samples' supervised losses, plus masked-image reconstruction on the
+pool's still-unlabelled images when ``ssl`` is on), and the dataset's :func:`evaluate` metric
+is recorded on the validation split. Like the server's loop, each round continues from the
+previous round's model.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from trainers.config import TrainConfig
+from trainers.data import GridItem, Source, to_grid_item
+from trainers.joint import JointTrainer, seed_everything
+from trainers.pretrain import DATASETS, default_config
+from trainers.ssl import MaskedReconstruction
+from unimed.datasets import read_dataset
+from unimed.datasets.sample import Sample
+from unimed.evaluation import evaluate_samples
+from unimed.networks.unimed import UniMed
+from unimed.predictor import Predictor
+from unimed.selection import select_diverse, select_uncertain
+from unimed.tasks import Task
+from unimed.uncertainty import ImageScore, score_image
+
+__all__ = ["STRATEGIES", "PRIMARY_METRIC", "SimulationConfig", "simulate", "plot"]
+
+logger = logging.getLogger(__name__)
+
+#: strategies the simulation knows (the server's of the same name pick the same way)
+STRATEGIES = ("random", "uncertainty", "diversity")
+#: the metric recorded per dataset kind (a key of :func:`evaluate`'s metrics)
+PRIMARY_METRIC = {"brats": "dice_wt", "msd_patches": "dice", "medmnist": "auc", "voc": "map50"}
+
+
+@dataclass(kw_only=True)
+class SimulationConfig:
+    """One simulation.
+
+    Attributes:
+        dataset: dataset kind (``brats``, ``msd_patches``, ``medmnist``).
+        strategies: strategies compared, each from the same starting model.
+        rounds: label-and-train rounds.
+        per_round: samples labelled per round.
+        steps_per_round: optimiser steps after each round's labels arrive.
+        lr: AdamW learning rate of the fine-tuning.
+        ssl: masked-image reconstruction on the still-unlabelled pool images.
+        initial: samples labelled at random before the first round, the same for every
+            strategy (a seed set: an untrained model's uncertainty says little); the model
+            fine-tunes on them once and every curve starts there.
+        pool_size: use a fixed random subset of the training split as the pool (None: all).
+        val_size: the same for the validation split.
+        seed: seeds the pool subset, random picks and training.
+        top_fraction: see :func:`unimed.uncertainty.score_image`.
+    """
+
+    dataset: str
+    strategies: tuple[str, ...] = ("random", "uncertainty")
+    rounds: int = 4
+    per_round: int = 8
+    steps_per_round: int = 40
+    lr: float = 1e-3
+    ssl: bool = True
+    initial: int = 0
+    pool_size: int | None = None
+    val_size: int | None = None
+    seed: int = 0
+    top_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.dataset not in PRIMARY_METRIC or self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; al-sim takes {', '.join(sorted(PRIMARY_METRIC))}")
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        if unknown or not self.strategies:
+            raise ValueError(f"unknown strategies {unknown or '(none given)'}; known: {', '.join(STRATEGIES)}")
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ValueError(f"strategies must not repeat, got {list(self.strategies)}")
+        for name in ("rounds", "per_round", "steps_per_round"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.initial < 0:
+            raise ValueError(f"initial must be >= 0, got {self.initial}")
+        for name in ("pool_size", "val_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class _Pool:
+    samples: list[Sample]
+    items: list[GridItem]
+    task: Task
+    labels: list[str]
+
+
+def _subset(samples: list[Sample], size: int | None, seed: int) -> list[Sample]:
+    if size is None or size >= len(samples):
+        return samples
+    keep = sorted(random.Random(seed).sample(range(len(samples)), size))
+    return [samples[i] for i in keep]
+
+
+def _score_task(samples: Sequence[Sample]) -> tuple[Task, list[str]]:
+    """The task whose outputs rank the pool: segmentation where masks exist, else classification."""
+    first = samples[0]
+    if first.label_map is not None:
+        return Task.SEGMENTATION, sorted({n for s in samples for n in s.seg_labels})
+    if first.class_labels is not None:
+        return Task.CLASSIFICATION, sorted(first.class_labels)
+    return Task.DETECTION, sorted({n for s in samples for n in s.det_labels})
+
+
+def _pick(strategy: str, scores: list[ImageScore] | None, labelled: list[int], unlabelled: list[int], k: int,
+          rng: random.Random) -> list[int]:
+    if strategy == "random":
+        return sorted(rng.sample(unlabelled, min(k, len(unlabelled))))
+    assert scores is not None
+    u = np.array([scores[i].uncertainty for i in unlabelled])
+    if strategy == "uncertainty":
+        return [unlabelled[j] for j in select_uncertain(u, k)]
+    emb = np.stack([scores[i].embedding for i in unlabelled])
+    refs = np.stack([scores[i].embedding for i in labelled]) if labelled else None
+    return [unlabelled[j] for j in select_diverse(u, emb, refs, k)]
+
+
+def _train_round(model: UniMed, ssl: MaskedReconstruction, pool: _Pool, labelled: list[int], config: SimulationConfig,
+                 round_: int) -> None:
+    """Fine-tune on the labelled pool samples (and reconstruct the others when ``ssl`` is on)."""
+    kind = config.dataset
+    mix = default_config().mix[kind]
+    taken = set(labelled)
+    rest = [item for i, item in enumerate(pool.items) if i not in taken]
+    train_config = TrainConfig(steps=config.steps_per_round, lr=config.lr, warmup_steps=0, seed=config.seed + round_,
+                               log_every=config.steps_per_round, mix={kind: mix})
+    labelled_src = Source(kind, [pool.items[i] for i in labelled], mix.tasks, mix.batch_size)
+    unlabelled_src = Source("unlabelled", rest, (), mix.batch_size, every=2) if config.ssl and rest else None
+    seed_everything(config.seed + round_)
+    JointTrainer(model, [labelled_src], train_config, unlabelled_src, ssl=ssl).train()
+
+
+def _run_strategy(strategy: str, start: UniMed, start_ssl: MaskedReconstruction, initial: list[int], pool: _Pool,
+                  val: list[Sample], config: SimulationConfig, start_value: float | None,
+                  on_round: Callable[[str, int, float | None], None]) -> list[dict[str, Any]]:
+    metric = PRIMARY_METRIC[config.dataset]
+    model, ssl = copy.deepcopy(start), copy.deepcopy(start_ssl)
+    rng = random.Random(config.seed + 1)
+    labelled = list(initial)
+    curve = [{"labels": len(labelled), "value": start_value}]
+    for r in range(1, config.rounds + 1):
+        unlabelled = [i for i in range(len(pool.samples)) if i not in set(labelled)]
+        if not unlabelled:
+            logger.info("%s: the pool is fully labelled after %d rounds", strategy, r - 1)
+            break
+        scores = None
+        if strategy != "random":
+            predictor = Predictor(model, cache_size=0)
+            scores = [score_image(predictor, s.meta_image(), pool.task, pool.labels, top_fraction=config.top_fraction)
+                      for s in pool.samples]
+        labelled += _pick(strategy, scores, labelled, unlabelled, config.per_round, rng)
+        _train_round(model, ssl, pool, labelled, config, r)
+        value = evaluate_samples(config.dataset, val, Predictor(model, cache_size=0))[metric]
+        curve.append({"labels": len(labelled), "value": value})
+        on_round(strategy, r, value)
+    return curve
+
+
+def simulate(
+    data: str | Path,
+    start: UniMed,
+    config: SimulationConfig,
+    *,
+    on_round: Callable[[str, int, float | None], None] | None = None,
+) -> dict[str, Any]:
+    """Run every strategy of ``config`` from ``start`` (not modified) on a dataset folder.
+
+    Args:
+        data: the dataset's folder (as ``main.py evaluate --data`` takes it).
+        start: the starting model.
+        config: the simulation.
+        on_round: called with ``(strategy, round, value)`` after each round (progress).
+
+    Returns:
+        ``{"dataset", "metric", "strategies": {name: [{"labels": n, "value": v}, ...]}, "config",
+        "pool", "val", "seconds"}``; the first point of each curve is the starting model (after
+        its fine-tuning on the ``initial`` labels, if any).
+
+    Raises:
+        ValueError: a pool smaller than one round's labels.
+        DatasetError: the reader's errors.
+
+    Example:
+        >>> from unimed.networks.unimed import unimed_tiny
+        >>> cfg = SimulationConfig(dataset="msd_patches", rounds=1, per_round=2, steps_per_round=1, pool_size=6)
+        >>> simulate("/data/msd_lung_patches", unimed_tiny(), cfg)["metric"]  # doctest: +SKIP
+        'dice'
+    """
+    t0 = time.time()
+    spec = DATASETS[config.dataset]
+    pool_samples = _subset(read_dataset(spec.kind, data, spec.train_split), config.pool_size, config.seed)
+    val = _subset(read_dataset(spec.kind, data, spec.val_split), config.val_size, config.seed)
+    if len(pool_samples) < config.initial + config.per_round:
+        raise ValueError(f"the pool holds {len(pool_samples)} samples, fewer than initial + per_round = "
+                         f"{config.initial} + {config.per_round}")
+    task, labels = _score_task(pool_samples)
+    pool = _Pool(pool_samples, [to_grid_item(s) for s in pool_samples], task, labels)
+    metric = PRIMARY_METRIC[config.dataset]
+    start = copy.deepcopy(start).eval()
+    start_ssl = MaskedReconstruction(start.config.mask_dim)
+    initial = sorted(random.Random(config.seed).sample(range(len(pool_samples)), config.initial))
+    if initial:
+        _train_round(start, start_ssl, pool, initial, config, 0)
+    start_value = evaluate_samples(config.dataset, val, Predictor(start, cache_size=0))[metric]
+    logger.info("%s: pool %d, validation %d, %d initial labels, starting %s %s", config.dataset, len(pool_samples),
+                len(val), len(initial), metric, start_value)
+    curves = {name: _run_strategy(name, start, start_ssl, initial, pool, val, config, start_value,
+                                  on_round or (lambda *a: None))
+              for name in config.strategies}
+    return {"dataset": config.dataset, "metric": metric, "strategies": curves, "config": asdict(config),
+            "pool": len(pool_samples), "val": len(val), "seconds": round(time.time() - t0, 1)}
+
+
+def plot(result: dict[str, Any], path: str | Path) -> Path:
+    """Metric vs. number of labels, one line per strategy, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    for name, curve in result["strategies"].items():
+        points = [(p["labels"], p["value"]) for p in curve if p["value"] is not None]
+        ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=name)
+    ssl = result.get("config", {}).get("ssl")
+    ax.set_title(f"{result['dataset']}: active learning" + ("" if ssl is None else f" (ssl {'on' if ssl else 'off'})"))
+    ax.set_xlabel("labelled samples")
+    ax.set_ylabel(f"{result['metric']} (validation)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
