@@ -1,8 +1,18 @@
-"""Shared fixtures: paths of the repo, the shipped sample datastore and the shared data."""
+"""Shared fixtures: paths of the repo, the shipped sample datastore and the shared data; and
+:func:`monailabel_server`, a real MONAI Label server with the UniMed app in a subprocess."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -26,3 +36,69 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"the shared data folder {SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def monailabel_server(studies: str | Path, workdir: Path, conf: dict[str, str] | None = None,
+                      env: dict[str, str] | None = None, timeout: float = 180) -> Iterator[dict]:
+    """Start ``monailabel start_server`` with the UniMed app on a free port and yield
+    ``{"url", "client", "model_dir", "log"}``; stops it on exit.
+
+    The model is a copy of the shipped checkpoint in ``workdir/model``, so training in a test
+    never touches the shipped model.
+    """
+    from monailabel.client import MONAILabelClient
+
+    model_dir = workdir / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    shipped = REPO / "apps" / "unimed" / "model" / "unimed.pt"
+    if shipped.exists():
+        shutil.copy(shipped, model_dir / "unimed.pt")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(REPO / "apps" / "unimed"),
+           "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port),
+           "--conf", "model_path", str(model_dir / "unimed.pt")]
+    for key, value in (conf or {}).items():
+        cmd += ["--conf", key, value]
+    log_path = workdir / "server.log"
+    log = open(log_path, "w+")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, MONAI_LABEL_TRACKING_ENABLED="false", **(env or {})))
+    deadline = time.time() + timeout
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(url + "/info/", timeout=5)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    log.seek(0)
+                    pytest.fail(f"server did not start:\n{log.read()[-4000:]}")
+                time.sleep(1)
+        yield {"url": url, "client": MONAILabelClient(url, tmpdir=str(workdir)), "model_dir": model_dir, "log": log_path}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def start_server():
+    """:func:`monailabel_server`, for module-scoped server fixtures."""
+    return monailabel_server
+
+
+@pytest.fixture(scope="session")
+def port_factory():
+    """:func:`free_port`: a free TCP port on 127.0.0.1."""
+    return free_port

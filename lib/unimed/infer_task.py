@@ -8,6 +8,8 @@ Slicer and OHIF plugins, which list models by type, show each of them. All share
 Outputs follow MONAI Label's writers: a NIfTI label map with the image's shape and affine
 for segmentation; ``{"box", "label", "score"}`` JSON in world coordinates plus a Slicer ROI
 markup file for detection; ``{"prediction": [{"idx", "label", "score"}]}`` for classification.
+With ``{"output": "dicom_seg"}`` a segmentation of an image that came from DICOM (a series
+folder, or a DICOMweb datastore's series) is written as a DICOM SEG of that series instead.
 """
 
 from __future__ import annotations
@@ -23,13 +25,17 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.utils.others.detection import create_slicer_detection_json
 
+from unimed.dicom.series import dicom_source_of
 from unimed.labels import LabelRegistry
 from unimed.predictor import Prediction
 from unimed.service import ModelService
 from unimed.tasks import Task
 from unimed.transforms import load_image
 
-__all__ = ["UniMedInferTask", "InferRequestError", "parse_labels"]
+__all__ = ["UniMedInferTask", "InferRequestError", "parse_labels", "OUTPUTS"]
+
+#: values of the ``output`` param: the default label image, or a DICOM SEG
+OUTPUTS = ("image", "dicom_seg")
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +121,11 @@ class UniMedInferTask(BasicInferTask):
     def validate(self, request: dict) -> tuple[Task, list[str] | None]:
         """Check a request's params before any work; raises ValueError subclasses naming the problem."""
         task = self.request_task(request)
+        output = request.get("output") or "image"
+        if output not in OUTPUTS:
+            raise InferRequestError(f"'output' must be one of {', '.join(OUTPUTS)}, got {output!r}")
+        if output == "dicom_seg" and task is not Task.SEGMENTATION:
+            raise InferRequestError(f"output 'dicom_seg' is for segmentation; task {task.value!r} has no label image")
         labels = parse_labels(request.get("labels"))
         self.service.model.registry.resolve(labels, task)
         return task, labels
@@ -143,6 +154,9 @@ class UniMedInferTask(BasicInferTask):
         pred: Prediction = data["prediction"]
         result = {"task": pred.task.value, "model_version": self.service.info().get("version"), "seconds": pred.seconds}
         if pred.task is Task.SEGMENTATION:
+            if data.get("output") == "dicom_seg":
+                return write_dicom_seg(pred, data), {**result, "output": "dicom_seg",
+                                                     "label_names": {lab.name: lab.id for lab in pred.labels}}
             return write_label_map(pred), {**result, "label_names": {lab.name: lab.id for lab in pred.labels},
                                            "scores": pred.annotation.scores or {}}
         if pred.task is Task.DETECTION:
@@ -162,6 +176,19 @@ def write_label_map(pred: Prediction) -> str:
     img.set_qform(pred.spec.affine, code=1)
     img.set_sform(pred.spec.affine, code=1)
     nib.save(img, path)
+    return path
+
+
+def write_dicom_seg(pred: Prediction, data: dict[str, Any]) -> str:
+    """Write the segmentation as a DICOM SEG of the series the image came from."""
+    from unimed.dicom.seg import write_seg
+
+    source = dicom_source_of(data.get("image_path", ""))
+    if source is None:
+        raise InferRequestError("output 'dicom_seg' needs an image that came from DICOM (a series folder, or a series "
+                                "of a DICOMweb datastore)")
+    path = tempfile.NamedTemporaryFile(suffix=".dcm", delete=False).name
+    write_seg(pred.label_map(), pred.spec.affine, source, path, labels=pred.labels)
     return path
 
 

@@ -285,11 +285,15 @@ def volume_to_series(
 
 
 def assign_missing_uids(src: str | Path, out_dir: str | Path, *, patient_id: str, study_description: str = "") -> list[Path]:
-    """Copy a series, filling in the identifiers an anonymised export left empty.
+    """Copy a series, filling in the identifiers an anonymised export left empty, with its pixel
+    data decompressed.
 
     A PACS files every instance under its patient, study, series and SOP instance UIDs, so an
     instance with any of them empty is refused. Filled UIDs are derived from the source folder's
     content, so running this twice gives the same study. Identifiers already present are kept.
+    Compressed pixel data (e.g. JPEG 2000) is stored as Explicit VR Little Endian, because a
+    PACS that cannot transcode (Orthanc without its GDCM plugin) could not hand it to a client
+    asking for uncompressed data.
 
     Returns:
         The written files, in slice order.
@@ -315,6 +319,8 @@ def assign_missing_uids(src: str | Path, out_dir: str | Path, *, patient_id: str
             ds.StudyDescription = study_description
         if ds.get("SeriesNumber") is None:
             ds.SeriesNumber = 1
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            ds.decompress()
         path = out_dir / f"{k:04d}.dcm"
         ds.save_as(path, write_like_original=False)
         files.append(path)
