@@ -152,11 +152,12 @@ class UniMedInferTask(BasicInferTask):
 
     def writer(self, data: dict[str, Any], extension=None, dtype=None) -> tuple[Any, Any]:
         pred: Prediction = data["prediction"]
-        result = {"task": pred.task.value, "model_version": self.service.info().get("version"), "seconds": pred.seconds}
+        # MONAI Label overwrites "label_names" with all of the model's labels; "asked_labels" are this answer's
+        result = {"task": pred.task.value, "model_version": self.service.info().get("version"), "seconds": pred.seconds,
+                  "asked_labels": [lab.name for lab in pred.labels]}
         if pred.task is Task.SEGMENTATION:
             if data.get("output") == "dicom_seg":
-                return write_dicom_seg(pred, data), {**result, "output": "dicom_seg",
-                                                     "label_names": {lab.name: lab.id for lab in pred.labels}}
+                return write_dicom_seg(pred, data), {**result, "output": "dicom_seg"}
             return write_label_map(pred), {**result, "label_names": {lab.name: lab.id for lab in pred.labels},
                                            "scores": pred.annotation.scores or {}}
         if pred.task is Task.DETECTION:
