@@ -102,3 +102,30 @@ def start_server():
 def port_factory():
     """:func:`free_port`: a free TCP port on 127.0.0.1."""
     return free_port
+
+
+@pytest.fixture(scope="session")
+def pacs(sample, shared_data, tmp_path_factory):
+    """A real Orthanc (skipped when not installed) holding the CT series of ../shared and the
+    sample BraTS FLAIR converted to an MR series; ``series`` maps modality -> SeriesInstanceUID."""
+    from unimed.dicom.orthanc import Orthanc, dicomweb_plugin, orthanc_binary, write_test_studies
+    from unimed.dicom.series import read_series
+
+    if orthanc_binary() is None or dicomweb_plugin() is None:
+        pytest.skip("Orthanc with its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)")
+    root = tmp_path_factory.mktemp("pacs")
+    studies = write_test_studies(root / "studies", brats=sample / "brats_pat0001_flair.nii.gz",
+                                 ct_dicom=shared_data / "totalseg_examples" / "example_ct_dicom")
+    with Orthanc(root / "orthanc", port=free_port()) as orthanc:
+        for files in studies.values():
+            orthanc.upload(files)
+        uids = {m: str(read_series(files[0].parent)[0].SeriesInstanceUID) for m, files in studies.items()}
+        yield {"orthanc": orthanc, "series": uids, "studies": studies}
+
+
+@pytest.fixture(scope="session")
+def pacs_server(pacs, tmp_path_factory):
+    """The UniMed MONAI Label server on the Orthanc of :func:`pacs` (DICOMweb datastore)."""
+    work = tmp_path_factory.mktemp("pacs_server")
+    with monailabel_server(pacs["orthanc"].dicomweb, work, env={"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(work / "cache")}) as srv:
+        yield srv

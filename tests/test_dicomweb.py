@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from unimed.dicom.orthanc import Orthanc, dicomweb_plugin, orthanc_binary, write_test_studies
+from unimed.dicom.orthanc import dicomweb_plugin, orthanc_binary
 from unimed.dicom.seg import read_seg
 from unimed.dicom.series import read_series, series_geometry
 from unimed.labels import LabelRegistry
@@ -23,24 +23,8 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def pacs(sample, shared_data, tmp_path_factory, port_factory):
-    """Orthanc with the CT series of ../shared and the sample BraTS FLAIR as an MR series."""
-    root = tmp_path_factory.mktemp("pacs")
-    studies = write_test_studies(root / "studies", brats=sample / "brats_pat0001_flair.nii.gz",
-                                 ct_dicom=shared_data / "totalseg_examples" / "example_ct_dicom")
-    with Orthanc(root / "orthanc", port=port_factory()) as orthanc:
-        for files in studies.values():
-            orthanc.upload(files)
-        uids = {m: str(read_series(files[0].parent)[0].SeriesInstanceUID) for m, files in studies.items()}
-        yield {"orthanc": orthanc, "series": uids, "studies": studies}
-
-
-@pytest.fixture(scope="module")
-def server(pacs, tmp_path_factory, start_server):
-    work = tmp_path_factory.mktemp("server")
-    env = {"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(work / "cache")}
-    with start_server(pacs["orthanc"].dicomweb, work, env=env) as srv:
-        yield srv
+def server(pacs_server):
+    return pacs_server
 
 
 def _stats(server) -> dict:

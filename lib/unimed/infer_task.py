@@ -158,7 +158,7 @@ class UniMedInferTask(BasicInferTask):
         if pred.task is Task.SEGMENTATION:
             if data.get("output") == "dicom_seg":
                 return write_dicom_seg(pred, data), {**result, "output": "dicom_seg"}
-            return write_label_map(pred), {**result, "label_names": {lab.name: lab.id for lab in pred.labels},
+            return write_label_map(pred, data.get("result_extension") or ".nii.gz"), {**result, "label_names": {lab.name: lab.id for lab in pred.labels},
                                            "scores": pred.annotation.scores or {}}
         if pred.task is Task.DETECTION:
             return write_detection(pred, data, result)
@@ -170,9 +170,32 @@ class UniMedInferTask(BasicInferTask):
         return None, result
 
 
-def write_label_map(pred: Prediction) -> str:
-    """Write the segmentation as a NIfTI with exactly the image's shape and affine."""
-    path = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
+#: label-map file types a request can ask for with ``result_extension`` (OHIF asks for NRRD)
+LABEL_EXTENSIONS = (".nii.gz", ".nii", ".nrrd")
+
+
+def write_label_map(pred: Prediction, extension: str = ".nii.gz") -> str:
+    """Write the segmentation with exactly the image's shape and affine, as NIfTI or NRRD.
+
+    Raises:
+        InferRequestError: an extension other than :data:`LABEL_EXTENSIONS`.
+    """
+    if extension not in LABEL_EXTENSIONS:
+        raise InferRequestError(f"'result_extension' must be one of {', '.join(LABEL_EXTENSIONS)}, got {extension!r}")
+    path = tempfile.NamedTemporaryFile(suffix=extension, delete=False).name
+    if extension == ".nrrd":
+        import SimpleITK as sitk
+
+        from unimed.dicom.series import LPS
+
+        lps = LPS @ pred.spec.affine
+        spacing = np.linalg.norm(lps[:3, :3], axis=0)
+        label = sitk.GetImageFromArray(np.ascontiguousarray(pred.label_map().reshape(pred.spec.shape).transpose(2, 1, 0)))
+        label.SetSpacing(spacing.tolist())
+        label.SetOrigin(lps[:3, 3].tolist())
+        label.SetDirection((lps[:3, :3] / spacing).flatten().tolist())
+        sitk.WriteImage(label, path, useCompression=False)
+        return path
     img = nib.Nifti1Image(pred.label_map(), pred.spec.affine)
     img.set_qform(pred.spec.affine, code=1)
     img.set_sform(pred.spec.affine, code=1)
