@@ -10,7 +10,8 @@ import pytest
 MODULES = [
     "unimed.tasks", "unimed.labels", "unimed.tokens", "unimed.networks.layers", "unimed.networks.backbone",
     "unimed.networks.pixel_decoder", "unimed.networks.decoder", "unimed.networks.unimed", "unimed.composer",
-    "unimed.transforms", "unimed.checkpoint", "unimed.predictor", "unimed.service",
+    "unimed.transforms", "unimed.checkpoint", "unimed.predictor", "unimed.service", "unimed.dicom.series",
+    "unimed.dicom.seg", "unimed.dicom.dicomweb",
 ]
 
 
