@@ -105,17 +105,19 @@ def port_factory():
 
 
 @pytest.fixture(scope="session")
-def pacs(sample, shared_data, tmp_path_factory):
-    """A real Orthanc (skipped when not installed) holding the CT series of ../shared and the
-    sample BraTS FLAIR converted to an MR series; ``series`` maps modality -> SeriesInstanceUID."""
+def pacs(sample, tmp_path_factory):
+    """A real Orthanc (skipped when not installed) holding the sample BraTS FLAIR converted to an
+    MR series and, when ../shared is there, its CT series; ``series`` maps modality ->
+    SeriesInstanceUID."""
     from unimed.dicom.orthanc import Orthanc, dicomweb_plugin, orthanc_binary, write_test_studies
     from unimed.dicom.series import read_series
 
     if orthanc_binary() is None or dicomweb_plugin() is None:
         pytest.skip("Orthanc with its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)")
     root = tmp_path_factory.mktemp("pacs")
+    ct = SHARED_DATA / "totalseg_examples" / "example_ct_dicom"
     studies = write_test_studies(root / "studies", brats=sample / "brats_pat0001_flair.nii.gz",
-                                 ct_dicom=shared_data / "totalseg_examples" / "example_ct_dicom")
+                                 ct_dicom=ct if ct.is_dir() else None)
     with Orthanc(root / "orthanc", port=free_port()) as orthanc:
         for files in studies.values():
             orthanc.upload(files)

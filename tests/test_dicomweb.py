@@ -15,6 +15,8 @@ from unimed.dicom.seg import read_seg
 from unimed.dicom.series import read_series, series_geometry
 from unimed.labels import LabelRegistry
 
+NO_CT = "the CT series of ../shared/data/totalseg_examples is absent, so the PACS holds only the MR series"
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(orthanc_binary() is None or dicomweb_plugin() is None,
@@ -34,6 +36,8 @@ def _stats(server) -> dict:
 
 
 def test_both_modalities_are_listed(server, pacs):
+    if "CT" not in pacs["series"]:
+        pytest.skip(NO_CT)
     status = _stats(server)
     assert status["total"] == 2, status  # CT and MR; MONAI Label's default filter would list the CT only
     sample = server["client"].next_sample("random", {})  # the Slicer plugin's "Next Sample"
@@ -61,6 +65,8 @@ def test_ct_series_infers_through_the_stock_dicom_seg_output(server, pacs):
     """``?output=dicom_seg`` (the query MONAI Label documents) goes through UniMed's writer."""
     import requests
 
+    if "CT" not in pacs["series"]:
+        pytest.skip(NO_CT)
     ct = pacs["series"]["CT"]
     r = requests.post(f"{server['url']}/infer/unimed_seg", params={"image": ct, "output": "dicom_seg"},
                       data={"params": json.dumps({"labels": ["lung_tumor"], "label_info": [{"name": "lung_tumor"}]})},
