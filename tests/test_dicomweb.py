@@ -106,3 +106,25 @@ def test_dicom_seg_output_of_a_non_dicom_request_is_a_400(server, pacs):
     with pytest.raises(MONAILabelClientException) as err:
         server["client"].infer("unimed_det", pacs["series"]["MR"], {"output": "dicom_seg"})
     assert "Status: 400" in err.value.msg and "output 'dicom_seg' is for segmentation" in err.value.msg
+
+
+def test_a_seg_in_the_pacs_becomes_a_training_label_of_registry_ids(server, pacs, tmp_path):
+    """A SEG numbers its segments 1, 2, ...; training must see the registry's ids (lung_tumor = 6)."""
+    import nibabel as nib
+    import requests
+
+    from unimed.dicom.seg import write_seg
+
+    if "CT" not in pacs["series"]:
+        pytest.skip(NO_CT)
+    ct_dir = pacs["studies"]["CT"][0].parent
+    geometry = series_geometry(read_series(ct_dir))
+    label_map = np.zeros(geometry.shape, dtype=np.uint8)
+    label_map[200:260, 220:300, 5:12] = LabelRegistry().get("lung_tumor").id
+    pacs["orthanc"].upload([write_seg(label_map, geometry.affine, ct_dir, tmp_path / "ct_seg.dcm")])
+    datalist = requests.get(f"{server['url']}/datastore/", params={"output": "train"}, timeout=300).json()
+    ct_items = [d for d in datalist if pacs["series"]["CT"] in d["image"]]
+    assert len(ct_items) == 1, datalist
+    label = nib.load(ct_items[0]["label"])
+    assert np.allclose(label.affine, geometry.affine, atol=1e-3)
+    assert np.array_equal(np.asarray(label.dataobj), label_map)

@@ -21,14 +21,14 @@ from monailabel.config import settings
 from monailabel.datastore.dicom import DICOMwebClientX, DICOMWebDatastore
 from monailabel.datastore.local import LocalDatastore
 from monailabel.datastore.utils.convert import binary_to_image
-from monailabel.datastore.utils.dicom import dicom_web_upload_dcm
+from monailabel.datastore.utils.dicom import dicom_web_download_series, dicom_web_upload_dcm
 from monailabel.interfaces.datastore import DefaultLabelTag
 from pydicom.dataset import Dataset
 
-from unimed.dicom.seg import write_seg
+from unimed.dicom.seg import read_seg, write_seg
 from unimed.labels import LabelRegistry
 
-__all__ = ["UniMedDICOMwebDatastore", "parse_modalities", "label_to_seg"]
+__all__ = ["UniMedDICOMwebDatastore", "parse_modalities", "label_to_seg", "seg_to_label_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,28 @@ def label_to_seg(image_dir: str | os.PathLike, label_file: str | os.PathLike, na
     return out
 
 
+def seg_to_label_image(seg_file: str | os.PathLike, image_dir: str | os.PathLike, out_path: str | os.PathLike,
+                       registry: LabelRegistry | None = None) -> str:
+    """A DICOM SEG as a NIfTI label map of registry ids on its source series' grid.
+
+    Segments are matched to registry labels by tracking id or segment label, not by segment
+    number (a SEG numbers its segments 1, 2, ... whatever they are).
+
+    Raises:
+        UnknownLabelError: a segment that names no registry label.
+        SegError: overlapping segments, or frames off the series' grid.
+    """
+    import nibabel as nib
+
+    seg = read_seg(seg_file, source=image_dir)
+    label_map = seg.label_map(registry or LabelRegistry())
+    img = nib.Nifti1Image(label_map, seg.affine)
+    img.set_qform(seg.affine, code=1)
+    img.set_sform(seg.affine, code=1)
+    nib.save(img, str(out_path))
+    return str(out_path)
+
+
 class UniMedDICOMwebDatastore(DICOMWebDatastore):
     """A DICOMweb datastore over every modality in ``modalities``.
 
@@ -138,6 +160,25 @@ class UniMedDICOMwebDatastore(DICOMWebDatastore):
         for ``MONAI_LABEL_DICOMWEB_CACHE_EXPIRY`` seconds, two hours by default, so a label just
         saved would not count)."""
         return DICOMWebDatastore.get_labeled_images.__wrapped__(self, label_tag, labels)
+
+    def get_label_uri(self, label_id: str, label_tag: str, image_id: str = "") -> str:
+        """A final label is a SEG series in the PACS: fetched once, then kept as a NIfTI label map
+        of registry ids (the stock conversion would give segment numbers instead)."""
+        if label_tag != DefaultLabelTag.FINAL:
+            return LocalDatastore.get_label_uri(self, label_id, label_tag)
+        existing = LocalDatastore.get_label_uri(self, image_id, label_tag) if image_id else ""
+        if existing and os.path.exists(existing):
+            return existing
+        seg_dir = os.path.join(self._datastore.label_path(label_tag), label_id)
+        if not os.path.isdir(seg_dir) or not os.listdir(seg_dir):
+            dicom_web_download_series(None, label_id, seg_dir, self._client, self._fetch_by_frame)
+        self.get_image_uri(image_id)  # the source series, for the grid
+        seg_file = os.path.join(seg_dir, sorted(os.listdir(seg_dir))[0])
+        with tempfile.TemporaryDirectory() as tmp:
+            label = seg_to_label_image(seg_file, os.path.join(self._datastore.image_path(), image_id),
+                                       os.path.join(tmp, f"{image_id}.nii.gz"))
+            LocalDatastore.save_label(self, image_id, label, label_tag, self._dicom_info(label_id))
+        return LocalDatastore.get_label_uri(self, image_id, label_tag)
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any],
                    label_id: str = "") -> str:
