@@ -138,7 +138,7 @@ def test_ohif_runs_unimed_segmentation_from_the_monai_label_panel(browser, pacs_
     time.sleep(5)  # let the viewports finish loading the series
     before = _coloured_pixels(browser.screenshot(artifacts / "ohif_before_segmentation.png"))
     browser.click(browser.wait_for("//*[contains(text(),'Auto-Segmentation')]/following::button[normalize-space(.)='Run'][1]", 30))
-    browser.wait_for("//*[contains(text(),'Running Segmentation - Successful') or contains(text(),'Failed')]", 300)
+    browser.wait_for("//*[not(self::script)][contains(text(),'Running Segmentation - Successful') or contains(text(),'Failed')]", 300)
     assert "Failed" not in browser.text()
     time.sleep(5)  # the label map is drawn asynchronously
     for notice in browser.find("//button[contains(., 'Confirm and Hide')]"):
@@ -147,3 +147,33 @@ def test_ohif_runs_unimed_segmentation_from_the_monai_label_panel(browser, pacs_
     assert after > before + 300, f"no segmentation drawn over the image ({before} -> {after} coloured pixels)"
     segments = [line.strip() for line in browser.text().splitlines()]
     assert any(name in segments for name in ("necrosis", "edema", "non_enhancing_tumor", "enhancing_tumor")), segments
+
+
+@pytest.fixture(scope="module")
+def local_server(sample, tmp_path_factory, start_server):
+    studies = tmp_path_factory.mktemp("datastore")
+    shutil.copytree(sample, studies, dirs_exist_ok=True)
+    with start_server(studies, tmp_path_factory.mktemp("local_server")) as srv:
+        yield srv
+
+
+def test_results_page_shows_what_ohif_cannot(browser, local_server, artifacts):
+    """Detection boxes (drawn on a 2D picture) and classification scores, at /unimed/."""
+    image = "bccd_BloodImage_00000"
+    browser.open(f"{local_server['url']}/unimed/")
+    browser.wait_for(f"//select[@id='image']/option[@value='{image}']", 60)
+    browser._call("POST", "/execute/sync", {"script": f"document.getElementById('image').value = '{image}'", "args": []})
+    browser.click(browser.find("//button[@id='detect']")[0])
+    browser.wait_for("//div[@id='result']/p[contains(text(),'boxes (centre')] | //div[@id='status'][contains(text(),'failed')]", 300)
+    _, expected = local_server["client"].infer("unimed_det", image, {})
+    rows = browser.find("//table[@id='result-table']//tr[td]")
+    assert len(rows) == len(expected["box"])
+    time.sleep(1)
+    shot = browser.screenshot(artifacts / "results_page_detection.png")
+    assert (not expected["box"]) or browser.find("//canvas[@id='canvas' and not(@hidden)]")
+    browser.click(browser.find("//button[@id='classify']")[0])
+    browser.wait_for("//table[@id='result-table']//td[text()='adrenal_normal'] | //div[@id='status'][contains(text(),'failed')]", 300)
+    assert "failed" not in browser.text(), browser.text()[:800]
+    labels = [line.split("\t")[0] for line in browser.text().splitlines() if "\t" in line]
+    assert {"brain_tumor", "lung_tumor", "adrenal_hyperplasia", "adrenal_normal"} <= set(labels), browser.text()[:1500]
+    assert shot.shape[2] == 3

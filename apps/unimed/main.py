@@ -74,6 +74,14 @@ class UniMedApp(MONAILabelApp):
     def init_trainers(self):
         return {self.task_config.name: self.task_config.trainer()}
 
+    def on_init_complete(self):
+        super().on_init_complete()
+        from monailabel.app import app as server  # the running server's FastAPI application
+
+        from unimed.results_page import register_results_page
+
+        register_results_page(server, self.datastore)
+
     def info(self):
         meta = super().info()
         meta["unimed"] = self.task_config.service.info()
