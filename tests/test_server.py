@@ -215,7 +215,11 @@ def test_next_sample_upload_session_and_save_label(server, tmp_path):
 def test_training_can_be_stopped(server):
     client = server["client"]
     client.train_start("unimed", {"max_epochs": 50, "max_minutes": 10})
-    assert client.train_status(check_if_running=True)
+    deadline = time.time() + 60
+    while not client.train_status(check_if_running=True) and time.time() < deadline:
+        time.sleep(0.5)  # the task is queued before it runs
+    status = client.train_status()
+    assert client.train_status(check_if_running=True), "\n".join(status.get("details", []))[-2000:]
     client.train_stop()
     deadline = time.time() + 120
     while client.train_status(check_if_running=True) and time.time() < deadline:
