@@ -46,6 +46,50 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, env=env)
 
 
+# -- pacs ------------------------------------------------------------------------------------------
+def cmd_pacs(args: argparse.Namespace) -> int:
+    """Start a local Orthanc PACS with DICOMweb (Debian packages orthanc and orthanc-dicomweb),
+    put test studies in it, and keep it running until Ctrl-C.
+
+    The studies: the sample BraTS FLAIR written as a DICOM MR series by the project's own
+    converter, and, with --ct, an (anonymised) CT DICOM series folder. Then serve it with
+    ``python main.py serve --studies http://127.0.0.1:PORT/dicom-web``.
+    """
+    import signal
+    import time
+
+    from unimed.dicom.orthanc import Orthanc, OrthancError, write_test_studies
+
+    def stop(signum, frame):  # `kill` stops Orthanc as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
+    root = Path(args.dir)
+    if args.ct and not Path(args.ct).is_dir():
+        raise CommandError(f"--ct {args.ct}: no such folder")
+    try:
+        pacs = Orthanc(root, port=args.port).start()
+    except OrthancError as exc:
+        raise CommandError(str(exc)) from exc
+    try:
+        if not args.no_upload:
+            studies = write_test_studies(root / "studies", brats=SAMPLE_DATASTORE / "brats_pat0001_flair.nii.gz",
+                                         ct_dicom=Path(args.ct) if args.ct else None)
+            for modality, files in studies.items():
+                pacs.upload(files)
+                print(f"uploaded {modality} series: {len(files)} instances", flush=True)
+        print(f"Orthanc is serving {len(pacs.series())} series; DICOMweb: {pacs.dicomweb}", flush=True)
+        print(f"next: python main.py serve --studies {pacs.dicomweb}    (Ctrl-C here stops Orthanc)", flush=True)
+        while pacs.process is not None and pacs.process.poll() is None:
+            time.sleep(1)
+        raise CommandError(f"Orthanc exited; see {pacs.log_file}")
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        pacs.stop()
+
+
 # -- infer -----------------------------------------------------------------------------------------
 def cmd_infer(args: argparse.Namespace) -> int:
     """Run one task on one image file, no server needed."""
@@ -242,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--conf", nargs=2, action="append", metavar=("KEY", "VALUE"), help="app config, repeatable")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("pacs", help="start a local Orthanc PACS (DICOMweb) with test studies", description=cmd_pacs.__doc__)
+    p.add_argument("--dir", default=str(REPO / "runtime" / "orthanc"), help="Orthanc's configuration and database")
+    p.add_argument("--port", type=int, default=8042, help="HTTP port on 127.0.0.1 (DICOMweb at /dicom-web)")
+    p.add_argument("--ct", default=None, help="a CT DICOM series folder to upload too, e.g. "
+                   "../shared/data/totalseg_examples/example_ct_dicom")
+    p.add_argument("--no-upload", action="store_true", help="start with what the database already holds")
+    p.set_defaults(func=cmd_pacs)
 
     p = sub.add_parser("infer", help="run one task on one image file", description=cmd_infer.__doc__)
     p.add_argument("--task", required=True, choices=["segmentation", "detection", "classification"])

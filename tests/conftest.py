@@ -1,8 +1,9 @@
-"""Shared fixtures: paths of the repo, the shipped sample datastore and the shared data, and
-a real MONAI Label server with the UniMed app on a copy of the sample datastore."""
+"""Shared fixtures: paths of the repo, the shipped sample datastore and the shared data; and
+:func:`monailabel_server`, a real MONAI Label server with the UniMed app in a subprocess."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -11,7 +12,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import pytest
 
@@ -37,43 +38,41 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def start_server(tmp_path_factory) -> Iterator[Callable[..., dict[str, Any]]]:
-    """A function that starts the UniMed app on a fresh copy of the sample datastore, with a
-    copy of the shipped checkpoint (training in tests never touches the shipped model), and
-    returns ``{"url", "studies", "model_dir", "client", "log"}``. ``conf`` adds ``--conf`` keys,
-    ``env`` environment variables. Every server it started stops when the module's tests end.
+@contextlib.contextmanager
+def monailabel_server(studies: str | Path, workdir: Path, conf: dict[str, str] | None = None,
+                      env: dict[str, str] | None = None, timeout: float = 180) -> Iterator[dict]:
+    """Start ``monailabel start_server`` with the UniMed app on a free port and yield
+    ``{"url", "client", "model_dir", "log"}``; stops it on exit.
+
+    The model is a copy of the shipped checkpoint in ``workdir/model``, so training in a test
+    never touches the shipped model.
     """
     from monailabel.client import MONAILabelClient
 
-    started: list[tuple[subprocess.Popen, Any]] = []
-
-    def start(conf: dict[str, str] | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
-        studies = tmp_path_factory.mktemp("datastore")
-        shutil.copytree(SAMPLE, studies, dirs_exist_ok=True)
-        model_dir = tmp_path_factory.mktemp("model")
-        shipped = REPO / "apps" / "unimed" / "model" / "unimed.pt"
-        if shipped.exists():
-            shutil.copy(shipped, model_dir / "unimed.pt")
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        log_path = tmp_path_factory.mktemp("log") / "server.log"
-        log = open(log_path, "w+")
-        cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(REPO / "apps" / "unimed"),
-               "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port),
-               "--conf", "model_path", str(model_dir / "unimed.pt")]
-        for key, value in (conf or {}).items():
-            cmd += ["--conf", key, value]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, MONAI_LABEL_TRACKING_ENABLED="false", **(env or {})))
-        started.append((proc, log))
-        deadline = time.time() + 180
+    model_dir = workdir / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    shipped = REPO / "apps" / "unimed" / "model" / "unimed.pt"
+    if shipped.exists():
+        shutil.copy(shipped, model_dir / "unimed.pt")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(REPO / "apps" / "unimed"),
+           "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port),
+           "--conf", "model_path", str(model_dir / "unimed.pt")]
+    for key, value in (conf or {}).items():
+        cmd += ["--conf", key, value]
+    log_path = workdir / "server.log"
+    log = open(log_path, "w+")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, MONAI_LABEL_TRACKING_ENABLED="false", **(env or {})))
+    deadline = time.time() + timeout
+    try:
         while True:
             try:
                 urllib.request.urlopen(url + "/info/", timeout=5)
@@ -83,14 +82,69 @@ def start_server(tmp_path_factory) -> Iterator[Callable[..., dict[str, Any]]]:
                     log.seek(0)
                     pytest.fail(f"server did not start:\n{log.read()[-4000:]}")
                 time.sleep(1)
-        return {"url": url, "studies": studies, "model_dir": model_dir, "log": log_path,
-                "client": MONAILabelClient(url, tmpdir=str(studies.parent))}
-
-    yield start
-    for proc, log in started:
-        proc.terminate()  # the server's own background jobs end with it
+        yield {"url": url, "client": MONAILabelClient(url, tmpdir=str(workdir)), "model_dir": model_dir, "log": log_path}
+    finally:
+        proc.terminate()
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def start_server():
+    """:func:`monailabel_server`, for module-scoped server fixtures."""
+    return monailabel_server
+
+
+@contextlib.contextmanager
+def sample_server(tmp_path_factory, conf: dict[str, str] | None = None,
+                  env: dict[str, str] | None = None) -> Iterator[dict]:
+    """:func:`monailabel_server` on a fresh copy of the sample datastore; the dict it yields
+    also holds ``studies``, that copy's folder."""
+    studies = tmp_path_factory.mktemp("datastore")
+    shutil.copytree(SAMPLE, studies, dirs_exist_ok=True)
+    with monailabel_server(studies, tmp_path_factory.mktemp("server"), conf=conf, env=env) as srv:
+        yield {**srv, "studies": studies}
+
+
+@pytest.fixture(scope="session")
+def start_sample_server():
+    """:func:`sample_server`, for module-scoped server fixtures."""
+    return sample_server
+
+
+@pytest.fixture(scope="session")
+def port_factory():
+    """:func:`free_port`: a free TCP port on 127.0.0.1."""
+    return free_port
+
+
+@pytest.fixture(scope="session")
+def pacs(sample, tmp_path_factory):
+    """A real Orthanc (skipped when not installed) holding the sample BraTS FLAIR converted to an
+    MR series and, when ../shared is there, its CT series; ``series`` maps modality ->
+    SeriesInstanceUID."""
+    from unimed.dicom.orthanc import Orthanc, dicomweb_plugin, orthanc_binary, write_test_studies
+    from unimed.dicom.series import read_series
+
+    if orthanc_binary() is None or dicomweb_plugin() is None:
+        pytest.skip("Orthanc with its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)")
+    root = tmp_path_factory.mktemp("pacs")
+    ct = SHARED_DATA / "totalseg_examples" / "example_ct_dicom"
+    studies = write_test_studies(root / "studies", brats=sample / "brats_pat0001_flair.nii.gz",
+                                 ct_dicom=ct if ct.is_dir() else None)
+    with Orthanc(root / "orthanc", port=free_port()) as orthanc:
+        for files in studies.values():
+            orthanc.upload(files)
+        uids = {m: str(read_series(files[0].parent)[0].SeriesInstanceUID) for m, files in studies.items()}
+        yield {"orthanc": orthanc, "series": uids, "studies": studies}
+
+
+@pytest.fixture(scope="session")
+def pacs_server(pacs, tmp_path_factory):
+    """The UniMed MONAI Label server on the Orthanc of :func:`pacs` (DICOMweb datastore)."""
+    work = tmp_path_factory.mktemp("pacs_server")
+    with monailabel_server(pacs["orthanc"].dicomweb, work, env={"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(work / "cache")}) as srv:
+        yield srv

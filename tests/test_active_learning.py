@@ -97,8 +97,10 @@ def test_server_strategies_skip_recently_served_images_and_near_duplicates(repo,
 
 # -- the server ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def server(start_server):
-    return start_server(conf={"max_size_3d": "64", "auto_train_labels": "1", "auto_train_minutes": "3"})
+def server(tmp_path_factory, start_sample_server):
+    conf = {"max_size_3d": "64", "auto_train_labels": "1", "auto_train_minutes": "3"}
+    with start_sample_server(tmp_path_factory, conf=conf) as srv:
+        yield srv
 
 
 def get_json(server: dict, path: str, **query: Any) -> Any:

@@ -13,7 +13,7 @@ def run(repo, *args):
     return subprocess.run([sys.executable, str(repo / "main.py"), *args], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("command", ["serve", "infer", "info"])
+@pytest.mark.parametrize("command", ["serve", "infer", "info", "pacs"])
 def test_every_command_has_help(repo, command):
     out = run(repo, command, "--help")
     assert out.returncode == 0 and "usage: main.py " + command in out.stdout
@@ -107,3 +107,34 @@ def test_versions_lists_and_rolls_back(repo, tmp_path):
     assert out.returncode == 0 and store.current_version() == 1
     out = run(repo, "versions", "--model-dir", str(tmp_path), "--rollback", "9")
     assert out.returncode == 2 and "no model version 9" in out.stderr
+
+
+def test_pacs_with_a_missing_ct_folder_is_a_clear_error(repo, tmp_path):
+    out = run(repo, "pacs", "--ct", str(tmp_path / "nope"), "--dir", str(tmp_path / "orthanc"))
+    assert out.returncode == 2 and "no such folder" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_pacs_serves_the_converted_mr_study_until_stopped(repo, tmp_path, port_factory):
+    import time
+    import urllib.request
+
+    from unimed.dicom.orthanc import dicomweb_plugin, orthanc_binary
+
+    if orthanc_binary() is None or dicomweb_plugin() is None:
+        pytest.skip("Orthanc with its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)")
+    port = port_factory()
+    proc = subprocess.Popen([sys.executable, str(repo / "main.py"), "pacs", "--port", str(port), "--dir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        deadline = time.time() + 120
+        while time.time() < deadline and not any("DICOMweb:" in line for line in lines):
+            lines.append(proc.stdout.readline())
+        assert any("Orthanc is serving 1 series" in line for line in lines), "".join(lines)
+        series = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/dicom-web/series?Modality=MR").read())
+        assert len(series) == 1
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    with pytest.raises(OSError):  # Orthanc went down with the command
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/system", timeout=5)

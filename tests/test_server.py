@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -24,9 +25,10 @@ def infer(client: MONAILabelClient, model: str, image: str, params: dict, **kwar
 
 
 @pytest.fixture(scope="module")
-def server(start_server):
+def server(tmp_path_factory, start_sample_server):
     # scoring for active learning is covered by test_active_learning; off here to spare the CPU
-    return start_server(env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"})
+    with start_sample_server(tmp_path_factory, env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}) as srv:
+        yield srv
 
 
 def test_info_lists_the_four_models(server):
@@ -129,3 +131,97 @@ def test_training_through_the_rest_api_publishes_a_version_that_infer_then_serve
     assert (server["model_dir"] / "versions" / f"v{after:04d}.pt").exists()
     _, params = infer(client, "unimed_cls", "adrenal_val_000", {})
     assert params["model_version"] == after
+
+
+# -- the other calls the 3D Slicer plugin makes ------------------------------------------------------
+#: the parts of Slicer's markups-schema-v1.0.3 that an ROI file must meet (required "@schema" and
+#: "markups"; each markup's "type" from the schema's enum; an ROI's "center" and "size" of 3 numbers and
+#: "orientation" a 3x3 matrix of 9 numbers; LPS or RAS coordinates; control points as objects)
+_NUMBERS = {"type": "array", "items": {"type": "number"}}
+SLICER_ROI_SCHEMA = {
+    "type": "object",
+    "required": ["@schema", "markups"],
+    "properties": {
+        "@schema": {"type": "string", "pattern": "markups-schema-v1\\.0\\.[0-9]+\\.json"},
+        "markups": {"type": "array", "items": {
+            "type": "object",
+            "required": ["type", "coordinateSystem", "center", "size", "orientation", "controlPoints"],
+            "properties": {
+                "type": {"enum": ["ROI"]},
+                "coordinateSystem": {"enum": ["LPS", "RAS"]},
+                "center": {**_NUMBERS, "minItems": 3, "maxItems": 3},
+                "size": {**_NUMBERS, "minItems": 3, "maxItems": 3},
+                "orientation": {**_NUMBERS, "minItems": 9, "maxItems": 9},
+                "controlPoints": {"type": "array", "items": {"type": "object"}},
+            },
+        }},
+    },
+}
+
+
+def test_detection_markup_is_a_valid_slicer_roi_file_of_the_boxes(server):
+    import jsonschema
+
+    markup, params = infer(server["client"], "unimed", "bccd_BloodImage_00000", {"task": "detection"})
+    doc = json.loads(Path(markup).read_text())
+    jsonschema.validate(doc, SLICER_ROI_SCHEMA)
+    for node, box in zip(doc["markups"], params["box"]):
+        assert np.allclose(node["center"], box[:3]) and np.allclose(node["size"], box[3:])
+        assert np.allclose(np.abs(np.linalg.det(np.reshape(node["orientation"], (3, 3)))), 1.0)  # a rotation
+    with pytest.raises(jsonschema.ValidationError):  # the check can fail
+        jsonschema.validate({**doc, "markups": [{**doc["markups"][0], "size": [1, 2]}]} if doc["markups"]
+                            else {"markups": []}, SLICER_ROI_SCHEMA)
+
+
+@pytest.mark.parametrize("model, params", [
+    ("unimed_seg", {"labels": ["edema", "enhancing_tumor"]}),
+    ("unimed_det", {"labels": "edema"}),
+    ("unimed_cls", {"labels": ["brain_tumor"]}),
+])
+def test_per_task_models_take_label_params(server, model, params):
+    out, result = infer(server["client"], model, "brats_pat0001_flair", params)
+    asked = params["labels"] if isinstance(params["labels"], list) else [params["labels"]]
+    assert result["asked_labels"] == asked
+    if model == "unimed_seg":
+        values = set(np.unique(np.asarray(nib.load(out).dataobj)).tolist())
+        assert values <= {0} | {result["label_names"][name] for name in asked}
+    elif model == "unimed_det":
+        assert set(result["label"]) <= set(asked)
+    else:
+        assert [p["label"] for p in result["prediction"]] == asked
+
+
+def test_next_sample_upload_session_and_save_label(server, tmp_path):
+    client = server["client"]
+    sample = client.next_sample("random", {})
+    assert sample["id"] in client.datastore()["objects"]
+    # a volume the server does not have: uploaded, then inferred and labelled as Slicer does
+    src = server["studies"] / "lung_patch_001.nii.gz"
+    upload = tmp_path / "uploaded_patch.nii.gz"
+    shutil.copy(src, upload)
+    image_id = client.upload_image(str(upload), "uploaded_patch")["image"]
+    assert image_id == "uploaded_patch" and "uploaded_patch" in client.datastore()["objects"]
+    session = client.create_session(str(upload))["session_id"]
+    label, _ = infer(client, "unimed_seg", "", {}, session_id=session)
+    assert nib.load(label).shape == nib.load(src).shape
+    saved = client.save_label("uploaded_patch", label, tag="final")
+    assert saved["image"] == "uploaded_patch"
+    stored = client.datastore()["objects"]["uploaded_patch"]["labels"]["final"]
+    assert np.array_equal(np.asarray(nib.load(server["studies"] / "labels" / "final" / f"uploaded_patch{stored['ext']}").dataobj),
+                          np.asarray(nib.load(label).dataobj))
+
+
+def test_training_can_be_stopped(server):
+    client = server["client"]
+    client.train_start("unimed", {"max_epochs": 50, "max_minutes": 10})
+    deadline = time.time() + 60
+    while not client.train_status(check_if_running=True) and time.time() < deadline:
+        time.sleep(0.5)  # the task is queued before it runs
+    status = client.train_status()
+    assert client.train_status(check_if_running=True), "\n".join(status.get("details", []))[-2000:]
+    client.train_stop()
+    deadline = time.time() + 120
+    while client.train_status(check_if_running=True) and time.time() < deadline:
+        time.sleep(1)
+    assert not client.train_status(check_if_running=True)
+    assert client.train_status()["status"] in ("STOPPED", "ERROR", "DONE")

@@ -25,6 +25,8 @@ from lib.activelearning.retrain import AutoRetrain, labels_since, training_activ
 from lib.activelearning.scoring import SCORE_KEY, model_tag  # noqa: E402
 from lib.configs.unimed import UniMedTaskConfig  # noqa: E402
 from unimed import __version__  # noqa: E402
+from unimed.dicom.seg import SegError  # noqa: E402
+from unimed.dicom.series import DicomSeriesError  # noqa: E402
 from unimed.infer_task import InferRequestError, UniMedInferTask  # noqa: E402
 from unimed.labels import UnknownLabelError  # noqa: E402
 from unimed.tasks import UnknownTaskError  # noqa: E402
@@ -44,6 +46,10 @@ class UniMedApp(MONAILabelApp):
     scoring method ``unimed_uncertainty`` runs in the background. Saving a final label starts
     a short fine-tuning run once ``auto_train_labels`` new labels have arrived (conf keys:
     see :class:`~lib.activelearning.retrain.AutoRetrain`).
+
+    With ``--studies http(s)://.../dicom-web`` the datastore is a PACS: every series of the
+    modalities in conf ``dicomweb_modalities`` (default ``CT,MR``) is an image, and a final
+    label goes back to the PACS as a DICOM SEG (see :mod:`unimed.dicom.dicomweb`).
     """
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
@@ -63,7 +69,16 @@ class UniMedApp(MONAILabelApp):
 
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()
+            from monailabel.config import settings
+
+            from unimed.dicom.dicomweb import UniMedDICOMwebDatastore, label_to_seg
+
+            if settings.MONAI_LABEL_DATASTORE.lower() in ("xnat", "dsa"):
+                return super().init_datastore()
+            _use_unimed_seg_writer(label_to_seg)
+            modalities = self.conf.get("dicomweb_modalities", "CT,MR")
+            logger.info(f"DICOMweb datastore {self.studies}, modalities {modalities}")
+            return UniMedDICOMwebDatastore.from_settings(self.studies, modalities.split(","))
         return LocalDatastore(self.studies, extensions=[f"*{s}" for s in IMAGE_SUFFIXES], auto_reload=True)
 
     def init_infers(self):
@@ -77,6 +92,14 @@ class UniMedApp(MONAILabelApp):
 
     def init_scoring_methods(self):
         return self.task_config.scoring_method()
+
+    def on_init_complete(self):
+        super().on_init_complete()
+        from monailabel.app import app as server  # the running server's FastAPI application
+
+        from unimed.results_page import register_results_page
+
+        register_results_page(server, self.datastore)
 
     def info(self):
         meta = super().info()
@@ -141,10 +164,26 @@ class UniMedApp(MONAILabelApp):
             return super().infer(request, datastore)
         except (UnknownTaskError, UnknownLabelError, InferRequestError) as exc:
             raise HTTPException(400, str(exc)) from exc
-        except ImageLoadError as exc:
+        except (ImageLoadError, DicomSeriesError, SegError) as exc:
             raise HTTPException(422, str(exc)) from exc
         except HTTPException:
             raise
         except Exception as exc:
             logger.exception("inference failed")
             raise HTTPException(500, f"inference failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _use_unimed_seg_writer(label_to_seg) -> None:
+    """Make ``POST /infer/{model}?output=dicom_seg`` write its SEG with UniMed's writer.
+
+    MONAI Label's infer endpoint converts the result with dcmqi's ``itkimage2segimage``, a
+    binary it downloads from GitHub; the endpoint offers no hook, so its converter is replaced
+    by one with the same signature.
+    """
+    import monailabel.endpoints.infer as endpoint
+
+    def nifti_to_dicom_seg(series_dir, label, label_info, file_ext="*", use_itk=True) -> str:
+        names = [info["name"] for info in label_info or [] if isinstance(info, dict) and info.get("name")]
+        return label_to_seg(series_dir, label, names)
+
+    endpoint.nifti_to_dicom_seg = nifti_to_dicom_seg

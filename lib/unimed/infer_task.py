@@ -8,6 +8,8 @@ Slicer and OHIF plugins, which list models by type, show each of them. All share
 Outputs follow MONAI Label's writers: a NIfTI label map with the image's shape and affine
 for segmentation; ``{"box", "label", "score"}`` JSON in world coordinates plus a Slicer ROI
 markup file for detection; ``{"prediction": [{"idx", "label", "score"}]}`` for classification.
+With ``{"output": "dicom_seg"}`` a segmentation of an image that came from DICOM (a series
+folder, or a DICOMweb datastore's series) is written as a DICOM SEG of that series instead.
 """
 
 from __future__ import annotations
@@ -23,13 +25,17 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.utils.others.detection import create_slicer_detection_json
 
+from unimed.dicom.series import dicom_source_of
 from unimed.labels import LabelRegistry
 from unimed.predictor import Prediction
 from unimed.service import ModelService
 from unimed.tasks import Task
 from unimed.transforms import load_image
 
-__all__ = ["UniMedInferTask", "InferRequestError", "parse_labels"]
+__all__ = ["UniMedInferTask", "InferRequestError", "parse_labels", "OUTPUTS"]
+
+#: values of the ``output`` param: the default label image, or a DICOM SEG
+OUTPUTS = ("image", "dicom_seg")
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +121,11 @@ class UniMedInferTask(BasicInferTask):
     def validate(self, request: dict) -> tuple[Task, list[str] | None]:
         """Check a request's params before any work; raises ValueError subclasses naming the problem."""
         task = self.request_task(request)
+        output = request.get("output") or "image"
+        if output not in OUTPUTS:
+            raise InferRequestError(f"'output' must be one of {', '.join(OUTPUTS)}, got {output!r}")
+        if output == "dicom_seg" and task is not Task.SEGMENTATION:
+            raise InferRequestError(f"output 'dicom_seg' is for segmentation; task {task.value!r} has no label image")
         labels = parse_labels(request.get("labels"))
         self.service.model.registry.resolve(labels, task)
         return task, labels
@@ -141,9 +152,13 @@ class UniMedInferTask(BasicInferTask):
 
     def writer(self, data: dict[str, Any], extension=None, dtype=None) -> tuple[Any, Any]:
         pred: Prediction = data["prediction"]
-        result = {"task": pred.task.value, "model_version": self.service.info().get("version"), "seconds": pred.seconds}
+        # MONAI Label overwrites "label_names" with all of the model's labels; "asked_labels" are this answer's
+        result = {"task": pred.task.value, "model_version": self.service.info().get("version"), "seconds": pred.seconds,
+                  "asked_labels": [lab.name for lab in pred.labels]}
         if pred.task is Task.SEGMENTATION:
-            return write_label_map(pred), {**result, "label_names": {lab.name: lab.id for lab in pred.labels},
+            if data.get("output") == "dicom_seg":
+                return write_dicom_seg(pred, data), {**result, "output": "dicom_seg"}
+            return write_label_map(pred, data.get("result_extension") or ".nii.gz"), {**result, "label_names": {lab.name: lab.id for lab in pred.labels},
                                            "scores": pred.annotation.scores or {}}
         if pred.task is Task.DETECTION:
             return write_detection(pred, data, result)
@@ -155,13 +170,49 @@ class UniMedInferTask(BasicInferTask):
         return None, result
 
 
-def write_label_map(pred: Prediction) -> str:
-    """Write the segmentation as a NIfTI with exactly the image's shape and affine."""
-    path = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
+#: label-map file types a request can ask for with ``result_extension`` (OHIF asks for NRRD)
+LABEL_EXTENSIONS = (".nii.gz", ".nii", ".nrrd")
+
+
+def write_label_map(pred: Prediction, extension: str = ".nii.gz") -> str:
+    """Write the segmentation with exactly the image's shape and affine, as NIfTI or NRRD.
+
+    Raises:
+        InferRequestError: an extension other than :data:`LABEL_EXTENSIONS`.
+    """
+    if extension not in LABEL_EXTENSIONS:
+        raise InferRequestError(f"'result_extension' must be one of {', '.join(LABEL_EXTENSIONS)}, got {extension!r}")
+    path = tempfile.NamedTemporaryFile(suffix=extension, delete=False).name
+    if extension == ".nrrd":
+        import SimpleITK as sitk
+
+        from unimed.dicom.series import LPS
+
+        lps = LPS @ pred.spec.affine
+        spacing = np.linalg.norm(lps[:3, :3], axis=0)
+        label = sitk.GetImageFromArray(np.ascontiguousarray(pred.label_map().reshape(pred.spec.shape).transpose(2, 1, 0)))
+        label.SetSpacing(spacing.tolist())
+        label.SetOrigin(lps[:3, 3].tolist())
+        label.SetDirection((lps[:3, :3] / spacing).flatten().tolist())
+        sitk.WriteImage(label, path, useCompression=False)
+        return path
     img = nib.Nifti1Image(pred.label_map(), pred.spec.affine)
     img.set_qform(pred.spec.affine, code=1)
     img.set_sform(pred.spec.affine, code=1)
     nib.save(img, path)
+    return path
+
+
+def write_dicom_seg(pred: Prediction, data: dict[str, Any]) -> str:
+    """Write the segmentation as a DICOM SEG of the series the image came from."""
+    from unimed.dicom.seg import write_seg
+
+    source = dicom_source_of(data.get("image_path", ""))
+    if source is None:
+        raise InferRequestError("output 'dicom_seg' needs an image that came from DICOM (a series folder, or a series "
+                                "of a DICOMweb datastore)")
+    path = tempfile.NamedTemporaryFile(suffix=".dcm", delete=False).name
+    write_seg(pred.label_map(), pred.spec.affine, source, path, labels=pred.labels)
     return path
 
 

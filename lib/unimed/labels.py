@@ -12,11 +12,41 @@ from typing import Iterable, Sequence
 
 from unimed.tasks import Task
 
-__all__ = ["Label", "LabelRegistry", "UnknownLabelError", "DEFAULT_LABELS"]
+__all__ = ["Code", "Label", "LabelRegistry", "UnknownLabelError", "DEFAULT_LABELS"]
 
 
 class UnknownLabelError(ValueError):
     """A label name that the registry does not hold."""
+
+
+@dataclass(frozen=True)
+class Code:
+    """A coded concept as DICOM writes it (code value, coding scheme designator, code meaning).
+
+    SNOMED CT (``SCT``) concepts are the ones DICOM PS3.16 lists for segmentations (CID 7150
+    "Segmentation Property Categories", CID 7151 "Segmentation Property Types", CID 4 "Anatomic
+    Regions"), spelled as in pydicom's copy of that dictionary (``pydicom.sr.codedict.codes``;
+    a test checks every SCT code here against it). Concepts DICOM has no code for use the
+    private scheme ``99UNIMED`` (PS3.16 section 8.2: private designators start with "99").
+    """
+
+    value: str
+    scheme: str
+    meaning: str
+
+
+def _sct(value: str, meaning: str) -> Code:
+    return Code(value, "SCT", meaning)
+
+
+def _local(value: str, meaning: str) -> Code:
+    return Code(value, "99UNIMED", meaning)
+
+
+#: DICOM SEG property categories (CID 7150)
+ABNORMAL = _sct("49755003", "Morphologically Abnormal Structure")
+TISSUE = _sct("85756007", "Tissue")
+NEOPLASM = _sct("108369006", "Neoplasm")
 
 
 @dataclass(frozen=True)
@@ -30,6 +60,9 @@ class Label:
         tasks: tasks this label can be asked for.
         color: RGB colour for viewers and DICOM SEG.
         aliases: other spellings accepted in requests (case-insensitive).
+        category: DICOM SEG segmented property category (CID 7150).
+        type: DICOM SEG segmented property type (CID 7151 and its sub-groups).
+        region: anatomic region, where the type alone does not say it.
     """
 
     id: int
@@ -38,27 +71,40 @@ class Label:
     tasks: frozenset[Task]
     color: tuple[int, int, int]
     aliases: tuple[str, ...] = field(default=())
+    category: Code = ABNORMAL
+    type: Code = NEOPLASM
+    region: Code | None = None
 
 
-def _label(id: int, name: str, display: str, tasks: Iterable[Task], color, aliases=()) -> Label:
-    return Label(id, name, display, frozenset(tasks), tuple(color), tuple(aliases))
+def _label(id: int, name: str, display: str, tasks: Iterable[Task], color, aliases=(), **codes: Code | None) -> Label:
+    return Label(id, name, display, frozenset(tasks), tuple(color), tuple(aliases), **codes)
 
 
 SEG, DET, CLS = Task.SEGMENTATION, Task.DETECTION, Task.CLASSIFICATION
 
 # BraTS sub-region ids 1..4 equal the BraTS label values, so BraTS labels map onto themselves.
 DEFAULT_LABELS: tuple[Label, ...] = (
-    _label(1, "necrosis", "Necrosis", (SEG,), (255, 0, 0), ("necrotic_core", "ncr")),
-    _label(2, "edema", "Edema", (SEG, DET), (0, 255, 0), ("oedema", "peritumoral_edema", "ed")),
-    _label(3, "non_enhancing_tumor", "Non-enhancing tumour", (SEG,), (0, 0, 255), ("non_enhancing_tumour", "net")),
-    _label(4, "enhancing_tumor", "Enhancing tumour", (SEG, DET), (255, 255, 0), ("enhancing_tumour", "et")),
-    _label(5, "brain_tumor", "Brain tumour", (DET, CLS), (255, 128, 0), ("brain_tumour", "whole_tumor", "tumor")),
-    _label(6, "lung_tumor", "Lung tumour", (SEG, DET, CLS), (200, 0, 200), ("lung_tumour", "lung_nodule")),
-    _label(7, "red_blood_cell", "Red blood cell", (DET,), (220, 60, 60), ("rbc",)),
-    _label(8, "white_blood_cell", "White blood cell", (DET,), (60, 60, 220), ("wbc",)),
-    _label(9, "platelet", "Platelet", (DET,), (60, 200, 60), ("platelets",)),
-    _label(10, "adrenal_hyperplasia", "Adrenal hyperplasia", (CLS,), (128, 0, 128), ("hyperplasia",)),
-    _label(11, "adrenal_normal", "Normal adrenal gland", (CLS,), (0, 128, 128), ("normal_adrenal",)),
+    _label(1, "necrosis", "Necrosis", (SEG,), (255, 0, 0), ("necrotic_core", "ncr"), type=_sct("6574001", "Necrosis")),
+    _label(2, "edema", "Edema", (SEG, DET), (0, 255, 0), ("oedema", "peritumoral_edema", "ed"),
+           type=_sct("79654002", "Edema")),
+    _label(3, "non_enhancing_tumor", "Non-enhancing tumour", (SEG,), (0, 0, 255), ("non_enhancing_tumour", "net"),
+           region=_sct("12738006", "Brain")),
+    _label(4, "enhancing_tumor", "Enhancing tumour", (SEG, DET), (255, 255, 0), ("enhancing_tumour", "et"),
+           region=_sct("12738006", "Brain")),
+    _label(5, "brain_tumor", "Brain tumour", (DET, CLS), (255, 128, 0), ("brain_tumour", "whole_tumor", "tumor"),
+           region=_sct("12738006", "Brain")),
+    _label(6, "lung_tumor", "Lung tumour", (SEG, DET, CLS), (200, 0, 200), ("lung_tumour", "lung_nodule"),
+           region=_sct("39607008", "Lung")),
+    _label(7, "red_blood_cell", "Red blood cell", (DET,), (220, 60, 60), ("rbc",), category=TISSUE,
+           type=_local("RBC", "Red blood cell")),
+    _label(8, "white_blood_cell", "White blood cell", (DET,), (60, 60, 220), ("wbc",), category=TISSUE,
+           type=_local("WBC", "White blood cell")),
+    _label(9, "platelet", "Platelet", (DET,), (60, 200, 60), ("platelets",), category=TISSUE,
+           type=_local("PLT", "Platelet")),
+    _label(10, "adrenal_hyperplasia", "Adrenal hyperplasia", (CLS,), (128, 0, 128), ("hyperplasia",),
+           type=_sct("76197007", "Hyperplasia"), region=_sct("23451007", "Adrenal gland")),
+    _label(11, "adrenal_normal", "Normal adrenal gland", (CLS,), (0, 128, 128), ("normal_adrenal",), category=TISSUE,
+           type=_sct("23451007", "Adrenal gland")),
 )
 
 
