@@ -26,8 +26,10 @@ def infer(client: MONAILabelClient, model: str, image: str, params: dict, **kwar
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, start_sample_server):
-    # scoring for active learning is covered by test_active_learning; off here to spare the CPU
-    with start_sample_server(tmp_path_factory, env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}) as srv:
+    # scoring and label-triggered training are covered by test_active_learning; off here, so
+    # that saving a label here queues no training run behind the ones these tests start
+    with start_sample_server(tmp_path_factory, conf={"auto_train_labels": "0"},
+                             env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}) as srv:
         yield srv
 
 
