@@ -4,13 +4,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import nibabel as nib
@@ -18,6 +13,8 @@ import numpy as np
 import pytest
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
+
+from unimed.server_process import ServerProcess, ServerStartError
 
 pytestmark = pytest.mark.slow
 
@@ -29,12 +26,6 @@ def infer(client: MONAILabelClient, model: str, image: str, params: dict, **kwar
     return out, result if isinstance(result, dict) else json.loads(result)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(repo, sample, tmp_path_factory):
     studies = tmp_path_factory.mktemp("datastore")
@@ -43,35 +34,15 @@ def server(repo, sample, tmp_path_factory):
     shipped = repo / "apps" / "unimed" / "model" / "unimed.pt"
     if shipped.exists():
         shutil.copy(shipped, model_dir / "unimed.pt")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = open(tmp_path_factory.mktemp("log") / "server.log", "w+")
-    env = dict(os.environ, MONAI_LABEL_TRACKING_ENABLED="false")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(repo / "apps" / "unimed"),
-         "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port),
-         "--conf", "model_path", str(model_dir / "unimed.pt")],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )
-    deadline = time.time() + 180
-    while True:
-        try:
-            urllib.request.urlopen(url + "/info/", timeout=5)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                log.seek(0)
-                proc.kill()
-                pytest.fail(f"server did not start:\n{log.read()[-4000:]}")
-            time.sleep(1)
-    yield {"url": url, "studies": studies, "model_dir": model_dir,
-           "client": MONAILabelClient(url, tmpdir=str(studies.parent))}
-    proc.terminate()
+    proc = ServerProcess(app_dir=repo / "apps" / "unimed", studies=studies, model_path=model_dir / "unimed.pt",
+                         log_path=tmp_path_factory.mktemp("log") / "server.log")
     try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        proc.start()
+    except ServerStartError as exc:
+        pytest.fail(str(exc))
+    yield {"url": proc.url, "studies": studies, "model_dir": model_dir,
+           "client": MONAILabelClient(proc.url, tmpdir=str(studies.parent))}
+    proc.stop()
 
 
 def test_info_lists_the_four_models(server):
