@@ -213,3 +213,23 @@ def test_cli_accuracy_resumes_per_dataset(repo, data, checkpoint, tmp_path):
     assert "already in" in out.stdout
     assert json.loads(out_json.read_text())["accuracy"]["msd_patches"]["peer"]["name"] == "earlier"
     assert (tmp_path / "b.md").read_text().startswith("## Benchmarks")
+
+
+@pytest.mark.slow
+def test_server_benchmark_on_loopback(repo, sample, checkpoint):
+    from unimed.benchmarks.server_load import ServerLoadConfig, benchmark_server
+
+    config = ServerLoadConfig(app_dir=repo / "apps" / "unimed", studies=sample, checkpoint=checkpoint,
+                              image="lung_patch_000", clients=(1, 3), requests_per_client=2, cold_repeats=1)
+    result = json.loads(json.dumps(benchmark_server(config)))
+    assert [lvl["clients"] for lvl in result["levels"]] == [1, 3]
+    for lvl, clients in zip(result["levels"], (1, 3)):
+        assert lvl["requests"] == 2 * clients and not lvl["errors"]
+        assert 0 < lvl["p50"] <= lvl["p95"] <= lvl["max"]
+    cold = result["three_tasks_cold"]
+    assert cold["seconds"]["n"] == 1 and set(cold["per_model_median"]) == {"unimed_seg", "unimed_det", "unimed_cls"}
+    md = to_markdown({"server": result})
+    assert "### Server latency" in md and "| 3 | 6 |" in md
+    with pytest.raises(ValueError, match="not in the datastore"):
+        benchmark_server(ServerLoadConfig(app_dir=repo / "apps" / "unimed", studies=sample, checkpoint=checkpoint,
+                                          image="no_such_image"))
