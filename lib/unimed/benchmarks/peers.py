@@ -128,6 +128,7 @@ class Peer:
     name = "peer"
     task = "segmentation"
     network: torch.nn.Module
+    optimizer: torch.optim.Optimizer
 
     def settings(self) -> dict[str, Any]:
         return {"parameters": sum(p.numel() for p in self.network.parameters())}
@@ -138,6 +139,12 @@ class Peer:
 
     def predict(self, image: torch.Tensor, task: str, labels: Sequence[str] | None = None, **kwargs: Any) -> PeerPrediction:
         raise NotImplementedError
+
+    def _update(self, loss: torch.Tensor) -> None:
+        """One optimiser step on ``loss`` (``self.optimizer`` over the network's parameters)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
 
     def fit(self, seconds: float, max_steps: int | None = None, progress: bool = False) -> dict[str, Any]:
         """Train until ``seconds`` of wall clock (at least one step) or ``max_steps``."""
@@ -224,10 +231,7 @@ class BratsPeer(Peer):
         lo = [rng.randint(0, n - self.roi) for n in image.shape[1:]]
         sl = tuple(slice(a, a + self.roi) for a in lo)
         x, y = image[(slice(None),) + sl][None], lab[sl][None, None]
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(self.network(x), y)
-        loss.backward()
-        self.optimizer.step()
+        self._update(self.loss(self.network(x), y))
         return 1
 
     def predict(self, image, task, labels=None, **kwargs):
@@ -260,10 +264,7 @@ class MedMNISTPeer(Peer):
         batch = [rng.choice(self.items) for _ in range(self.batch_size)]
         x = torch.stack([_flip(rng, img, dims=(1, 2, 3))[0] for img, _ in batch])
         y = torch.tensor([t for _, t in batch])
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.network(x), y)
-        loss.backward()
-        self.optimizer.step()
+        self._update(F.cross_entropy(self.network(x), y))
         return len(batch)
 
     @torch.inference_mode()
@@ -392,11 +393,8 @@ class VOCPeer(Peer):
                     boxes[:, [axis, axis + 2]] = n - boxes[:, [axis + 2, axis]]
             images.append(image)
             targets.append({"box": boxes, "label": labels})
-        self.optimizer.zero_grad(set_to_none=True)
         losses = self.detector(images, targets)
-        loss = losses[self.detector.cls_key] + losses[self.detector.box_reg_key]
-        loss.backward()
-        self.optimizer.step()
+        self._update(losses[self.detector.cls_key] + losses[self.detector.box_reg_key])
         return len(images)
 
     @torch.inference_mode()
@@ -438,10 +436,7 @@ class MSDPatchPeer(Peer):
         batch = [_flip(rng, img, lab[None], dims=(1, 2)) for img, lab in (rng.choice(self.items)
                                                                        for _ in range(self.batch_size))]
         x, y = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(self.network(x), y)
-        loss.backward()
-        self.optimizer.step()
+        self._update(self.loss(self.network(x), y))
         return len(batch)
 
     @torch.inference_mode()
