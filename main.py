@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -184,6 +185,15 @@ def _csv_ints(value: str) -> list[int]:
     return out
 
 
+@contextlib.contextmanager
+def _config_errors():
+    """Turn a benchmark setting's ValueError (it names the constraint) into a CommandError."""
+    try:
+        yield
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     """Measure UniMed against single-task peers and MONAI Label's stock segmentation model.
 
@@ -221,16 +231,18 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         if not Path(args.image).exists():
             raise CommandError(f"--image {args.image}: no such file")
         predictor = {k: v for k, v in (("overlap", args.overlap), ("roi_size_3d", args.roi_size)) if v is not None}
-        config = SpeedConfig(image=Path(args.image), checkpoint=checkpoint, repeats=args.repeats,
-                             memory=not args.no_memory, threads=args.threads, predictor=predictor,
-                             stock=StockSegmentationConfig(out_channels=args.stock_out_channels))
+        with _config_errors():
+            config = SpeedConfig(image=Path(args.image), checkpoint=checkpoint, repeats=args.repeats,
+                                 memory=not args.no_memory, threads=args.threads, predictor=predictor,
+                                 stock=StockSegmentationConfig(out_channels=args.stock_out_channels))
         save("speed", benchmark_speed(config, progress=progress))
     if "server" in sections:
         from unimed.benchmarks.server_load import ServerLoadConfig, benchmark_server
 
-        config = ServerLoadConfig(app_dir=APP_DIR, studies=SAMPLE_DATASTORE, checkpoint=checkpoint,
-                                  clients=tuple(args.clients), requests_per_client=args.requests_per_client,
-                                  cold_repeats=args.repeats)
+        with _config_errors():
+            config = ServerLoadConfig(app_dir=APP_DIR, studies=SAMPLE_DATASTORE, checkpoint=checkpoint,
+                                      clients=tuple(args.clients), requests_per_client=args.requests_per_client,
+                                      cold_repeats=args.repeats)
         save("server", benchmark_server(config, progress=progress))
     if "training" in sections:
         from unimed.benchmarks.training import TrainingBenchConfig, benchmark_training
@@ -238,11 +250,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         data = Path(args.data) / "brats2013"
         if not data.is_dir():
             raise CommandError(f"--data {args.data}: no brats2013 folder for the training benchmark")
-        config = TrainingBenchConfig(data=data, patch_size=args.patch_size, batch_size=args.batch_size,
-                                     steps=args.train_steps, threads=args.threads)
+        with _config_errors():
+            config = TrainingBenchConfig(data=data, patch_size=args.patch_size, batch_size=args.batch_size,
+                                         steps=args.train_steps, threads=args.threads)
         save("training", benchmark_training(config, progress=progress))
     if "accuracy" in sections:
-        from unimed.benchmarks.peers import PEERS, AccuracyConfig, run_accuracy
+        from unimed.benchmarks.peers import PEERS, AccuracyConfig, default_peer_minutes, run_accuracy
 
         datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
         unknown = sorted(set(datasets) - set(PEERS))
@@ -250,8 +263,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             raise CommandError(f"--datasets: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(PEERS)}")
         if not Path(args.data).is_dir():
             raise CommandError(f"--data {args.data}: no such folder")
-        config = AccuracyConfig(data=Path(args.data), checkpoint=checkpoint, peer_minutes=args.peer_minutes,
-                                threads=args.threads)
+        with _config_errors():
+            minutes = args.peer_minutes if args.peer_minutes is not None else default_peer_minutes(checkpoint)
+            config = AccuracyConfig(data=Path(args.data), checkpoint=checkpoint, peer_minutes=minutes,
+                                    threads=args.threads)
         done = results.get("accuracy", {})
         for name in datasets:
             if name in done and not args.force:

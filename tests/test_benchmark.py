@@ -198,8 +198,11 @@ def run(repo, *args):
     (["--speed", "--image", "/nonexistent.nii.gz"], "--image /nonexistent.nii.gz: no such file"),
     (["--accuracy", "--datasets", "brats,mnist"], "--datasets: unknown mnist"),
     (["--speed", "--checkpoint", "/nonexistent.pt"], "--checkpoint /nonexistent.pt: no such file"),
+    (["--speed", "--repeats", "0"], "repeats must be at least 1"),
+    (["--accuracy", "--checkpoint", "sample_datastore/lung_patch_000.nii.gz"], "pass --peer-minutes"),
 ])
 def test_cli_errors_are_one_line(repo, tmp_path, args, message):
+    args = [str(repo / a) if a.startswith("sample_datastore/") else a for a in args]
     out = run(repo, "benchmark", "--json", str(tmp_path / "b.json"), *args)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
 
