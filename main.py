@@ -218,8 +218,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if not checkpoint.exists():
         raise CommandError(f"--checkpoint {checkpoint}: no such file")
 
+    started = {"load_average": machine_info()["load_average"]}
+
     def save(section: str, value) -> None:
         nonlocal results
+        value["load_average_at_start"] = started["load_average"]
+        started["load_average"] = machine_info()["load_average"]  # the next section's start
         results = merge_results(results, {"machine": machine_info(), section: value})
         write_json(results, json_path)
         print(f"{section}: written to {json_path}", flush=True)
@@ -272,7 +276,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             if name in done and not args.force:
                 print(f"accuracy {name}: already in {json_path} (--force to redo)")
                 continue
-            results = merge_results(results, {"machine": machine_info(), "accuracy": {name: run_accuracy(name, config, progress=progress)}})
+            load = machine_info()["load_average"]
+            entry = {**run_accuracy(name, config, progress=progress), "load_average_at_start": load}
+            results = merge_results(results, {"machine": machine_info(), "accuracy": {name: entry}})
             write_json(results, json_path)
             print(f"accuracy {name}: written to {json_path}", flush=True)
     markdown = Path(args.markdown) if args.markdown else json_path.with_suffix(".md")

@@ -11,6 +11,7 @@ MODULES = [
     "unimed.tasks", "unimed.labels", "unimed.tokens", "unimed.networks.layers", "unimed.networks.backbone",
     "unimed.networks.pixel_decoder", "unimed.networks.decoder", "unimed.networks.unimed", "unimed.composer",
     "unimed.transforms", "unimed.checkpoint", "unimed.predictor", "unimed.service",
+    "unimed.benchmarks.machine", "unimed.benchmarks.timing", "unimed.benchmarks.report", "unimed.benchmarks.stock",
 ]
 
 

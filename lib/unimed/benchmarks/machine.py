@@ -25,7 +25,7 @@ def machine_info() -> dict[str, Any]:
 
     Example:
         >>> sorted(machine_info())[:3]
-        ['cpu_model', 'cpus_usable', 'load_average']
+        ['cpu_model', 'cpus_logical', 'cpus_usable']
     """
     import monai
     import torch

@@ -77,7 +77,7 @@ def _machine(m: dict[str, Any]) -> list[str]:
     return [
         f"Machine: {m.get('cpu_model')}, {m.get('cpus_usable')} usable of {m.get('cpus_logical')} logical CPUs, "
         f"torch {m.get('torch')} with {m.get('torch_threads')} threads, MONAI {m.get('monai')}, "
-        f"Python {m.get('python')}; load average at start {m.get('load_average')}.",
+        f"Python {m.get('python')}; load average at the last section's end {m.get('load_average')}.",
     ]
 
 
@@ -154,6 +154,8 @@ def to_markdown(results: dict[str, Any]) -> str:
                            ("training", "Training throughput", _training), ("accuracy", "Accuracy vs single-task peers", _accuracy)):
         if results.get(key):
             lines += [f"### {title}", ""] + fn(results[key]) + [""]
+            if results[key].get("load_average_at_start"):
+                lines += [f"Load average when this section started: {results[key]['load_average_at_start']}.", ""]
     return "\n".join(lines)
 
 
