@@ -70,6 +70,11 @@ class SpeedConfig:
             raise ValueError(f"variants must be a non-empty subset of {', '.join(VARIANTS)}; unknown: {sorted(unknown)}")
         if self.model not in ("small", "tiny"):
             raise ValueError(f"model must be 'small' or 'tiny', got {self.model!r}")
+        roi = self.predictor.get("roi_size_3d", 16)
+        if roi < 16 or roi % 16:
+            raise ValueError(f"UniMed's sliding-window size must be a positive multiple of 16, got {roi}")
+        if not 0 <= self.predictor.get("overlap", 0.0) < 1:
+            raise ValueError(f"UniMed's sliding-window overlap must be in [0, 1), got {self.predictor['overlap']}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
 
