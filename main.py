@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -269,6 +270,122 @@ def cmd_al_sim(args: argparse.Namespace) -> int:
         print(f"written to {args.json}")
     if args.png:
         print(f"plot written to {plot(result, args.png)}")
+
+# -- benchmark -------------------------------------------------------------------------------------
+DEFAULT_BENCH_JSON = REPO / "runtime" / "benchmarks" / "benchmark.json"
+
+
+def _csv_ints(value: str) -> list[int]:
+    try:
+        out = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from exc
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {value!r}")
+    return out
+
+
+@contextlib.contextmanager
+def _config_errors():
+    """Turn a benchmark setting's ValueError (it names the constraint) into a CommandError."""
+    try:
+        yield
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    """Measure UniMed against single-task peers and MONAI Label's stock segmentation model.
+
+    Sections: --speed (one volume, all tasks vs SegResNet, time and peak RSS), --server (/infer
+    latency under 1/4/16 clients), --training (samples/s on the same patches), --accuracy (peers
+    trained for the same budget, scored like `evaluate`). With no section flag: speed, server and
+    training. Results merge into --json (accuracy per dataset, so a stopped run resumes), and a
+    Markdown table and a PNG plot are written beside it.
+    """
+    from unimed.benchmarks.machine import machine_info
+    from unimed.benchmarks.report import load_results, merge_results, plot, to_markdown, write_json
+
+    sections = [s for s in ("speed", "server", "training", "accuracy") if getattr(args, s)]
+    sections = sections or ["speed", "server", "training"]
+    json_path = Path(args.json)
+    try:
+        results = load_results(json_path)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    progress = not args.no_progress
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.exists():
+        raise CommandError(f"--checkpoint {checkpoint}: no such file")
+
+    started = {"load_average": machine_info()["load_average"]}
+
+    def save(section: str, value) -> None:
+        nonlocal results
+        value["load_average_at_start"] = started["load_average"]
+        started["load_average"] = machine_info()["load_average"]  # the next section's start
+        results = merge_results(results, {"machine": machine_info(), section: value})
+        write_json(results, json_path)
+        print(f"{section}: written to {json_path}", flush=True)
+
+    if "speed" in sections:
+        from unimed.benchmarks.speed import SpeedConfig, benchmark_speed
+        from unimed.benchmarks.stock import StockSegmentationConfig
+
+        if not Path(args.image).exists():
+            raise CommandError(f"--image {args.image}: no such file")
+        predictor = {k: v for k, v in (("overlap", args.overlap), ("roi_size_3d", args.roi_size)) if v is not None}
+        with _config_errors():
+            config = SpeedConfig(image=Path(args.image), checkpoint=checkpoint, repeats=args.repeats,
+                                 memory=not args.no_memory, threads=args.threads, predictor=predictor,
+                                 stock=StockSegmentationConfig(out_channels=args.stock_out_channels))
+        save("speed", benchmark_speed(config, progress=progress))
+    if "server" in sections:
+        from unimed.benchmarks.server_load import ServerLoadConfig, benchmark_server
+
+        with _config_errors():
+            config = ServerLoadConfig(app_dir=APP_DIR, studies=SAMPLE_DATASTORE, checkpoint=checkpoint,
+                                      clients=tuple(args.clients), requests_per_client=args.requests_per_client,
+                                      cold_repeats=args.repeats)
+        save("server", benchmark_server(config, progress=progress))
+    if "training" in sections:
+        from unimed.benchmarks.training import TrainingBenchConfig, benchmark_training
+
+        data = Path(args.data) / "brats2013"
+        if not data.is_dir():
+            raise CommandError(f"--data {args.data}: no brats2013 folder for the training benchmark")
+        with _config_errors():
+            config = TrainingBenchConfig(data=data, patch_size=args.patch_size, batch_size=args.batch_size,
+                                         steps=args.train_steps, threads=args.threads)
+        save("training", benchmark_training(config, progress=progress))
+    if "accuracy" in sections:
+        from unimed.benchmarks.peers import PEERS, AccuracyConfig, default_peer_minutes, run_accuracy
+
+        datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+        unknown = sorted(set(datasets) - set(PEERS))
+        if unknown or not datasets:
+            raise CommandError(f"--datasets: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(PEERS)}")
+        if not Path(args.data).is_dir():
+            raise CommandError(f"--data {args.data}: no such folder")
+        with _config_errors():
+            minutes = args.peer_minutes if args.peer_minutes is not None else default_peer_minutes(checkpoint)
+            config = AccuracyConfig(data=Path(args.data), checkpoint=checkpoint, peer_minutes=minutes,
+                                    threads=args.threads)
+        done = results.get("accuracy", {})
+        for name in datasets:
+            if name in done and not args.force:
+                print(f"accuracy {name}: already in {json_path} (--force to redo)")
+                continue
+            load = machine_info()["load_average"]
+            entry = {**run_accuracy(name, config, progress=progress), "load_average_at_start": load}
+            results = merge_results(results, {"machine": machine_info(), "accuracy": {name: entry}})
+            write_json(results, json_path)
+            print(f"accuracy {name}: written to {json_path}", flush=True)
+    markdown = Path(args.markdown) if args.markdown else json_path.with_suffix(".md")
+    markdown.write_text(to_markdown(results) + "\n")
+    print(to_markdown(results))
+    png = plot(results, Path(args.plot) if args.plot else json_path.with_suffix(".png"))
+    print(f"markdown: {markdown}" + (f", plot: {png}" if png else ""))
     return 0
 
 
@@ -351,6 +468,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", default=None, help="plot the curves here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_al_sim)
+
+    p = sub.add_parser("benchmark", help="speed, server, training and accuracy benchmarks", description=cmd_benchmark.__doc__)
+    p.add_argument("--speed", action="store_true", help="one volume: UniMed's tasks vs the stock SegResNet")
+    p.add_argument("--server", action="store_true", help="/infer latency of a real server at --clients")
+    p.add_argument("--training", action="store_true", help="training samples/s on the same BraTS patches")
+    p.add_argument("--accuracy", action="store_true", help="single-task peers trained for the same budget (long)")
+    p.add_argument("--json", default=str(DEFAULT_BENCH_JSON), help="results file, merged into when it exists")
+    p.add_argument("--markdown", default=None, help="Markdown tables (default: --json with .md)")
+    p.add_argument("--plot", default=None, help="PNG plot (default: --json with .png)")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    p.add_argument("--image", default=str(SAMPLE_DATASTORE / "brats_pat0001_flair.nii.gz"), help="speed: the volume")
+    p.add_argument("--repeats", type=int, default=3, help="speed and cold server runs: timed repeats")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--no-memory", action="store_true", help="speed: skip the per-variant peak RSS")
+    p.add_argument("--overlap", type=float, default=None, help="speed: UniMed's sliding-window overlap")
+    p.add_argument("--roi-size", type=int, default=None, help="speed: UniMed's 3D sliding-window size")
+    p.add_argument("--stock-out-channels", type=int, default=5,
+                   help="speed: SegResNet outputs (5: BraTS' labels + background; the stock app's 25 organs: 26)")
+    p.add_argument("--clients", type=_csv_ints, default=[1, 4, 16], help="server: concurrency levels, e.g. 1,4,16")
+    p.add_argument("--requests-per-client", type=int, default=3, help="server: requests each client sends")
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="training/accuracy: the data folder")
+    p.add_argument("--patch-size", type=int, default=96, help="training: cubic patch side")
+    p.add_argument("--batch-size", type=int, default=2, help="training: patches per step")
+    p.add_argument("--train-steps", type=int, default=5, help="training: timed steps per model")
+    p.add_argument("--datasets", default="brats,medmnist,voc,msd_patches", help="accuracy: comma-separated datasets")
+    p.add_argument("--peer-minutes", type=float, default=None,
+                   help="accuracy: training budget per peer (default: UniMed's per-dataset share from its model card)")
+    p.add_argument("--force", action="store_true", help="accuracy: redo datasets already in --json")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("info", help="describe the checkpoint, network and label space", description=cmd_info.__doc__)
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))

@@ -4,13 +4,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -38,12 +32,6 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def monailabel_server(studies: str | Path, workdir: Path, conf: dict[str, str] | None = None,
                       env: dict[str, str] | None = None, timeout: float = 180) -> Iterator[dict]:
@@ -55,41 +43,24 @@ def monailabel_server(studies: str | Path, workdir: Path, conf: dict[str, str] |
     """
     from monailabel.client import MONAILabelClient
 
+    from unimed.server_process import ServerProcess, ServerStartError
+
     model_dir = workdir / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
     shipped = REPO / "apps" / "unimed" / "model" / "unimed.pt"
     if shipped.exists():
         shutil.copy(shipped, model_dir / "unimed.pt")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(REPO / "apps" / "unimed"),
-           "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port),
-           "--conf", "model_path", str(model_dir / "unimed.pt")]
-    for key, value in (conf or {}).items():
-        cmd += ["--conf", key, value]
-    log_path = workdir / "server.log"
-    log = open(log_path, "w+")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, MONAI_LABEL_TRACKING_ENABLED="false", **(env or {})))
-    deadline = time.time() + timeout
+    server = ServerProcess(app_dir=REPO / "apps" / "unimed", studies=studies, model_path=model_dir / "unimed.pt",
+                           timeout=timeout, log_path=workdir / "server.log", conf=conf, env=env)
     try:
-        while True:
-            try:
-                urllib.request.urlopen(url + "/info/", timeout=5)
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    log.seek(0)
-                    pytest.fail(f"server did not start:\n{log.read()[-4000:]}")
-                time.sleep(1)
-        yield {"url": url, "client": MONAILabelClient(url, tmpdir=str(workdir)), "model_dir": model_dir, "log": log_path}
+        server.start()
+    except ServerStartError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield {"url": server.url, "client": MONAILabelClient(server.url, tmpdir=str(workdir)), "model_dir": model_dir,
+               "log": server.log_path}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -117,12 +88,14 @@ def start_sample_server():
 
 @pytest.fixture(scope="session")
 def port_factory():
-    """:func:`free_port`: a free TCP port on 127.0.0.1."""
+    """:func:`unimed.server_process.free_port`: a free TCP port on 127.0.0.1."""
+    from unimed.server_process import free_port
+
     return free_port
 
 
 @pytest.fixture(scope="session")
-def pacs(sample, tmp_path_factory):
+def pacs(sample, tmp_path_factory, port_factory):
     """A real Orthanc (skipped when not installed) holding the sample BraTS FLAIR converted to an
     MR series and, when ../shared is there, its CT series; ``series`` maps modality ->
     SeriesInstanceUID."""
@@ -135,7 +108,7 @@ def pacs(sample, tmp_path_factory):
     ct = SHARED_DATA / "totalseg_examples" / "example_ct_dicom"
     studies = write_test_studies(root / "studies", brats=sample / "brats_pat0001_flair.nii.gz",
                                  ct_dicom=ct if ct.is_dir() else None)
-    with Orthanc(root / "orthanc", port=free_port()) as orthanc:
+    with Orthanc(root / "orthanc", port=port_factory()) as orthanc:
         for files in studies.values():
             orthanc.upload(files)
         uids = {m: str(read_series(files[0].parent)[0].SeriesInstanceUID) for m, files in studies.items()}

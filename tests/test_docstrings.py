@@ -12,6 +12,7 @@ MODULES = [
     "unimed.networks.pixel_decoder", "unimed.networks.decoder", "unimed.networks.unimed", "unimed.composer",
     "unimed.transforms", "unimed.checkpoint", "unimed.predictor", "unimed.service", "unimed.uncertainty",
     "unimed.selection", "unimed.dicom.series", "unimed.dicom.seg", "unimed.dicom.dicomweb",
+    "unimed.benchmarks.machine", "unimed.benchmarks.timing", "unimed.benchmarks.report", "unimed.benchmarks.stock",
 ]
 
 
