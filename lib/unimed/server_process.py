@@ -12,10 +12,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 from typing import IO
+
+from unimed.child_process import terminate, wait_until_ready
 
 __all__ = ["ServerProcess", "ServerStartError", "free_port"]
 
@@ -36,7 +37,7 @@ class ServerProcess:
 
     Args:
         app_dir: the MONAI Label app folder.
-        studies: the datastore folder (the server writes labels into it: pass a copy).
+        studies: the datastore folder (the server writes labels into it: pass a copy) or a DICOMweb URL.
         model_path: checkpoint the app serves (its ``model_path`` conf); the app's default when None.
         host: interface to listen on.
         port: the port; a free one when None.
@@ -52,7 +53,9 @@ class ServerProcess:
                  env: dict[str, str] | None = None):
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
-        self.app_dir, self.studies = Path(app_dir), Path(studies)
+        self.app_dir = Path(app_dir)
+        # a DICOMweb URL stays a string: Path would fold its '//'
+        self.studies = studies if isinstance(studies, str) and "://" in studies else Path(studies)
         self.model_path = None if model_path is None else Path(model_path)
         self.host, self.port, self.timeout = host, port or free_port(host), timeout
         self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="unimed-server-", suffix=".log")[1])
@@ -82,26 +85,16 @@ class ServerProcess:
         self._log = open(self.log_path, "w")
         env = dict(os.environ, MONAI_LABEL_TRACKING_ENABLED="false", **self.env)
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.time() + self.timeout
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/info/", timeout=5)
-                return self
-            except OSError:
-                if self.proc.poll() is not None or time.time() > deadline:
-                    self.stop()
-                    raise ServerStartError(f"server at {self.url} did not start:\n{self.log_tail()}") from None
-                time.sleep(1)
+        if not wait_until_ready(lambda: urllib.request.urlopen(self.url + "/info/", timeout=5), self.proc,
+                                self.timeout, interval=1.0):
+            self.stop()
+            raise ServerStartError(f"server at {self.url} did not start:\n{self.log_tail()}")
+        return self
 
     def stop(self) -> None:
         """Terminate the server (kill it after 20 s)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc)
         if self._log is not None:
             self._log.close()
             self._log = None

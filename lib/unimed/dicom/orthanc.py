@@ -14,7 +14,6 @@ import json
 import logging
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+
+from unimed.child_process import terminate, wait_until_ready
 
 __all__ = ["OrthancError", "Orthanc", "orthanc_binary", "dicomweb_plugin", "write_test_studies"]
 
@@ -111,27 +112,20 @@ class Orthanc:
         log = open(self.log_file, "ab")
         self.process = subprocess.Popen([binary, str(cfg)], stdout=log, stderr=subprocess.STDOUT, cwd=root)
         log.close()
-        deadline = time.time() + self.timeout
-        while True:
-            try:
-                self.get("/system")
-                urllib.request.urlopen(self.dicomweb + "/studies", timeout=5).read()
-                return self
-            except OSError:
-                if self.process.poll() is not None or time.time() > deadline:
-                    self.stop()
-                    raise OrthancError(f"Orthanc did not start on port {self.port}:\n"
-                                       f"{self.log_file.read_text(errors='replace')[-3000:]}") from None
-                time.sleep(0.5)
+        def probe() -> None:
+            self.get("/system")
+            urllib.request.urlopen(self.dicomweb + "/studies", timeout=5).read()
+
+        if not wait_until_ready(probe, self.process, self.timeout):
+            self.stop()
+            raise OrthancError(f"Orthanc did not start on port {self.port}:\n"
+                               f"{self.log_file.read_text(errors='replace')[-3000:]}")
+        return self
 
     def stop(self) -> None:
         """Stop the server (its database stays in ``root``)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        if self.process is not None:
+            terminate(self.process)
         self.process = None
 
     def __enter__(self) -> "Orthanc":
