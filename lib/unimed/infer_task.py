@@ -126,6 +126,8 @@ class UniMedInferTask(BasicInferTask):
             raise InferRequestError(f"'output' must be one of {', '.join(OUTPUTS)}, got {output!r}")
         if output == "dicom_seg" and task is not Task.SEGMENTATION:
             raise InferRequestError(f"output 'dicom_seg' is for segmentation; task {task.value!r} has no label image")
+        if task is Task.SEGMENTATION and output == "image":  # the only answer written with it
+            check_label_extension(request.get("result_extension") or ".nii.gz")
         labels = parse_labels(request.get("labels"))
         self.service.model.registry.resolve(labels, task)
         return task, labels
@@ -158,8 +160,9 @@ class UniMedInferTask(BasicInferTask):
         if pred.task is Task.SEGMENTATION:
             if data.get("output") == "dicom_seg":
                 return write_dicom_seg(pred, data), {**result, "output": "dicom_seg"}
-            return write_label_map(pred, data.get("result_extension") or ".nii.gz"), {**result, "label_names": {lab.name: lab.id for lab in pred.labels},
-                                           "scores": pred.annotation.scores or {}}
+            path = write_label_map(pred, data.get("result_extension") or ".nii.gz")
+            return path, {**result, "label_names": {lab.name: lab.id for lab in pred.labels},
+                          "scores": pred.annotation.scores or {}}
         if pred.task is Task.DETECTION:
             return write_detection(pred, data, result)
         ann = pred.annotation
@@ -174,14 +177,19 @@ class UniMedInferTask(BasicInferTask):
 LABEL_EXTENSIONS = (".nii.gz", ".nii", ".nrrd")
 
 
+def check_label_extension(extension: str) -> None:
+    """Raise :class:`InferRequestError` unless ``extension`` is one of :data:`LABEL_EXTENSIONS`."""
+    if extension not in LABEL_EXTENSIONS:
+        raise InferRequestError(f"'result_extension' must be one of {', '.join(LABEL_EXTENSIONS)}, got {extension!r}")
+
+
 def write_label_map(pred: Prediction, extension: str = ".nii.gz") -> str:
     """Write the segmentation with exactly the image's shape and affine, as NIfTI or NRRD.
 
     Raises:
         InferRequestError: an extension other than :data:`LABEL_EXTENSIONS`.
     """
-    if extension not in LABEL_EXTENSIONS:
-        raise InferRequestError(f"'result_extension' must be one of {', '.join(LABEL_EXTENSIONS)}, got {extension!r}")
+    check_label_extension(extension)
     path = tempfile.NamedTemporaryFile(suffix=extension, delete=False).name
     if extension == ".nrrd":
         import SimpleITK as sitk
