@@ -22,7 +22,7 @@ from monailabel.tasks.activelearning.random import Random  # noqa: E402
 from monailabel.utils.async_tasks.utils import tasks as background_tasks  # noqa: E402
 
 from lib.activelearning.retrain import AutoRetrain, labels_since, training_active  # noqa: E402
-from lib.activelearning.scoring import SCORE_KEY, model_tag  # noqa: E402
+from lib.activelearning.scoring import model_tag, stored_score  # noqa: E402
 from lib.configs.unimed import UniMedTaskConfig  # noqa: E402
 from unimed import __version__  # noqa: E402
 from unimed.dicom.seg import SegError  # noqa: E402
@@ -113,7 +113,7 @@ class UniMedApp(MONAILabelApp):
         datastore = self.datastore()
         tag = model_tag(service_info)
         images = datastore.list_images()
-        scored = sum(1 for i in images if datastore.get_image_info(i).get(SCORE_KEY, {}).get("model") == tag)
+        scored = sum(1 for i in images if (stored_score(datastore, i) or {}).get("model") == tag)
         return {
             "images": len(images),
             "scored_by_served_version": scored,
