@@ -224,48 +224,67 @@ def cmd_al_sim(args: argparse.Namespace) -> int:
     """Simulate active learning on a labelled dataset: compare strategies, label for label."""
     from tqdm import tqdm
 
-    from trainers.active_learning import SimulationConfig, plot, simulate
-    from unimed.checkpoint import load_checkpoint
-    from unimed.networks.unimed import unimed_small
+    from trainers.active_learning import SimulationConfig, StartModel, plot, simulate, simulate_seeds
 
     if not Path(args.data).exists():
         raise CommandError(f"--data {args.data}: no such file or folder")
+    if args.checkpoint != "scratch" and not Path(args.checkpoint).exists():
+        raise CommandError(f"--checkpoint {args.checkpoint}: no such file (or 'scratch' for untrained weights)")
+    if args.seeds < 1 or args.jobs < 1:
+        raise CommandError(f"--seeds and --jobs must be >= 1, got {args.seeds} and {args.jobs}")
     try:
         config = SimulationConfig(
             dataset=args.dataset, strategies=tuple(s.strip() for s in args.strategy.split(",") if s.strip()),
             rounds=args.rounds, per_round=args.per_round, steps_per_round=args.steps, lr=args.lr, ssl=args.ssl,
-            initial=args.initial, pool_size=args.pool_size, val_size=args.val_size, seed=args.seed)
+            initial=args.initial, pool_size=args.pool_size, val_size=args.val_size, seed=args.seed,
+            device=args.device)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     import torch
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)  # on a busy CPU, fewer threads than cores is often faster
-    if args.checkpoint == "scratch":
-        torch.manual_seed(args.seed)
-        start, start_name = unimed_small(), "scratch"
-    else:
-        start, meta = load_checkpoint(args.checkpoint)
-        start_name = f"{args.checkpoint} (version {meta.get('version')})"
-    bar = tqdm(total=len(config.strategies) * config.rounds, desc="al-sim", unit="round",
-               disable=args.no_progress, dynamic_ncols=True)
-
-    def on_round(strategy: str, round_: int, value) -> None:
-        bar.update(1)
-        bar.set_postfix_str(f"{strategy} round {round_}: {value if value is None else round(value, 4)}")
-
+    start = StartModel(args.checkpoint)
+    seeds = list(range(args.seed, args.seed + args.seeds))
     try:
-        result = simulate(args.data, start, config, on_round=on_round)
+        if len(seeds) == 1:
+            bar = tqdm(total=len(config.strategies) * config.rounds, desc="al-sim", unit="round",
+                       disable=args.no_progress, dynamic_ncols=True)
+
+            def on_round(strategy: str, round_: int, value) -> None:
+                bar.update(1)
+                bar.set_postfix_str(f"{strategy} round {round_}: {value if value is None else round(value, 4)}")
+
+            model, start_name = start.build(args.seed)
+            try:
+                result = simulate(args.data, model, config, on_round=on_round)
+            finally:
+                bar.close()
+            result["start"] = start_name
+        else:
+            bar = tqdm(total=len(seeds), desc="al-sim", unit="seed", disable=args.no_progress, dynamic_ncols=True)
+            try:
+                result = simulate_seeds(args.data, start, config, seeds, jobs=args.jobs, threads=args.threads,
+                                        on_seed=lambda r: bar.update(1))
+            finally:
+                bar.close()
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
-    finally:
-        bar.close()
-    result["start"] = start_name
+    n = len(seeds)
     print(f"{result['dataset']}: {result['metric']} on {result['val']} validation samples, pool {result['pool']}, "
-          f"ssl {'on' if config.ssl else 'off'}, start {start_name}, {result['seconds']} s")
+          f"ssl {'on' if config.ssl else 'off'}, start {result['start']}, {n} seed{'s' * (n > 1)}, "
+          f"{result.get('wall_seconds', result['seconds'])} s")
     for name, curve in result["strategies"].items():
-        print(f"  {name:12s} " + "  ".join(f"{p['labels']}: {_value(p['value'])}" for p in curve))
+        cells = (f"{p['labels']}: {_value(p['value'])}" + (f" ± {_value(p['sd'])}" if n > 1 else "") for p in curve)
+        print(f"  {name:12s} " + "  ".join(cells))
+    reach = result.get("reach") or {}
+    for name in result["strategies"]:
+        if name in reach and name != "random":
+            r = reach[name]
+            got = "never" if r["labels"] is None else f"at {r['labels']} labels ({r['share']:.0%})"
+            print(f"  {name} reaches random's final {_value(reach['target'])} {got}")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))
         print(f"written to {args.json}")
     if args.png:
@@ -463,7 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
                    help="starting model (default: the shipped one); 'scratch' for untrained weights")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="repeat with seeds --seed .. --seed+N-1 and report the mean and sd (default 1)")
+    p.add_argument("--jobs", type=int, default=1, help="seeds run at a time, in worker processes (default 1)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default: torch's choice)")
     p.add_argument("--json", default=None, help="write the curves here")
     p.add_argument("--png", default=None, help="plot the curves here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -248,6 +248,10 @@ def test_al_sim_writes_well_formed_json(repo, shared_data, tmp_path):
     (["--strategy", "random,oracle"], "unknown strategies ['oracle']"),
     (["--rounds", "0"], "rounds must be >= 1"),
     (["--per-round", "500"], "fewer than initial + per_round = 0 + 500"),
+    (["--device", "tpu"], "device 'tpu': use 'cpu', or 'cuda'/'cuda:N'"),
+    (["--device", "cuda:99"], "device 'cuda:99': use 'cpu'"),
+    (["--seeds", "0"], "--seeds and --jobs must be >= 1"),
+    (["--checkpoint", "missing.pt"], "--checkpoint missing.pt: no such file"),
 ])
 def test_al_sim_rejects_bad_arguments_in_one_line(repo, shared_data, args, message):
     proc = subprocess.run([sys.executable, str(repo / "main.py"), "al-sim", "--dataset", "msd_patches",
@@ -255,3 +259,54 @@ def test_al_sim_rejects_bad_arguments_in_one_line(repo, shared_data, args, messa
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_al_sim_repeats_seeds_in_worker_processes_and_reports_their_mean(repo, shared_data, tmp_path):
+    out = tmp_path / "al.json"
+    proc = subprocess.run(
+        [sys.executable, str(repo / "main.py"), "al-sim", "--dataset", "msd_patches",
+         "--data", str(shared_data / "msd_lung_patches"), "--strategy", "random,uncertainty", "--checkpoint", "scratch",
+         "--initial", "1", "--rounds", "1", "--per-round", "2", "--steps", "1", "--pool-size", "5", "--val-size", "3",
+         "--seed", "3", "--seeds", "2", "--jobs", "2", "--threads", "1", "--no-progress", "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["seeds"] == [3, 4] and [r["config"]["seed"] for r in result["runs"]] == [3, 4]
+    for name, curve in result["strategies"].items():
+        assert [p["labels"] for p in curve] == [1, 3]
+        for i, p in enumerate(curve):
+            values = [r["strategies"][name][i]["value"] for r in result["runs"]]
+            assert p["values"] == values
+            assert p["value"] == pytest.approx(sum(values) / 2)
+            assert p["sd"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
+    assert result["reach"]["target"] == result["strategies"]["random"][-1]["value"]
+    assert "2 seeds" in proc.stdout and "reaches random's final" in proc.stdout
+
+
+def test_labels_to_reach_finds_the_first_point_at_the_reference_final():
+    from trainers.active_learning import labels_to_reach
+
+    curves = {"random": [{"labels": 10, "value": 0.4}, {"labels": 20, "value": 0.55}, {"labels": 30, "value": 0.6}],
+              "uncertainty": [{"labels": 10, "value": 0.4}, {"labels": 20, "value": 0.61}, {"labels": 30, "value": 0.7}],
+              "diversity": [{"labels": 10, "value": 0.4}, {"labels": 20, "value": 0.5}, {"labels": 30, "value": 0.59}]}
+    reach = labels_to_reach(curves)
+    assert reach["target"] == 0.6 and reach["reference_labels"] == 30
+    assert reach["uncertainty"] == {"labels": 20, "share": pytest.approx(2 / 3, abs=1e-4)}
+    assert reach["random"] == {"labels": 30, "share": 1.0}
+    assert reach["diversity"] == {"labels": None, "share": None}
+    assert labels_to_reach({"uncertainty": curves["uncertainty"]}) == {}
+
+
+def test_combine_seeds_refuses_runs_that_do_not_line_up():
+    from trainers.active_learning import combine_seeds
+
+    def run(seed, labels):
+        return {"dataset": "msd_patches", "metric": "dice", "config": {"seed": seed}, "pool": 5, "val": 3,
+                "seconds": 1.0, "strategies": {"random": [{"labels": n, "value": 0.5} for n in labels]}}
+
+    with pytest.raises(ValueError, match="no runs"):
+        combine_seeds([])
+    with pytest.raises(ValueError, match="label counts differ"):
+        combine_seeds([run(0, [1, 3]), run(1, [1, 4])])
+    combined = combine_seeds([run(0, [1, 3]), run(1, [1, 3])])
+    assert combined["strategies"]["random"][1] == {"labels": 3, "value": 0.5, "sd": 0.0, "values": [0.5, 0.5]}

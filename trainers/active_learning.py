@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import copy
 import logging
+import multiprocessing
 import random
 import time
-from dataclasses import asdict, dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
 from trainers.config import TrainConfig
 from trainers.data import GridItem, Source, to_grid_item
@@ -36,7 +39,8 @@ from unimed.selection import select_diverse, select_uncertain
 from unimed.tasks import Task
 from unimed.uncertainty import ImageScore, score_image
 
-__all__ = ["STRATEGIES", "PRIMARY_METRIC", "SimulationConfig", "simulate", "plot"]
+__all__ = ["STRATEGIES", "PRIMARY_METRIC", "SimulationConfig", "StartModel", "simulate", "simulate_seeds",
+           "combine_seeds", "labels_to_reach", "plot"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +69,7 @@ class SimulationConfig:
         val_size: the same for the validation split.
         seed: seeds the pool subset, random picks and training.
         top_fraction: see :func:`unimed.uncertainty.score_image`.
+        device: where the model trains and predicts (``cpu``, ``cuda``, ``cuda:1``).
     """
 
     dataset: str
@@ -79,6 +84,7 @@ class SimulationConfig:
     val_size: int | None = None
     seed: int = 0
     top_fraction: float = 0.1
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.dataset not in PRIMARY_METRIC or self.dataset not in DATASETS:
@@ -98,6 +104,12 @@ class SimulationConfig:
                 raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.device != "cpu":
+            kind, _, index = self.device.partition(":")
+            n = torch.cuda.device_count()
+            if kind != "cuda" or not (index == "" or index.isdigit()) or int(index or 0) >= n:
+                raise ValueError(f"device {self.device!r}: use 'cpu', or 'cuda'/'cuda:N' for one of the GPUs torch "
+                                 f"sees ({n})")
 
 
 @dataclass
@@ -142,7 +154,7 @@ def _train_round(model: UniMed, ssl: MaskedReconstruction, pool: _Pool, labelled
                  round_: int) -> None:
     """Fine-tune on the labelled pool samples (and reconstruct the others when ``ssl`` is on)."""
     kind = config.dataset
-    mix = default_config().mix[kind]
+    mix = replace(default_config().mix[kind], every=1)  # the only labelled source: it joins every step
     taken = set(labelled)
     rest = [item for i, item in enumerate(pool.items) if i not in taken]
     train_config = TrainConfig(steps=config.steps_per_round, lr=config.lr, warmup_steps=0, seed=config.seed + round_,
@@ -219,8 +231,8 @@ def simulate(
     task, labels = _score_task(pool_samples)
     pool = _Pool(pool_samples, [to_grid_item(s) for s in pool_samples], task, labels)
     metric = PRIMARY_METRIC[config.dataset]
-    start = copy.deepcopy(start).eval()
-    start_ssl = MaskedReconstruction(start.config.mask_dim)
+    start = copy.deepcopy(start).to(config.device).eval()
+    start_ssl = MaskedReconstruction(start.config.mask_dim).to(config.device)
     initial = sorted(random.Random(config.seed).sample(range(len(pool_samples)), config.initial))
     if initial:
         _train_round(start, start_ssl, pool, initial, config, 0)
@@ -230,8 +242,149 @@ def simulate(
     curves = {name: _run_strategy(name, start, start_ssl, initial, pool, val, config, start_value,
                                   on_round or (lambda *a: None))
               for name in config.strategies}
-    return {"dataset": config.dataset, "metric": metric, "strategies": curves, "config": asdict(config),
-            "pool": len(pool_samples), "val": len(val), "seconds": round(time.time() - t0, 1)}
+    return {"dataset": config.dataset, "metric": metric, "strategies": curves, "reach": labels_to_reach(curves),
+            "config": asdict(config), "pool": len(pool_samples), "val": len(val), "seconds": round(time.time() - t0, 1)}
+
+
+def labels_to_reach(curves: dict[str, list[dict[str, Any]]], reference: str = "random") -> dict[str, Any]:
+    """How many labels each strategy needs to reach the reference strategy's final value.
+
+    Returns:
+        ``{"target": V, "reference_labels": N, name: {"labels": n or None, "share": n / N or None}}``
+        (``{}`` without the reference curve); ``labels`` is the first point of the curve at or
+        above ``V`` (None: never reached).
+
+    Example:
+        >>> r = labels_to_reach({"random": [{"labels": 8, "value": 0.5}, {"labels": 16, "value": 0.6}],
+        ...                      "uncertainty": [{"labels": 8, "value": 0.5}, {"labels": 16, "value": 0.7}]})
+        >>> r["uncertainty"], r["target"]
+        ({'labels': 16, 'share': 1.0}, 0.6)
+    """
+    ref = curves.get(reference)
+    if not ref or ref[-1]["value"] is None:
+        return {}
+    target, total = ref[-1]["value"], ref[-1]["labels"]
+    out: dict[str, Any] = {"target": target, "reference_labels": total}
+    for name, curve in curves.items():
+        n = next((p["labels"] for p in curve if p["value"] is not None and p["value"] >= target), None)
+        out[name] = {"labels": n, "share": None if n is None else round(n / total, 4)}
+    return out
+
+
+def combine_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several seeds' :func:`simulate` results of the same configuration.
+
+    Each point's ``value`` is the mean over the seeds (``sd`` their sample standard deviation,
+    ``values`` every seed's); ``reach`` is computed on the mean curves; ``runs`` keeps each seed's;
+    ``seconds`` is the seeds' total (see :func:`simulate_seeds` for the wall time).
+
+    Raises:
+        ValueError: no runs, or runs whose datasets, strategies or label counts differ.
+    """
+    if not runs:
+        raise ValueError("no runs to combine")
+    first = runs[0]
+    for run in runs[1:]:
+        if run["dataset"] != first["dataset"] or set(run["strategies"]) != set(first["strategies"]):
+            raise ValueError("runs of different datasets or strategies cannot be combined")
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for name, curve in first["strategies"].items():
+        points = []
+        for i, point in enumerate(curve):
+            labels = {len(run["strategies"][name]) > i and run["strategies"][name][i]["labels"] for run in runs}
+            if labels != {point["labels"]}:
+                raise ValueError(f"{name}: the seeds' label counts differ at point {i}: {sorted(map(str, labels))}")
+            values = [run["strategies"][name][i]["value"] for run in runs]
+            known = [v for v in values if v is not None]
+            mean = float(np.mean(known)) if known else None
+            sd = float(np.std(known, ddof=1)) if len(known) > 1 else 0.0 if known else None
+            points.append({"labels": point["labels"], "value": mean, "sd": sd, "values": values})
+        curves[name] = points
+    config = dict(first["config"])
+    config.pop("seed", None)
+    return {"dataset": first["dataset"], "metric": first["metric"], "strategies": curves, "reach": labels_to_reach(curves),
+            "seeds": [run["config"]["seed"] for run in runs], "config": config, "pool": first["pool"],
+            "val": first["val"], "seconds": round(sum(run["seconds"] for run in runs), 1), "runs": list(runs)}
+
+
+@dataclass(frozen=True)
+class StartModel:
+    """The starting model, as a recipe a worker process can rebuild: a checkpoint path, or
+    ``"scratch"`` for untrained :func:`unimed_small` weights drawn from the run's seed."""
+
+    checkpoint: str
+
+    def build(self, seed: int) -> tuple[UniMed, str]:
+        """The model and a name for it."""
+        if self.checkpoint == "scratch":
+            from unimed.networks.unimed import unimed_small
+
+            torch.manual_seed(seed)
+            return unimed_small(), "scratch"
+        from unimed.checkpoint import load_checkpoint
+
+        model, meta = load_checkpoint(self.checkpoint)
+        return model, f"{self.checkpoint} (version {meta.get('version')})"
+
+
+def _seed_run(data: str, start: StartModel, config: SimulationConfig, threads: int | None) -> dict[str, Any]:
+    if threads is not None:
+        torch.set_num_threads(threads)
+    model, name = start.build(config.seed)
+    result = simulate(data, model, config)
+    result["start"] = name
+    return result
+
+
+def simulate_seeds(
+    data: str | Path,
+    start: StartModel,
+    config: SimulationConfig,
+    seeds: Sequence[int],
+    *,
+    jobs: int = 1,
+    threads: int | None = None,
+    on_seed: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """:func:`simulate` once per seed (pool subset, seed labels, picks, training and, from
+    scratch, the initial weights all follow the seed), ``jobs`` seeds at a time in worker
+    processes, combined by :func:`combine_seeds`.
+
+    Args:
+        data: the dataset's folder.
+        start: the starting model's recipe.
+        config: the simulation; its ``seed`` is replaced by each of ``seeds``.
+        seeds: the seeds, at least one.
+        jobs: worker processes (1: in this process).
+        threads: torch threads per run (None: torch's choice).
+        on_seed: called with each seed's result as it finishes (progress).
+
+    Raises:
+        ValueError: no seeds, repeated seeds, or ``jobs`` < 1; and :func:`simulate`'s errors.
+    """
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be one or more distinct integers, got {list(seeds)}")
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    t0 = time.time()
+    configs = [replace(config, seed=s) for s in seeds]
+    done = on_seed or (lambda r: None)
+    runs: list[dict[str, Any]] = []
+    if jobs == 1 or len(configs) == 1:
+        for c in configs:
+            runs.append(_seed_run(str(data), start, c, threads))
+            done(runs[-1])
+    else:
+        # spawn, not fork: a forked child of a process that has used torch's threads or CUDA can hang
+        with ProcessPoolExecutor(max_workers=min(jobs, len(configs)),
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_seed_run, str(data), start, c, threads) for c in configs]
+            for f in futures:
+                runs.append(f.result())
+                done(runs[-1])
+    combined = combine_seeds(runs)
+    combined.update(start=runs[0]["start"], jobs=jobs, wall_seconds=round(time.time() - t0, 1))
+    return combined
 
 
 def plot(result: dict[str, Any], path: str | Path) -> Path:
@@ -243,10 +396,16 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
     for name, curve in result["strategies"].items():
-        points = [(p["labels"], p["value"]) for p in curve if p["value"] is not None]
-        ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=name)
+        points = [p for p in curve if p["value"] is not None]
+        xs, ys = [p["labels"] for p in points], [p["value"] for p in points]
+        ax.plot(xs, ys, marker="o", label=name)
+        if points and all(p.get("sd") is not None for p in points) and len(result.get("seeds", [])) > 1:
+            sd = [p["sd"] for p in points]
+            ax.fill_between(xs, [y - e for y, e in zip(ys, sd)], [y + e for y, e in zip(ys, sd)], alpha=0.15)
     ssl = result.get("config", {}).get("ssl")
-    ax.set_title(f"{result['dataset']}: active learning" + ("" if ssl is None else f" (ssl {'on' if ssl else 'off'})"))
+    seeds = len(result.get("seeds", [])) or 1
+    ax.set_title(f"{result['dataset']}: active learning" + ("" if ssl is None else f" (ssl {'on' if ssl else 'off'})")
+                 + (f", mean ± sd of {seeds} seeds" if seeds > 1 else ""))
     ax.set_xlabel("labelled samples")
     ax.set_ylabel(f"{result['metric']} (validation)")
     ax.grid(alpha=0.3)

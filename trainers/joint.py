@@ -99,6 +99,7 @@ class JointTrainer:
     ):
         self.model, self.sources, self.config, self.unlabelled = model, list(sources), config, unlabelled
         self.ssl = ssl or MaskedReconstruction(model.config.mask_dim, config.ssl_block, config.ssl_mask_ratio)
+        self.ssl.to(self.device)
         for src in self.sources:
             for task in src.tasks:
                 Task.parse(task)
@@ -113,6 +114,11 @@ class JointTrainer:
         self.rng = random.Random(config.seed + rank)
         self.generator = torch.Generator().manual_seed(config.seed + rank)
         self.step_count = 0
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are: batches and targets are moved there."""
+        return next(self.model.parameters()).device
 
     # -- schedule ------------------------------------------------------------------------------
     def lr_at(self, step: int, time_fraction: float = 0.0) -> float:
@@ -132,7 +138,7 @@ class JointTrainer:
     def batch_losses(self, items: list[GridItem], tasks: Sequence[str], channels: int | None) -> dict[str, torch.Tensor]:
         """Losses of one batch of one source: one backbone pass, one decode per task."""
         model, w = self.model, self.config.loss
-        feats = model.encode(collate(items, channels))
+        feats = model.encode(collate(items, channels).to(self.device))
         losses: dict[str, torch.Tensor] = {}
         for task in map(Task.parse, tasks):
             if task is Task.SEGMENTATION and all(it.label_map is not None for it in items):
@@ -154,7 +160,7 @@ class JointTrainer:
                 lut[model.registry.get(name).id] = ch
             targets.append(lut[it.label_map.clamp(0, 255)])
         logits = out["mask_logits"].masked_fill(pad[:, :, None, None, None], -1e4)
-        return segmentation_loss(logits, torch.stack(targets), w)
+        return segmentation_loss(logits, torch.stack(targets).to(logits.device), w)
 
     def _det(self, feats, items, w):
         model = self.model
@@ -171,7 +177,8 @@ class JointTrainer:
             boxes = it.boxes.clone()
             if it.image.shape[-1] == 1:
                 boxes[:, 2], boxes[:, 5] = 0.0, 1.0
-            targets.append((cls, boxes))
+            targets.append((cls.to(self.device), boxes.to(self.device)))
+        allowed = allowed.to(self.device)
         losses = detection_loss(out["class_logits"], out["box_logits"], out["boxes"], targets, allowed,
                                 model.config.num_bins, w)
         losses.update(proposal_loss(out["heat_logits"], out["extents"], targets, allowed[:, 1:], w))
@@ -187,7 +194,7 @@ class JointTrainer:
         for i, (it, n) in enumerate(zip(items, names)):
             for j, name in enumerate(n, start=1):
                 targets[i, j], valid[i, j] = int(it.class_labels[name]), True
-        return classification_loss(out["presence_logits"], targets, valid, w)
+        return classification_loss(out["presence_logits"], targets.to(self.device), valid.to(self.device), w)
 
     # -- the loop ------------------------------------------------------------------------------
     def step(self, time_fraction: float = 0.0) -> StepReport:
@@ -213,7 +220,8 @@ class JointTrainer:
             n += len(items)
         if self.unlabelled is not None and self.step_count % self.unlabelled.every == 0:
             items, channels = self.unlabelled.batch(self.rng, self.config.augment)
-            loss = self.config.loss.ssl * self.ssl(self.model, collate(items, channels), self.generator)
+            images = collate(items, channels).to(self.device)
+            loss = self.config.loss.ssl * self.ssl(self.model, images, self.generator)
             loss.backward()
             report["unlabelled/ssl"] = float(loss.detach())
             used.append(self.unlabelled.name)

@@ -161,8 +161,8 @@ def proposal_loss(heat_logits: torch.Tensor, extents: torch.Tensor, targets: lis
     from unimed.networks.proposals import cell_centres, decode_boxes
 
     shape = tuple(heat_logits.shape[2:])
-    size = torch.tensor(shape, dtype=torch.float32)
-    centres = cell_centres(shape).flatten(1)  # (3, N)
+    size = torch.tensor(shape, dtype=torch.float32, device=heat_logits.device)
+    centres = cell_centres(shape, device=heat_logits.device).flatten(1)  # (3, N)
     target = torch.zeros_like(heat_logits)
     pos_cells, pos_img, pos_boxes = [], [], []
     for i, (cls, boxes) in enumerate(targets):

@@ -178,7 +178,7 @@ class Predictor:
         feats, spec = self.features(image, key)
         t1 = time.perf_counter()
         ids, pad = self.model.prompt([(task, resolved)])
-        out = {k: v[0] for k, v in self.model.decode(feats, ids, pad).items()}
+        out = {k: v[0].cpu() for k, v in self.model.decode(feats, ids, pad).items()}  # composed on the CPU
         t2 = time.perf_counter()
         if task is Task.SEGMENTATION:
             logits = resize_to_image(out["mask_logits"], spec)
