@@ -405,7 +405,7 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
     ssl = result.get("config", {}).get("ssl")
     seeds = len(result.get("seeds", [])) or 1
     ax.set_title(f"{result['dataset']}: active learning" + ("" if ssl is None else f" (ssl {'on' if ssl else 'off'})")
-                 + (f", mean ± sd of {seeds} seeds" if seeds > 1 else ""))
+                 + (f", mean ± sd of {seeds} seeds" if seeds > 1 else ""), fontsize=10)
     ax.set_xlabel("labelled samples")
     ax.set_ylabel(f"{result['metric']} (validation)")
     ax.grid(alpha=0.3)
