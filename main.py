@@ -224,7 +224,7 @@ def cmd_al_sim(args: argparse.Namespace) -> int:
     """Simulate active learning on a labelled dataset: compare strategies, label for label."""
     from tqdm import tqdm
 
-    from trainers.active_learning import SimulationConfig, StartModel, plot, simulate, simulate_seeds
+    from trainers.active_learning import SimulationConfig, StartModel, plot, run_seed, simulate_seeds
 
     if not Path(args.data).exists():
         raise CommandError(f"--data {args.data}: no such file or folder")
@@ -240,10 +240,6 @@ def cmd_al_sim(args: argparse.Namespace) -> int:
             device=args.device)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
-    import torch
-
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)  # on a busy CPU, fewer threads than cores is often faster
     start = StartModel(args.checkpoint)
     seeds = list(range(args.seed, args.seed + args.seeds))
     try:
@@ -255,12 +251,10 @@ def cmd_al_sim(args: argparse.Namespace) -> int:
                 bar.update(1)
                 bar.set_postfix_str(f"{strategy} round {round_}: {value if value is None else round(value, 4)}")
 
-            model, start_name = start.build(args.seed)
             try:
-                result = simulate(args.data, model, config, on_round=on_round)
+                result = run_seed(args.data, start, config, threads=args.threads, on_round=on_round)
             finally:
                 bar.close()
-            result["start"] = start_name
         else:
             bar = tqdm(total=len(seeds), desc="al-sim", unit="seed", disable=args.no_progress, dynamic_ncols=True)
             try:

@@ -39,7 +39,7 @@ from unimed.selection import select_diverse, select_uncertain
 from unimed.tasks import Task
 from unimed.uncertainty import ImageScore, score_image
 
-__all__ = ["STRATEGIES", "PRIMARY_METRIC", "SimulationConfig", "StartModel", "simulate", "simulate_seeds",
+__all__ = ["STRATEGIES", "PRIMARY_METRIC", "SimulationConfig", "StartModel", "simulate", "run_seed", "simulate_seeds",
            "combine_seeds", "labels_to_reach", "plot"]
 
 logger = logging.getLogger(__name__)
@@ -327,11 +327,16 @@ class StartModel:
         return model, f"{self.checkpoint} (version {meta.get('version')})"
 
 
-def _seed_run(data: str, start: StartModel, config: SimulationConfig, threads: int | None) -> dict[str, Any]:
+def run_seed(data: str | Path, start: StartModel, config: SimulationConfig, threads: int | None = None,
+             on_round: Callable[[str, int, float | None], None] | None = None) -> dict[str, Any]:
+    """:func:`simulate` from ``start`` built for ``config.seed``; the result names the start.
+
+    ``threads`` sets torch's CPU threads first (on a busy CPU, fewer threads than cores is often faster).
+    """
     if threads is not None:
         torch.set_num_threads(threads)
     model, name = start.build(config.seed)
-    result = simulate(data, model, config)
+    result = simulate(data, model, config, on_round=on_round)
     result["start"] = name
     return result
 
@@ -372,13 +377,13 @@ def simulate_seeds(
     runs: list[dict[str, Any]] = []
     if jobs == 1 or len(configs) == 1:
         for c in configs:
-            runs.append(_seed_run(str(data), start, c, threads))
+            runs.append(run_seed(data, start, c, threads))
             done(runs[-1])
     else:
         # spawn, not fork: a forked child of a process that has used torch's threads or CUDA can hang
         with ProcessPoolExecutor(max_workers=min(jobs, len(configs)),
                                  mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_seed_run, str(data), start, c, threads) for c in configs]
+            futures = [pool.submit(run_seed, str(data), start, c, threads) for c in configs]
             for f in futures:
                 runs.append(f.result())
                 done(runs[-1])
