@@ -9,6 +9,8 @@ outputs go back to exactly the image's shape and affine.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +52,16 @@ class GridSpec:
         return self.shape[: self.spatial_ndim]
 
 
+@functools.lru_cache(maxsize=1)
+def _image_loader():
+    """One MONAI ``LoadImage`` per process: building it tries every reader, and MONAI's optional
+    GPU DICOM reader logs a warning each time it finds nvImageCodec missing (this project does not install it).
+    Calling it mutates no state, so threads may share it."""
+    from monai.transforms import LoadImage
+
+    return LoadImage(image_only=True, ensure_channel_first=True)
+
+
 def load_image(path: str | Path) -> torch.Tensor:
     """Read an image as a channel-first MONAI ``MetaTensor`` ``(C, X, Y[, Z])`` with its affine.
 
@@ -59,13 +71,11 @@ def load_image(path: str | Path) -> torch.Tensor:
     Raises:
         ImageLoadError: the file is missing or cannot be read as an image.
     """
-    from monai.transforms import LoadImage
-
     path = Path(path)
     if not path.exists():
         raise ImageLoadError(f"image not found: {path}")
     try:
-        image = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
+        image = _image_loader()(str(path))
     except Exception as exc:  # readers raise many types; the caller needs one
         raise ImageLoadError(f"cannot read {path.name} as an image: {exc}") from exc
     if image.ndim not in (3, 4) or min(image.shape) < 1:
