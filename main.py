@@ -224,7 +224,7 @@ def cmd_al_sim(args: argparse.Namespace) -> int:
     """Simulate active learning on a labelled dataset: compare strategies, label for label."""
     from tqdm import tqdm
 
-    from trainers.active_learning import SimulationConfig, StartModel, plot, run_seed, simulate_seeds
+    from trainers.active_learning import SimulationConfig, StartModel, run_seed, simulate_seeds
 
     if not Path(args.data).exists():
         raise CommandError(f"--data {args.data}: no such file or folder")
@@ -264,9 +264,19 @@ def cmd_al_sim(args: argparse.Namespace) -> int:
                 bar.close()
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
+    _report_al(result, args.json, args.png)
+    return 0
+
+
+def _report_al(result: dict, json_path: str | None, png_path: str | None) -> None:
+    """Print an al-sim result's curves and reach, and write its JSON and plot when asked."""
+    from trainers.active_learning import plot
+
+    seeds = result.get("seeds") or [result["config"]["seed"]]
     n = len(seeds)
+    ssl = result["config"].get("ssl")
     print(f"{result['dataset']}: {result['metric']} on {result['val']} validation samples, pool {result['pool']}, "
-          f"ssl {'on' if config.ssl else 'off'}, start {result['start']}, {n} seed{'s' * (n > 1)}, "
+          f"ssl {'on' if ssl else 'off'}, start {result.get('start')}, {n} seed{'s' * (n > 1)}, "
           f"{result.get('wall_seconds', result['seconds'])} s")
     for name, curve in result["strategies"].items():
         cells = (f"{p['labels']}: {_value(p['value'])}" + (f" ± {_value(p['sd'])}" if n > 1 else "") for p in curve)
@@ -277,12 +287,35 @@ def cmd_al_sim(args: argparse.Namespace) -> int:
             r = reach[name]
             got = "never" if r["labels"] is None else f"at {r['labels']} labels ({r['share']:.0%})"
             print(f"  {name} reaches random's final {_value(reach['target'])} {got}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"written to {args.json}")
-    if args.png:
-        print(f"plot written to {plot(result, args.png)}")
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=2))
+        print(f"written to {json_path}")
+    if png_path:
+        print(f"plot written to {plot(result, png_path)}")
+
+
+def cmd_al_combine(args: argparse.Namespace) -> int:
+    """Merge al-sim results of one simulation whose seeds ran apart (on several machines, say)."""
+    from trainers.active_learning import merge_results
+
+    results = []
+    for name in args.results:
+        try:
+            results.append(json.loads(Path(name).read_text()))
+        except FileNotFoundError as exc:
+            raise CommandError(f"{name}: no such file") from exc
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"{name}: not JSON ({exc})") from exc
+        if not isinstance(results[-1], dict) or "strategies" not in results[-1] or "config" not in results[-1]:
+            raise CommandError(f"{name}: not an al-sim result (no 'strategies' and 'config')")
+    try:
+        merged = merge_results(results)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    _report_al(merged, args.json, args.png)
+    return 0
+
 
 # -- benchmark -------------------------------------------------------------------------------------
 DEFAULT_BENCH_JSON = REPO / "runtime" / "benchmarks" / "benchmark.json"
@@ -459,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("al-sim", help="simulate active learning: strategies compared on a dataset",
                        description=cmd_al_sim.__doc__)
-    p.add_argument("--dataset", required=True, choices=["brats", "msd_patches", "medmnist"])
+    p.add_argument("--dataset", required=True, choices=["brats", "medmnist", "msd_patches", "voc"])
     p.add_argument("--data", required=True, help="the dataset's folder or file (its train split is the pool, "
                    "its val split the fixed validation set)")
     p.add_argument("--strategy", default="random,uncertainty", help="comma-separated: random, uncertainty, diversity")
@@ -485,6 +518,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", default=None, help="plot the curves here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_al_sim)
+
+    p = sub.add_parser("al-combine", help="merge al-sim results whose seeds ran apart",
+                       description=cmd_al_combine.__doc__)
+    p.add_argument("results", nargs="+", help="al-sim JSON files of the same simulation, disjoint seeds")
+    p.add_argument("--json", default=None, help="write the merged curves here")
+    p.add_argument("--png", default=None, help="plot the merged curves here")
+    p.set_defaults(func=cmd_al_combine)
 
     p = sub.add_parser("benchmark", help="speed, server, training and accuracy benchmarks", description=cmd_benchmark.__doc__)
     p.add_argument("--speed", action="store_true", help="one volume: UniMed's tasks vs the stock SegResNet")

@@ -27,9 +27,26 @@ def test_segmentation_entropy_ranks_an_ambiguous_region_above_a_confident_image(
     confident = torch_logits(np.full((24, 24), 8.0))
     ambiguous = confident.clone()
     ambiguous[:, 8:16, 8:16] = 0.0  # a small 50/50 spot (11 % of the voxels) in a confidently empty patch
-    assert segmentation_entropy(confident) < 0.01
-    assert segmentation_entropy(ambiguous) > 0.9  # the spot fills the top 10 % of the voxels
-    assert segmentation_entropy(ambiguous, top_fraction=1.0) < 0.15  # a plain mean would hide it
+    assert segmentation_entropy(confident) == 0.0  # no voxel in doubt
+    assert segmentation_entropy(ambiguous) > 0.9  # the region in doubt is the spot itself
+    assert segmentation_entropy(ambiguous, region_threshold=1e-6) < 0.3  # a mean over every voxel hides it
+    with pytest.raises(ValueError, match="region_threshold"):
+        segmentation_entropy(confident, region_threshold=1.0)
+
+
+def test_segmentation_entropy_does_not_grow_with_the_lesion():
+    """A large lesion with a confident interior scores below a small one of the same doubtful
+    boundary: the score measures doubt, not area (the fixed top-fraction mean it replaced ranked
+    the large lesion first)."""
+    def lesion(half: int) -> np.ndarray:
+        margin = np.full((64, 64), 8.0)  # confidently background
+        c = 32
+        margin[c - half - 1 : c + half + 1, c - half - 1 : c + half + 1] = 0.0  # a one-voxel 50/50 rim
+        margin[c - half : c + half, c - half : c + half] = -8.0  # a confident lesion inside
+        return margin
+
+    small, large = torch_logits(lesion(2)), torch_logits(lesion(20))
+    assert segmentation_entropy(small) > segmentation_entropy(large) + 0.3
 
 
 def torch_logits(background_margin: np.ndarray):
@@ -244,6 +261,23 @@ def test_al_sim_writes_well_formed_json(repo, shared_data, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_al_sim_ranks_detection_images_by_their_query_entropy(repo, shared_data, tmp_path):
+    """BCCD has boxes only: the pool is scored through the detection task's outputs."""
+    out = tmp_path / "al.json"
+    proc = subprocess.run(
+        [sys.executable, str(repo / "main.py"), "al-sim", "--dataset", "voc", "--data", str(shared_data / "bccd"),
+         "--strategy", "uncertainty,diversity", "--checkpoint", "scratch", "--initial", "1", "--rounds", "1",
+         "--per-round", "2", "--steps", "1", "--pool-size", "4", "--val-size", "2", "--threads", "1", "--no-progress",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["metric"] == "map50" and result["pool"] == 4 and result["val"] == 2
+    for curve in result["strategies"].values():
+        assert [p["labels"] for p in curve] == [1, 3] and all(0.0 <= p["value"] <= 1.0 for p in curve)
+    assert result["reach"] == {}  # no random curve to reach
+
+
 @pytest.mark.parametrize("args, message", [
     (["--strategy", "random,oracle"], "unknown strategies ['oracle']"),
     (["--rounds", "0"], "rounds must be >= 1"),
@@ -310,3 +344,43 @@ def test_combine_seeds_refuses_runs_that_do_not_line_up():
         combine_seeds([run(0, [1, 3]), run(1, [1, 4])])
     combined = combine_seeds([run(0, [1, 3]), run(1, [1, 3])])
     assert combined["strategies"]["random"][1] == {"labels": 3, "value": 0.5, "sd": 0.0, "values": [0.5, 0.5]}
+
+
+def _seed_result(seed: int, value: float, *, ssl: bool = True, device: str = "cpu") -> dict[str, Any]:
+    return {"dataset": "brats", "metric": "dice_wt", "pool": 3, "val": 1, "seconds": 2.0, "start": "scratch",
+            "config": {"seed": seed, "ssl": ssl, "device": device, "rounds": 1},
+            "strategies": {"random": [{"labels": 1, "value": value}, {"labels": 2, "value": value + 0.1}]}}
+
+
+def test_merge_results_pools_seeds_that_ran_apart_in_seed_order():
+    from trainers.active_learning import combine_seeds, merge_results
+
+    earlier = combine_seeds([_seed_result(0, 0.5), _seed_result(1, 0.7)])  # a multi-seed file
+    merged = merge_results([_seed_result(3, 0.6, device="cuda"), earlier])
+    assert merged["seeds"] == [0, 1, 3] and merged["devices"] == ["cpu", "cuda"]
+    assert merged["strategies"]["random"][0]["values"] == [0.5, 0.7, 0.6]
+    assert merged["strategies"]["random"][1]["value"] == pytest.approx(0.7)
+    with pytest.raises(ValueError, match=r"seeds given more than once: \[1\]"):
+        merge_results([earlier, _seed_result(1, 0.4)])
+    with pytest.raises(ValueError, match="seed 4 ran another simulation than seed 0: ssl differ"):
+        merge_results([earlier, _seed_result(4, 0.4, ssl=False)])
+    with pytest.raises(ValueError, match="no results"):
+        merge_results([])
+
+
+def test_al_combine_writes_the_merged_result_and_names_a_bad_file(repo, tmp_path):
+    a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "merged.json"
+    a.write_text(json.dumps(_seed_result(0, 0.5)))
+    b.write_text(json.dumps(_seed_result(1, 0.7)))
+    proc = subprocess.run([sys.executable, str(repo / "main.py"), "al-combine", str(a), str(b), "--json", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["strategies"]["random"][0]["value"] == pytest.approx(0.6)
+    assert "2 seeds" in proc.stdout
+    (tmp_path / "bad.json").write_text("{\"strategies\": ")
+    for bad, message in ((tmp_path / "missing.json", "missing.json: no such file"),
+                         (tmp_path / "bad.json", "bad.json: not JSON"),
+                         (repo / "requirements.txt", "not JSON")):
+        proc = subprocess.run([sys.executable, str(repo / "main.py"), "al-combine", str(a), str(bad)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr

@@ -40,7 +40,7 @@ from unimed.tasks import Task
 from unimed.uncertainty import ImageScore, score_image
 
 __all__ = ["STRATEGIES", "PRIMARY_METRIC", "SimulationConfig", "StartModel", "simulate", "run_seed", "simulate_seeds",
-           "combine_seeds", "labels_to_reach", "plot"]
+           "combine_seeds", "merge_results", "labels_to_reach", "plot"]
 
 logger = logging.getLogger(__name__)
 
@@ -305,6 +305,45 @@ def combine_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"dataset": first["dataset"], "metric": first["metric"], "strategies": curves, "reach": labels_to_reach(curves),
             "seeds": [run["config"]["seed"] for run in runs], "config": config, "pool": first["pool"],
             "val": first["val"], "seconds": round(sum(run["seconds"] for run in runs), 1), "runs": list(runs)}
+
+
+def merge_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One result from al-sim results of the same simulation run apart (seeds split over
+    several machines, say): every seed's run (a result's ``runs``, or the result itself when it
+    holds one seed) is pooled, in seed order, and combined by :func:`combine_seeds`.
+
+    Raises:
+        ValueError: no results, a seed given twice, or runs whose simulations differ in
+            anything but the seed and the device (the configuration, or the starting model).
+
+    Example:
+        >>> merged = merge_results([json.load(open(f)) for f in ("seed6.json", "seeds0-5.json")])  # doctest: +SKIP
+        >>> merged["seeds"]  # doctest: +SKIP
+        [0, 1, 2, 3, 4, 5, 6]
+    """
+    runs = [run for result in results for run in (result.get("runs") or [result])]
+    if not runs:
+        raise ValueError("no results to merge")
+    seeds = [run["config"]["seed"] for run in runs]
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seeds given more than once: {repeated}")
+
+    def simulation(run: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        config = {k: v for k, v in run["config"].items() if k not in ("seed", "device")}
+        return config, run.get("start")
+
+    reference = simulation(runs[0])
+    for run in runs[1:]:
+        if simulation(run) != reference:
+            config, start = simulation(run)
+            diff = sorted(k for k in set(config) | set(reference[0]) if config.get(k) != reference[0].get(k))
+            raise ValueError(f"seed {run['config']['seed']} ran another simulation than seed {seeds[0]}: "
+                             f"{', '.join(diff) or 'the starting model'} differ")
+    runs = sorted(runs, key=lambda run: run["config"]["seed"])
+    merged = combine_seeds(runs)
+    merged.update(start=runs[0].get("start"), devices=sorted({run["config"].get("device", "cpu") for run in runs}))
+    return merged
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ class UncertaintyScoring(ScoringMethod):
         service: the served model.
         task: whose outputs measure the uncertainty.
         labels: the labels asked for; None for every label of the task.
-        top_fraction: share of voxels averaged.
+        top_fraction: share of detection queries averaged (see :func:`unimed.uncertainty.score_image`).
 
     Request params (``POST /scoring/unimed_uncertainty``): ``force`` (re-score everything).
     Returns a summary ``{"total", "executed", "skipped", "failed", "model", "seconds"}``.
