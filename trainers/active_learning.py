@@ -333,11 +333,12 @@ def merge_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         config = {k: v for k, v in run["config"].items() if k not in ("seed", "device")}
         return config, run.get("start")
 
-    reference = simulation(runs[0])
+    reference_config, reference_start = simulation(runs[0])
     for run in runs[1:]:
-        if simulation(run) != reference:
-            config, start = simulation(run)
-            diff = sorted(k for k in set(config) | set(reference[0]) if config.get(k) != reference[0].get(k))
+        config, start = simulation(run)
+        if (config, start) != (reference_config, reference_start):
+            keys = config.keys() | reference_config.keys()
+            diff = sorted(k for k in keys if config.get(k) != reference_config.get(k))
             raise ValueError(f"seed {run['config']['seed']} ran another simulation than seed {seeds[0]}: "
                              f"{', '.join(diff) or 'the starting model'} differ")
     runs = sorted(runs, key=lambda run: run["config"]["seed"])

@@ -10,7 +10,6 @@ outputs go back to exactly the image's shape and affine.
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass
 from pathlib import Path
 
