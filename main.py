@@ -236,8 +236,8 @@ def cmd_al_sim(args: argparse.Namespace) -> int:
         config = SimulationConfig(
             dataset=args.dataset, strategies=tuple(s.strip() for s in args.strategy.split(",") if s.strip()),
             rounds=args.rounds, per_round=args.per_round, steps_per_round=args.steps, lr=args.lr, ssl=args.ssl,
-            initial=args.initial, pool_size=args.pool_size, val_size=args.val_size, seed=args.seed,
-            device=args.device)
+            ssl_loss=args.ssl_loss, initial=args.initial, pool_size=args.pool_size, val_size=args.val_size,
+            seed=args.seed, device=args.device)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     start = StartModel(args.checkpoint)
@@ -274,9 +274,9 @@ def _report_al(result: dict, json_path: str | None, png_path: str | None) -> Non
 
     seeds = result.get("seeds") or [result["config"]["seed"]]
     n = len(seeds)
-    ssl = result["config"].get("ssl")
+    ssl = (result["config"].get("ssl_loss") or "on") if result["config"].get("ssl") else "off"
     print(f"{result['dataset']}: {result['metric']} on {result['val']} validation samples, pool {result['pool']}, "
-          f"ssl {'on' if ssl else 'off'}, start {result.get('start')}, {n} seed{'s' * (n > 1)}, "
+          f"ssl {ssl}, start {result.get('start')}, {n} seed{'s' * (n > 1)}, "
           f"{result.get('wall_seconds', result['seconds'])} s")
     for name, curve in result["strategies"].items():
         cells = (f"{p['labels']}: {_value(p['value'])}" + (f" ± {_value(p['sd'])}" if n > 1 else "") for p in curve)
@@ -295,25 +295,81 @@ def _report_al(result: dict, json_path: str | None, png_path: str | None) -> Non
         print(f"plot written to {plot(result, png_path)}")
 
 
+def _malformed_run(result: dict) -> str | None:
+    """What is wrong with an al-sim result's seed runs (its ``runs``, or itself), or None."""
+    runs = result.get("runs") or [result]
+    if not isinstance(runs, list):
+        return "'runs' is not a list"
+    for i, run in enumerate(runs):
+        where = f"run {i}" if "runs" in result else "the result"
+        if not isinstance(run, dict) or not isinstance(run.get("config"), dict):
+            return f"{where} has no 'config'"
+        if not isinstance(run["config"].get("seed"), int):
+            return f"{where} has no integer config seed"
+        curves = run.get("strategies")
+        if not isinstance(curves, dict) or not curves:
+            return f"{where} has no 'strategies'"
+        for strategy, curve in curves.items():
+            if not isinstance(curve, list) or not all(isinstance(p, dict) and "labels" in p and "value" in p
+                                                      for p in curve):
+                return f"{where}: the {strategy} curve is not a list of {{'labels', 'value'}} points"
+        for key in ("dataset", "metric", "pool", "val", "seconds"):
+            if key not in run:
+                return f"{where} has no {key!r}"
+    return None
+
+
 def cmd_al_combine(args: argparse.Namespace) -> int:
     """Merge al-sim results of one simulation whose seeds ran apart (on several machines, say)."""
     from trainers.active_learning import merge_results
 
-    results = []
-    for name in args.results:
-        try:
-            results.append(json.loads(Path(name).read_text()))
-        except FileNotFoundError as exc:
-            raise CommandError(f"{name}: no such file") from exc
-        except json.JSONDecodeError as exc:
-            raise CommandError(f"{name}: not JSON ({exc})") from exc
-        if not isinstance(results[-1], dict) or "strategies" not in results[-1] or "config" not in results[-1]:
-            raise CommandError(f"{name}: not an al-sim result (no 'strategies' and 'config')")
+    results = [_read_al_result(name) for name in args.results]
     try:
         merged = merge_results(results)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     _report_al(merged, args.json, args.png)
+    return 0
+
+
+def _read_al_result(name: str) -> dict:
+    """An al-sim result file, or a one-line :class:`CommandError` that names what is wrong."""
+    try:
+        result = json.loads(Path(name).read_text())
+    except FileNotFoundError as exc:
+        raise CommandError(f"{name}: no such file") from exc
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"{name}: not JSON ({exc})") from exc
+    if not isinstance(result, dict) or "strategies" not in result or "config" not in result:
+        raise CommandError(f"{name}: not an al-sim result (no 'strategies' and 'config')")
+    problem = _malformed_run(result)
+    if problem:
+        raise CommandError(f"{name}: not an al-sim result ({problem})")
+    return result
+
+
+def cmd_al_compare(args: argparse.Namespace) -> int:
+    """Compare two al-sim results seed by seed (say the unsupervised loss on and off): the mean
+    gain at each point, its standard error, and how many seeds gain."""
+    from trainers.active_learning import paired_gain
+
+    result, baseline = _read_al_result(args.result), _read_al_result(args.baseline)
+    try:
+        points = paired_gain(result, baseline, args.strategy)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    scale = 100.0 if args.points else 1.0
+    unit = " (points)" if args.points else ""
+    print(f"{args.strategy}: {Path(args.result).name} against {Path(args.baseline).name}, {result['metric']}")
+    print(f"| labels | result | baseline | gain{unit} | seeds with a gain |")
+    print("|---|---|---|---|---|")
+    for p in points:
+        print(f"| {p['labels']} | {p['result']:.3f} | {p['baseline']:.3f} | {scale * p['gain']:+.{1 if args.points else 4}f}"
+              f" ± {scale * p['se']:.{1 if args.points else 4}f} | {p['gains']} of {p['seeds']} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"strategy": args.strategy, "metric": result["metric"],
+                                               "points": points}, indent=2))
+        print(f"written to {args.json}")
     return 0
 
 
@@ -503,7 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=40, help="fine-tuning steps per round")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ssl", action=argparse.BooleanOptionalAction, default=True,
-                   help="masked-image reconstruction on the still-unlabelled pool (default on)")
+                   help="the unsupervised loss on the still-unlabelled pool (default on)")
+    p.add_argument("--ssl-loss", default="reconstruction", choices=["reconstruction", "consistency"],
+                   help="masked-image reconstruction (default), or consistency: the model's confident "
+                        "segmentation of an image teaches a harder view of it")
     p.add_argument("--pool-size", type=int, default=None, help="a fixed random subset of the train split as the pool")
     p.add_argument("--val-size", type=int, default=None, help="a fixed random subset of the val split")
     p.add_argument("--seed", type=int, default=0)
@@ -525,6 +584,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write the merged curves here")
     p.add_argument("--png", default=None, help="plot the merged curves here")
     p.set_defaults(func=cmd_al_combine)
+
+    p = sub.add_parser("al-compare", help="compare two al-sim results seed by seed (e.g. ssl on and off)",
+                       description=cmd_al_compare.__doc__)
+    p.add_argument("result", help="al-sim JSON, e.g. with the unsupervised loss on")
+    p.add_argument("baseline", help="al-sim JSON of the same seeds, e.g. with it off")
+    p.add_argument("--strategy", default="random", help="the curve compared (default random)")
+    p.add_argument("--points", action="store_true", help="gains in points (x100), as Dice points")
+    p.add_argument("--json", default=None, help="write the comparison here")
+    p.set_defaults(func=cmd_al_compare)
 
     p = sub.add_parser("benchmark", help="speed, server, training and accuracy benchmarks", description=cmd_benchmark.__doc__)
     p.add_argument("--speed", action="store_true", help="one volume: UniMed's tasks vs the stock SegResNet")

@@ -261,6 +261,27 @@ def test_al_sim_writes_well_formed_json(repo, shared_data, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_al_sim_trains_with_the_consistency_loss_where_there_are_label_maps(repo, shared_data, tmp_path):
+    out = tmp_path / "al.json"
+    common = ["--strategy", "random", "--checkpoint", "scratch", "--initial", "2", "--rounds", "1", "--per-round", "2",
+              "--steps", "2", "--pool-size", "6", "--val-size", "2", "--threads", "1", "--no-progress",
+              "--ssl-loss", "consistency"]
+    proc = subprocess.run(
+        [sys.executable, str(repo / "main.py"), "al-sim", "--dataset", "msd_patches",
+         "--data", str(shared_data / "msd_lung_patches"), *common, "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["config"]["ssl_loss"] == "consistency" and "ssl consistency" in proc.stdout
+    assert [p["labels"] for p in result["strategies"]["random"]] == [2, 4]
+    proc = subprocess.run(
+        [sys.executable, str(repo / "main.py"), "al-sim", "--dataset", "medmnist",
+         "--data", str(shared_data / "adrenalmnist3d"), *common],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "the consistency loss trains segmentation outputs; medmnist has no label maps" in proc.stderr
+
+
 def test_al_sim_ranks_detection_images_by_their_query_entropy(repo, shared_data, tmp_path):
     """BCCD has boxes only: the pool is scored through the detection task's outputs."""
     out = tmp_path / "al.json"
@@ -368,6 +389,52 @@ def test_merge_results_pools_seeds_that_ran_apart_in_seed_order():
         merge_results([])
 
 
+def test_merge_results_reads_a_result_without_ssl_loss_as_reconstruction():
+    from trainers.active_learning import merge_results
+
+    old = _seed_result(0, 0.5)  # written before --ssl-loss existed
+    new = _seed_result(1, 0.6)
+    new["config"]["ssl_loss"] = "reconstruction"
+    assert merge_results([old, new])["seeds"] == [0, 1]
+    new["config"]["ssl_loss"] = "consistency"
+    with pytest.raises(ValueError, match="ssl_loss differ"):
+        merge_results([old, new])
+
+
+def test_paired_gain_compares_the_same_seeds_point_by_point():
+    from trainers.active_learning import combine_seeds, paired_gain
+
+    on = combine_seeds([_seed_result(0, 0.50), _seed_result(1, 0.70), _seed_result(2, 0.60)])
+    off = combine_seeds([_seed_result(0, 0.45), _seed_result(1, 0.72), _seed_result(5, 0.10)])
+    first, second = paired_gain(on, off)
+    assert first["seeds"] == 2 and first["gains"] == 1  # seeds 0 and 1 only; seed 1 loses
+    assert first["gain"] == pytest.approx((0.05 - 0.02) / 2) and first["se"] == pytest.approx(0.035)
+    assert first["result"] == pytest.approx(0.60) and first["baseline"] == pytest.approx(0.585)
+    assert second["labels"] == 2 and second["gain"] == pytest.approx(first["gain"])
+    with pytest.raises(ValueError, match=r"no seed in common: the result has \[0, 1, 2\], the baseline \[7\]"):
+        paired_gain(on, _seed_result(7, 0.5))
+    with pytest.raises(ValueError, match="no 'uncertainty' curve"):
+        paired_gain(on, off, "uncertainty")
+    other = _seed_result(0, 0.5)
+    other["dataset"] = "msd_patches"
+    with pytest.raises(ValueError, match="the result is on brats, the baseline on msd_patches"):
+        paired_gain(on, other)
+
+
+def test_al_compare_prints_the_paired_table(repo, tmp_path):
+    a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "cmp.json"
+    a.write_text(json.dumps(_seed_result(0, 0.50)))
+    b.write_text(json.dumps(_seed_result(0, 0.45)))
+    proc = subprocess.run([sys.executable, str(repo / "main.py"), "al-compare", str(a), str(b), "--points",
+                           "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| 1 | 0.500 | 0.450 | +5.0 ± 0.0 | 1 of 1 |" in proc.stdout
+    assert json.loads(out.read_text())["points"][1]["gain"] == pytest.approx(0.05)
+    proc = subprocess.run([sys.executable, str(repo / "main.py"), "al-compare", str(a), str(tmp_path / "none.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "none.json: no such file" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_al_combine_writes_the_merged_result_and_names_a_bad_file(repo, tmp_path):
     a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "merged.json"
     a.write_text(json.dumps(_seed_result(0, 0.5)))
@@ -378,8 +445,12 @@ def test_al_combine_writes_the_merged_result_and_names_a_bad_file(repo, tmp_path
     assert json.loads(out.read_text())["strategies"]["random"][0]["value"] == pytest.approx(0.6)
     assert "2 seeds" in proc.stdout
     (tmp_path / "bad.json").write_text("{\"strategies\": ")
+    broken = _seed_result(2, 0.6)
+    del broken["strategies"]["random"][1]["value"]
+    (tmp_path / "broken.json").write_text(json.dumps({"strategies": {}, "config": {}, "runs": [broken]}))
     for bad, message in ((tmp_path / "missing.json", "missing.json: no such file"),
                          (tmp_path / "bad.json", "bad.json: not JSON"),
+                         (tmp_path / "broken.json", "broken.json: not an al-sim result (run 0: the random curve is not"),
                          (repo / "requirements.txt", "not JSON")):
         proc = subprocess.run([sys.executable, str(repo / "main.py"), "al-combine", str(a), str(bad)],
                               capture_output=True, text=True, timeout=120)

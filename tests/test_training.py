@@ -13,7 +13,7 @@ from trainers.config import MixEntry, TrainConfig
 from trainers.data import Source, augment, to_grid_item
 from trainers.joint import JointTrainer, seed_everything
 from trainers.losses import LossWeights, generalized_box_iou, match, segmentation_loss
-from trainers.ssl import MaskedReconstruction
+from trainers.ssl import MaskedReconstruction, PseudoLabelConsistency, make_ssl
 from unimed.checkpoint import load_checkpoint
 from unimed.datasets.sample import Sample
 from unimed.model_store import ModelStore
@@ -94,6 +94,60 @@ def test_unlabelled_images_change_the_weights_through_the_ssl_term():
     assert not torch.equal(before, net.backbone.stem.weight)
 
 
+def _sharp_logits(model, images):
+    """A stand-in network output: background/label logits from the image's sign, very confident."""
+    x = images.mean(1)
+    return torch.stack([-100 * x, 100 * x], 1)
+
+
+def test_consistency_mirrors_the_student_view_back_before_comparing(monkeypatch):
+    ssl = PseudoLabelConsistency(["edema"], threshold=0.9, ratio=0.0, noise=0.0)
+    monkeypatch.setattr(ssl, "_logits", _sharp_logits)
+    images = torch.zeros(1, 1, 8, 8, 4)
+    images[..., :3, :, :] = 1.0  # asymmetric along every axis, so a misaligned view disagrees
+    images[..., 3:, :, :] = -1.0
+    images[..., :, :2, :] += 0.5
+    images[..., :, :, 0] -= 3.0
+    assert float(ssl(None, images)) < 1e-6  # same image, same answer, once mirrored back
+
+    ramp = torch.linspace(-3, 3, 8).view(1, 1, 8, 1, 1)  # a network that sees position is not mirror-equivariant
+    monkeypatch.setattr(ssl, "_logits", lambda model, im: _sharp_logits(model, im + ramp))
+    assert float(ssl(None, images)) > 1.0
+
+
+def test_consistency_learns_only_from_confident_voxels(monkeypatch):
+    images = torch.randn(2, 1, 8, 8, 1)
+    ssl = PseudoLabelConsistency(["edema"], threshold=0.9, ratio=0.0, noise=0.0)
+    monkeypatch.setattr(ssl, "_logits", lambda model, im: torch.zeros(im.shape[0], 2, *im.shape[2:]))
+    assert float(ssl(None, images)) == 0.0  # a 50/50 teacher teaches nothing
+
+
+def test_consistency_gives_the_network_gradients_and_needs_labels():
+    net = unimed_tiny()
+    loss = PseudoLabelConsistency(["edema"], threshold=0.5, block=8)(net, torch.randn(2, 1, 16, 16, 16))
+    loss.backward()
+    assert loss > 0
+    assert net.backbone.stem.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="label names"):
+        PseudoLabelConsistency([])
+    with pytest.raises(ValueError, match="threshold"):
+        PseudoLabelConsistency(["edema"], threshold=1.0)
+    with pytest.raises(ValueError, match="unknown ssl loss 'contrast'"):
+        make_ssl("contrast", mask_dim=8)
+
+
+def test_consistency_prompts_the_labelled_sources_segmentation_labels():
+    seed_everything(0)
+    net = unimed_tiny()
+    src, unl = _toy_sources()
+    config = TrainConfig(steps=2, log_every=1, ssl_loss="consistency", ssl_threshold=0.5)
+    trainer = JointTrainer(net, [src], config, unlabelled=unl)
+    assert isinstance(trainer.ssl, PseudoLabelConsistency) and trainer.ssl.labels == ["edema"]
+    assert all("unlabelled/ssl" in r.losses for r in trainer.train())
+    with pytest.raises(ValueError, match="label names"):  # nothing to prompt without a segmentation source
+        JointTrainer(unimed_tiny(), [], config, unlabelled=unl)
+
+
 def test_training_steps_lower_the_loss_on_toy_data():
     seed_everything(0)
     src, unl = _toy_sources()
@@ -167,3 +221,12 @@ def test_channel_dropout_is_a_probability():
     rng = random.Random(0)
     kept = [Source("toy", two, ("segmentation",), channel_dropout=p).batch(rng, False)[1] for p in (0.0, 1.0)]
     assert kept == [None, 1]
+
+
+def test_the_server_train_task_names_an_unknown_ssl_loss(tmp_path):
+    from trainers.monailabel_task import UniMedTrainTask
+
+    task = UniMedTrainTask(tmp_path, tmp_path / "unimed.pt")
+    assert task.config()["ssl_loss"] == "reconstruction"
+    with pytest.raises(ValueError, match="ssl_loss must be one of reconstruction, consistency, got 'contrast'"):
+        task({"ssl_loss": "contrast"}, datastore=None)  # refused before the datastore is read

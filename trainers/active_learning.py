@@ -4,8 +4,8 @@
 "unlabelled" studies, its validation split is fixed. Every strategy starts from the same model
 and the same empty label set; each round it picks ``per_round`` pool samples, a simulated
 annotator reveals their true labels, the model fine-tunes for a fixed number of steps (joint
-training: the labelled samples' supervised losses, plus masked-image reconstruction on the
-pool's still-unlabelled images when ``ssl`` is on), and the dataset's :func:`evaluate` metric
+training: the labelled samples' supervised losses, plus the unsupervised loss on the pool's
+still-unlabelled images when ``ssl`` is on), and the dataset's :func:`evaluate` metric
 is recorded on the validation split. Like the server's loop, each round continues from the
 previous round's model.
 """
@@ -29,7 +29,7 @@ from trainers.config import TrainConfig
 from trainers.data import GridItem, Source, to_grid_item
 from trainers.joint import JointTrainer, seed_everything
 from trainers.pretrain import DATASETS, default_config
-from trainers.ssl import MaskedReconstruction
+from trainers.ssl import SSL_LOSSES, make_ssl
 from unimed.datasets import read_dataset
 from unimed.datasets.sample import Sample
 from unimed.evaluation import evaluate_samples
@@ -40,7 +40,7 @@ from unimed.tasks import Task
 from unimed.uncertainty import ImageScore, score_image
 
 __all__ = ["STRATEGIES", "PRIMARY_METRIC", "SimulationConfig", "StartModel", "simulate", "run_seed", "simulate_seeds",
-           "combine_seeds", "merge_results", "labels_to_reach", "plot"]
+           "combine_seeds", "merge_results", "labels_to_reach", "paired_gain", "plot"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,9 @@ class SimulationConfig:
         per_round: samples labelled per round.
         steps_per_round: optimiser steps after each round's labels arrive.
         lr: AdamW learning rate of the fine-tuning.
-        ssl: masked-image reconstruction on the still-unlabelled pool images.
+        ssl: the unsupervised loss on the still-unlabelled pool images.
+        ssl_loss: which (:data:`trainers.ssl.SSL_LOSSES`): ``reconstruction`` (masked-image
+            reconstruction) or ``consistency`` (confident pseudo-labels across two views).
         initial: samples labelled at random before the first round, the same for every
             strategy (a seed set: an untrained model's uncertainty says little); the model
             fine-tunes on them once and every curve starts there.
@@ -79,6 +81,7 @@ class SimulationConfig:
     steps_per_round: int = 40
     lr: float = 1e-3
     ssl: bool = True
+    ssl_loss: str = "reconstruction"
     initial: int = 0
     pool_size: int | None = None
     val_size: int | None = None
@@ -97,6 +100,8 @@ class SimulationConfig:
         for name in ("rounds", "per_round", "steps_per_round"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.ssl_loss not in SSL_LOSSES:
+            raise ValueError(f"unknown ssl loss {self.ssl_loss!r}; known: {', '.join(SSL_LOSSES)}")
         if self.initial < 0:
             raise ValueError(f"initial must be >= 0, got {self.initial}")
         for name in ("pool_size", "val_size"):
@@ -150,9 +155,10 @@ def _pick(strategy: str, scores: list[ImageScore] | None, labelled: list[int], u
     return [unlabelled[j] for j in select_diverse(u, emb, refs, k)]
 
 
-def _train_round(model: UniMed, ssl: MaskedReconstruction, pool: _Pool, labelled: list[int], config: SimulationConfig,
+def _train_round(model: UniMed, ssl: torch.nn.Module, pool: _Pool, labelled: list[int], config: SimulationConfig,
                  round_: int) -> None:
-    """Fine-tune on the labelled pool samples (and reconstruct the others when ``ssl`` is on)."""
+    """Fine-tune on the labelled pool samples (and the unsupervised loss on the others when
+    ``ssl`` is on)."""
     kind = config.dataset
     mix = replace(default_config().mix[kind], every=1)  # the only labelled source: it joins every step
     taken = set(labelled)
@@ -165,7 +171,7 @@ def _train_round(model: UniMed, ssl: MaskedReconstruction, pool: _Pool, labelled
     JointTrainer(model, [labelled_src], train_config, unlabelled_src, ssl=ssl).train()
 
 
-def _run_strategy(strategy: str, start: UniMed, start_ssl: MaskedReconstruction, initial: list[int], pool: _Pool,
+def _run_strategy(strategy: str, start: UniMed, start_ssl: torch.nn.Module, initial: list[int], pool: _Pool,
                   val: list[Sample], config: SimulationConfig, start_value: float | None,
                   on_round: Callable[[str, int, float | None], None]) -> list[dict[str, Any]]:
     metric = PRIMARY_METRIC[config.dataset]
@@ -229,10 +235,13 @@ def simulate(
         raise ValueError(f"the pool holds {len(pool_samples)} samples, fewer than initial + per_round = "
                          f"{config.initial} + {config.per_round}")
     task, labels = _score_task(pool_samples)
+    if config.ssl and config.ssl_loss == "consistency" and task is not Task.SEGMENTATION:
+        raise ValueError(f"the consistency loss trains segmentation outputs; {config.dataset} has no label maps "
+                         "(use --ssl-loss reconstruction)")
     pool = _Pool(pool_samples, [to_grid_item(s) for s in pool_samples], task, labels)
     metric = PRIMARY_METRIC[config.dataset]
     start = copy.deepcopy(start).to(config.device).eval()
-    start_ssl = MaskedReconstruction(start.config.mask_dim).to(config.device)
+    start_ssl = make_ssl(config.ssl_loss, mask_dim=start.config.mask_dim, labels=labels).to(config.device)
     initial = sorted(random.Random(config.seed).sample(range(len(pool_samples)), config.initial))
     if initial:
         _train_round(start, start_ssl, pool, initial, config, 0)
@@ -330,7 +339,8 @@ def merge_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         raise ValueError(f"seeds given more than once: {repeated}")
 
     def simulation(run: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-        config = {k: v for k, v in run["config"].items() if k not in ("seed", "device")}
+        config = {"ssl_loss": "reconstruction"}  # results written before the choice existed
+        config.update((k, v) for k, v in run["config"].items() if k not in ("seed", "device"))
         return config, run.get("start")
 
     reference_config, reference_start = simulation(runs[0])
@@ -430,6 +440,61 @@ def simulate_seeds(
     combined = combine_seeds(runs)
     combined.update(start=runs[0]["start"], jobs=jobs, wall_seconds=round(time.time() - t0, 1))
     return combined
+
+
+def paired_gain(result: dict[str, Any], baseline: dict[str, Any], strategy: str = "random") -> list[dict[str, Any]]:
+    """What ``result`` gains over ``baseline`` at each point, seed by seed (the same seeds label the
+    same samples, so their difference cancels most of the spread between seeds).
+
+    Args:
+        result, baseline: al-sim results (one seed, or several with ``runs``).
+        strategy: the curve compared.
+
+    Returns:
+        per point ``{"labels", "result", "baseline", "gain", "se", "gains", "seeds"}``: the two
+        means over the seeds both hold, the mean difference and its standard error (0 for one
+        seed), how many seeds gain, and how many are compared.
+
+    Raises:
+        ValueError: different datasets, no seed in common, a missing curve, or curves whose
+            label counts differ.
+
+    Example:
+        >>> a = {"dataset": "brats", "config": {"seed": 0}, "strategies": {"random": [{"labels": 1, "value": 0.7}]}}
+        >>> b = {"dataset": "brats", "config": {"seed": 0}, "strategies": {"random": [{"labels": 1, "value": 0.6}]}}
+        >>> [round(p["gain"], 3) for p in paired_gain(a, b)]
+        [0.1]
+    """
+    def by_seed(res: dict[str, Any], which: str) -> dict[int, list[dict[str, Any]]]:
+        out = {}
+        for run in res.get("runs") or [res]:
+            if strategy not in run["strategies"]:
+                raise ValueError(f"the {which} has no {strategy!r} curve")
+            out[run["config"]["seed"]] = run["strategies"][strategy]
+        return out
+
+    if result.get("dataset") != baseline.get("dataset"):
+        raise ValueError(f"the result is on {result.get('dataset')}, the baseline on {baseline.get('dataset')}")
+    ours, theirs = by_seed(result, "result"), by_seed(baseline, "baseline")
+    seeds = sorted(set(ours) & set(theirs))
+    if not seeds:
+        raise ValueError(f"no seed in common: the result has {sorted(ours)}, the baseline {sorted(theirs)}")
+    points = []
+    for i, point in enumerate(ours[seeds[0]]):
+        for s in seeds:
+            for curve in (ours[s], theirs[s]):
+                if len(curve) <= i or curve[i]["labels"] != point["labels"]:
+                    raise ValueError(f"seed {s}: the curves' label counts differ at point {i}")
+        pairs = [(ours[s][i]["value"], theirs[s][i]["value"]) for s in seeds]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+        if not pairs:
+            continue
+        a, b = np.array(pairs, dtype=np.float64).T
+        d = a - b
+        se = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+        points.append({"labels": point["labels"], "result": float(a.mean()), "baseline": float(b.mean()),
+                       "gain": float(d.mean()), "se": se, "gains": int((d > 0).sum()), "seeds": len(d)})
+    return points
 
 
 def plot(result: dict[str, Any], path: str | Path) -> Path:

@@ -38,8 +38,12 @@ class TrainConfig:
         loss: weights of every loss term.
         mix: per source name, its tasks, batch size and frequency. The source ``unlabelled``
             feeds the self-supervised loss.
+        ssl_loss: the unsupervised loss (:data:`trainers.ssl.SSL_LOSSES`): ``reconstruction``
+            (masked-image reconstruction) or ``consistency`` (confident pseudo-labels of one
+            view teach a harder view; it prompts the labelled sources' segmentation labels).
         ssl_mask_ratio, ssl_block: masked-image reconstruction: the share of hidden blocks and
             the block side in grid voxels.
+        ssl_threshold: consistency: the teacher confidence a voxel needs to teach.
         augment: random flips and intensity jitter.
         log_every: steps between log lines.
     """
@@ -53,8 +57,10 @@ class TrainConfig:
     seed: int = 0
     loss: LossWeights = field(default_factory=LossWeights)
     mix: dict[str, MixEntry] = field(default_factory=dict)
+    ssl_loss: str = "reconstruction"
     ssl_mask_ratio: float = 0.5
     ssl_block: int = 16
+    ssl_threshold: float = 0.9
     augment: bool = True
     log_every: int = 10
 

@@ -3,7 +3,8 @@
 Each step draws a batch from every source due that step, runs the backbone once per batch, and
 decodes it once per task the source trains (segmentation, detection, classification prompts
 over the same features: tasks compose). Unlabelled images feed masked-image reconstruction in
-the same step. All losses are summed into one AdamW update.
+the same step (or, with ``ssl_loss="consistency"``, teach a harder view of themselves through
+confident pseudo-labels). All losses are summed into one AdamW update.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch.distributed as dist
 from trainers.config import TrainConfig
 from trainers.data import GridItem, Source, collate
 from trainers.losses import classification_loss, detection_loss, proposal_loss, segmentation_loss
-from trainers.ssl import MaskedReconstruction
+from trainers.ssl import make_ssl
 from unimed.networks.unimed import UniMed
 from unimed.tasks import Task
 
@@ -86,7 +87,13 @@ class JointTrainer:
             their own settings.
         config: the run's configuration.
         unlabelled: the source of unlabelled images for the self-supervised loss, or None.
-        ssl: the reconstruction module (kept between runs for fine-tuning); a new one if None.
+        ssl: the unsupervised loss module (kept between runs for fine-tuning: the
+            reconstruction head has weights); if None, a new one of ``config.ssl_loss``, whose
+            consistency prompts the segmentation labels of the labelled sources.
+
+    Raises:
+        ValueError: an unknown task or ``ssl_loss``, or consistency without a segmentation
+            source to take its labels from.
     """
 
     def __init__(
@@ -95,14 +102,18 @@ class JointTrainer:
         sources: Sequence[Source],
         config: TrainConfig,
         unlabelled: Source | None = None,
-        ssl: MaskedReconstruction | None = None,
+        ssl: torch.nn.Module | None = None,
     ):
         self.model, self.sources, self.config, self.unlabelled = model, list(sources), config, unlabelled
-        self.ssl = ssl or MaskedReconstruction(model.config.mask_dim, config.ssl_block, config.ssl_mask_ratio)
-        self.ssl.to(self.device)
         for src in self.sources:
             for task in src.tasks:
                 Task.parse(task)
+        seg_labels = sorted({name for src in self.sources if Task.SEGMENTATION in map(Task.parse, src.tasks)
+                             for it in src.items for name in it.seg_labels})
+        self.ssl = ssl if ssl is not None else make_ssl(config.ssl_loss, mask_dim=model.config.mask_dim, labels=seg_labels,
+                                                    block=config.ssl_block, ratio=config.ssl_mask_ratio,
+                                                    threshold=config.ssl_threshold)
+        self.ssl.to(self.device)
         self.params = list(model.parameters()) + list(self.ssl.parameters())
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         # under torchrun every rank draws its own batches; rank 0's weights are everyone's start

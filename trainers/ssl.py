@@ -1,6 +1,20 @@
-"""The unsupervised half of joint training: masked-image reconstruction on unlabelled images."""
+"""The unsupervised half of joint training, on unlabelled images.
+
+Two losses, chosen by ``TrainConfig.ssl_loss`` (DESIGN.md: "masked-image reconstruction or a
+contrastive loss between two augmented views"):
+
+* ``reconstruction`` (:class:`MaskedReconstruction`): hide blocks of the image and rebuild them
+  from the per-pixel embeddings. It needs no label names, so it serves pretraining on any mix
+  of datasets.
+* ``consistency`` (:class:`PseudoLabelConsistency`): the network's own confident segmentation
+  of one view teaches a harder view of the same image (pseudo-labels with a confidence
+  threshold, as in FixMatch, Sohn et al. 2020). It asks for the labels being fine-tuned, so it
+  serves fine-tuning on one kind of study: the datastore's, or al-sim's pool.
+"""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -8,8 +22,21 @@ from torch import nn
 
 from unimed.networks.layers import Conv, upsample_to
 from unimed.networks.unimed import UniMed
+from unimed.tasks import Task
 
-__all__ = ["MaskedReconstruction"]
+__all__ = ["SSL_LOSSES", "MaskedReconstruction", "PseudoLabelConsistency", "block_mask", "make_ssl"]
+
+#: the unsupervised losses joint training knows
+SSL_LOSSES = ("reconstruction", "consistency")
+
+
+def block_mask(shape: tuple[int, ...], block: int, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``(B, 1, X, Y, Z)`` float mask of cubic blocks of side ``block``, 1 where hidden (a share
+    ``ratio`` of the blocks); an axis of size 1 (a 2D image's depth) stays whole."""
+    b, _, *spatial = shape
+    cells = [max(1, n // block) if n > 1 else 1 for n in spatial]
+    coarse = (torch.rand(b, 1, *cells, generator=generator) < ratio).float()
+    return F.interpolate(coarse, size=tuple(spatial), mode="nearest")
 
 
 class MaskedReconstruction(nn.Module):
@@ -40,10 +67,7 @@ class MaskedReconstruction(nn.Module):
 
     def block_mask(self, shape: tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor:
         """``(B, 1, X, Y, Z)`` float mask, 1 where hidden."""
-        b, _, *spatial = shape
-        cells = [max(1, n // self.block) if n > 1 else 1 for n in spatial]
-        coarse = (torch.rand(b, 1, *cells, generator=generator) < self.ratio).float()
-        return F.interpolate(coarse, size=tuple(spatial), mode="nearest")
+        return block_mask(shape, self.block, self.ratio, generator)
 
     def forward(self, model: UniMed, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         mask = self.block_mask(tuple(images.shape), generator).to(images.device)
@@ -51,3 +75,71 @@ class MaskedReconstruction(nn.Module):
         recon = upsample_to(self.head(feats.pixel), tuple(images.shape[2:]))
         target = images.mean(1, keepdim=True)
         return ((recon - target) ** 2 * mask).sum() / mask.sum().clamp(min=1)
+
+
+class PseudoLabelConsistency(nn.Module):
+    """The model's confident segmentation of an image teaches it on a harder view of the image.
+
+    The teacher is the network itself, without gradient, on the image as given (training has
+    already flipped and jittered it). The student view is the same image mirrored along every
+    spatial axis longer than one, with a share of blocks hidden and Gaussian noise added; its
+    output is mirrored back and trained with cross-entropy towards the teacher's argmax over
+    background and ``labels``, on the voxels where the teacher's top probability is at least
+    ``threshold``. The sum is divided by all voxels, so while the model is unsure (early in a
+    run, or on an unfamiliar image) the loss is small rather than loud. It has no weights.
+
+    Args:
+        labels: the label names prompted (the labels being fine-tuned).
+        threshold: the teacher confidence a voxel needs to teach.
+        block, ratio: the hidden blocks of the student view (as :class:`MaskedReconstruction`).
+        noise: standard deviation of the student view's Gaussian noise (images are normalised).
+
+    Example:
+        >>> from unimed.networks.unimed import unimed_tiny
+        >>> net = unimed_tiny()
+        >>> loss = PseudoLabelConsistency(["lung_tumor"], threshold=0.5, block=8)(net, torch.randn(2, 1, 16, 16, 16))
+        >>> bool(loss >= 0)
+        True
+    """
+
+    def __init__(self, labels: Sequence[str], threshold: float = 0.9, block: int = 8, ratio: float = 0.25,
+                 noise: float = 0.1):
+        super().__init__()
+        if not labels:
+            raise ValueError("consistency needs the label names to prompt; got none")
+        if not 0 < threshold < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        if not 0 <= ratio < 1:
+            raise ValueError(f"ratio must be in [0, 1), got {ratio}")
+        if noise < 0:
+            raise ValueError(f"noise must be >= 0, got {noise}")
+        self.labels = list(labels)
+        self.threshold, self.block, self.ratio, self.noise = threshold, block, ratio, noise
+
+    def _logits(self, model: UniMed, images: torch.Tensor) -> torch.Tensor:
+        ids, pad = model.prompt([(Task.SEGMENTATION, self.labels)] * images.shape[0])
+        ids, pad = ids.to(images.device), pad.to(images.device)
+        return model.decode(model.encode(images), ids, pad)["mask_logits"]
+
+    def forward(self, model: UniMed, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            teacher = self._logits(model, images).float().softmax(1)
+        confidence, target = teacher.max(1)
+        axes = [2 + a for a in range(3) if images.shape[2 + a] > 1]
+        hidden = block_mask(tuple(images.shape), self.block, self.ratio, generator).to(images.device)
+        noise = torch.randn(images.shape, generator=generator).to(images.device) * self.noise
+        student = (images * (1 - hidden) + noise).flip(axes)
+        logits = self._logits(model, student).flip(axes)
+        ce = F.cross_entropy(logits.float(), target, reduction="none")
+        return (ce * (confidence >= self.threshold)).sum() / ce.numel()
+
+
+def make_ssl(kind: str, *, mask_dim: int, labels: Sequence[str] = (), block: int = 16, ratio: float = 0.5,
+             threshold: float = 0.9) -> nn.Module:
+    """The unsupervised loss ``kind`` (one of :data:`SSL_LOSSES`); ``block`` and ``ratio`` are
+    the reconstruction's, ``labels`` and ``threshold`` the consistency's."""
+    if kind == "reconstruction":
+        return MaskedReconstruction(mask_dim, block, ratio)
+    if kind == "consistency":
+        return PseudoLabelConsistency(labels, threshold)
+    raise ValueError(f"unknown ssl loss {kind!r}; known: {', '.join(SSL_LOSSES)}")
