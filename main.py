@@ -297,11 +297,13 @@ def _report_al(result: dict, json_path: str | None, png_path: str | None) -> Non
 
 def _malformed_run(result: dict) -> str | None:
     """What is wrong with an al-sim result's seed runs (its ``runs``, or itself), or None."""
-    runs = result.get("runs") or [result]
+    from trainers.active_learning import seed_runs
+
+    runs = seed_runs(result)
     if not isinstance(runs, list):
         return "'runs' is not a list"
     for i, run in enumerate(runs):
-        where = f"run {i}" if "runs" in result else "the result"
+        where = "the result" if run is result else f"run {i}"
         if not isinstance(run, dict) or not isinstance(run.get("config"), dict):
             return f"{where} has no 'config'"
         if not isinstance(run["config"].get("seed"), int):
@@ -358,14 +360,13 @@ def cmd_al_compare(args: argparse.Namespace) -> int:
         points = paired_gain(result, baseline, args.strategy)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
-    scale = 100.0 if args.points else 1.0
-    unit = " (points)" if args.points else ""
+    scale, digits, unit = (100.0, 1, " (points)") if args.points else (1.0, 4, "")
     print(f"{args.strategy}: {Path(args.result).name} against {Path(args.baseline).name}, {result['metric']}")
     print(f"| labels | result | baseline | gain{unit} | seeds with a gain |")
     print("|---|---|---|---|---|")
     for p in points:
-        print(f"| {p['labels']} | {p['result']:.3f} | {p['baseline']:.3f} | {scale * p['gain']:+.{1 if args.points else 4}f}"
-              f" ± {scale * p['se']:.{1 if args.points else 4}f} | {p['gains']} of {p['seeds']} |")
+        print(f"| {p['labels']} | {p['result']:.3f} | {p['baseline']:.3f} | {scale * p['gain']:+.{digits}f}"
+              f" ± {scale * p['se']:.{digits}f} | {p['gains']} of {p['seeds']} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"strategy": args.strategy, "metric": result["metric"],
                                                "points": points}, indent=2))

@@ -40,7 +40,7 @@ from unimed.tasks import Task
 from unimed.uncertainty import ImageScore, score_image
 
 __all__ = ["STRATEGIES", "PRIMARY_METRIC", "SimulationConfig", "StartModel", "simulate", "run_seed", "simulate_seeds",
-           "combine_seeds", "merge_results", "labels_to_reach", "paired_gain", "plot"]
+           "combine_seeds", "seed_runs", "merge_results", "labels_to_reach", "paired_gain", "plot"]
 
 logger = logging.getLogger(__name__)
 
@@ -316,6 +316,12 @@ def combine_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "val": first["val"], "seconds": round(sum(run["seconds"] for run in runs), 1), "runs": list(runs)}
 
 
+def seed_runs(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every seed's own run in an al-sim result: its ``runs`` when it combines several seeds,
+    else the result itself."""
+    return result.get("runs") or [result]
+
+
 def merge_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One result from al-sim results of the same simulation run apart (seeds split over
     several machines, say): every seed's run (a result's ``runs``, or the result itself when it
@@ -330,7 +336,7 @@ def merge_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         >>> merged["seeds"]  # doctest: +SKIP
         [0, 1, 2, 3, 4, 5, 6]
     """
-    runs = [run for result in results for run in (result.get("runs") or [result])]
+    runs = [run for result in results for run in seed_runs(result)]
     if not runs:
         raise ValueError("no results to merge")
     seeds = [run["config"]["seed"] for run in runs]
@@ -467,7 +473,7 @@ def paired_gain(result: dict[str, Any], baseline: dict[str, Any], strategy: str 
     """
     def by_seed(res: dict[str, Any], which: str) -> dict[int, list[dict[str, Any]]]:
         out = {}
-        for run in res.get("runs") or [res]:
+        for run in seed_runs(res):
             if strategy not in run["strategies"]:
                 raise ValueError(f"the {which} has no {strategy!r} curve")
             out[run["config"]["seed"]] = run["strategies"][strategy]

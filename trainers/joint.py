@@ -108,11 +108,12 @@ class JointTrainer:
         for src in self.sources:
             for task in src.tasks:
                 Task.parse(task)
-        seg_labels = sorted({name for src in self.sources if Task.SEGMENTATION in map(Task.parse, src.tasks)
-                             for it in src.items for name in it.seg_labels})
-        self.ssl = ssl if ssl is not None else make_ssl(config.ssl_loss, mask_dim=model.config.mask_dim, labels=seg_labels,
-                                                    block=config.ssl_block, ratio=config.ssl_mask_ratio,
-                                                    threshold=config.ssl_threshold)
+        if ssl is None:
+            seg_labels = sorted({name for src in self.sources if Task.SEGMENTATION in map(Task.parse, src.tasks)
+                                 for it in src.items for name in it.seg_labels})
+            ssl = make_ssl(config.ssl_loss, mask_dim=model.config.mask_dim, labels=seg_labels, block=config.ssl_block,
+                           ratio=config.ssl_mask_ratio, threshold=config.ssl_threshold)
+        self.ssl = ssl
         self.ssl.to(self.device)
         self.params = list(model.parameters()) + list(self.ssl.parameters())
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)

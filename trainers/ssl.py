@@ -117,8 +117,7 @@ class PseudoLabelConsistency(nn.Module):
         self.threshold, self.block, self.ratio, self.noise = threshold, block, ratio, noise
 
     def _logits(self, model: UniMed, images: torch.Tensor) -> torch.Tensor:
-        ids, pad = model.prompt([(Task.SEGMENTATION, self.labels)] * images.shape[0])
-        ids, pad = ids.to(images.device), pad.to(images.device)
+        ids, pad = model.prompt([(Task.SEGMENTATION, self.labels)] * images.shape[0])  # on the model's device
         return model.decode(model.encode(images), ids, pad)["mask_logits"]
 
     def forward(self, model: UniMed, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
