@@ -561,9 +561,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ssl", action=argparse.BooleanOptionalAction, default=True,
                    help="the unsupervised loss on the still-unlabelled pool (default on)")
-    p.add_argument("--ssl-loss", default="reconstruction", choices=["reconstruction", "consistency"],
-                   help="masked-image reconstruction (default), or consistency: the model's confident "
-                        "segmentation of an image teaches a harder view of it")
+    p.add_argument("--ssl-loss", default="reconstruction", choices=["reconstruction", "consistency", "mean_teacher"],
+                   help="masked-image reconstruction (default); consistency: the model's confident "
+                        "segmentation of an image teaches a harder view of it; mean_teacher: the same, "
+                        "taught by an average of the model's weights over steps")
     p.add_argument("--pool-size", type=int, default=None, help="a fixed random subset of the train split as the pool")
     p.add_argument("--val-size", type=int, default=None, help="a fixed random subset of the val split")
     p.add_argument("--seed", type=int, default=0)

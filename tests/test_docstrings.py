@@ -13,7 +13,7 @@ MODULES = [
     "unimed.transforms", "unimed.checkpoint", "unimed.predictor", "unimed.service", "unimed.uncertainty",
     "unimed.selection", "unimed.dicom.series", "unimed.dicom.seg", "unimed.dicom.dicomweb",
     "unimed.benchmarks.machine", "unimed.benchmarks.timing", "unimed.benchmarks.report", "unimed.benchmarks.stock",
-    "unimed.child_process", "trainers.ssl", "trainers.active_learning",
+    "unimed.child_process", "trainers.ssl", "trainers.active_learning", "trainers.train_request",
 ]
 
 

@@ -135,6 +135,26 @@ def test_training_through_the_rest_api_publishes_a_version_that_infer_then_serve
     assert params["model_version"] == after
 
 
+@pytest.mark.parametrize("model, body, status, message", [
+    ("unimed", {"ssl_loss": "contrast"}, 422, "ssl_loss must be one of reconstruction, consistency, mean_teacher"),
+    ("unimed", {"max_epochs": 0}, 422, "max_epochs must be >= 1, got 0"),
+    ("unimed", {"unimed": {"max_epochs": 1}}, 422, "the body is flat"),
+    ("unimed", {"epochs": 1}, 422, "unknown train parameter 'epochs'"),
+    ("unimed_seg", {}, 404, "model 'unimed_seg' does not train; models that train: unimed"),
+])
+def test_a_bad_train_request_is_refused_before_it_is_queued(server, model, body, status, message):
+    import requests
+
+    def runs() -> int:
+        res = requests.get(f"{server['url']}/train/", params={"all": "true"}, timeout=30)
+        return len(res.json()) if res.status_code == 200 else 0  # 404: no run yet
+
+    before = runs()
+    res = requests.post(f"{server['url']}/train/{model}", json=body, timeout=30)
+    assert res.status_code == status and message in res.json()["detail"], res.text
+    assert runs() == before  # nothing was queued
+
+
 # -- the other calls the 3D Slicer plugin makes ------------------------------------------------------
 #: the parts of Slicer's markups-schema-v1.0.3 that an ROI file must meet (required "@schema" and
 #: "markups"; each markup's "type" from the schema's enum; an ROI's "center" and "size" of 3 numbers and

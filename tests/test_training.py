@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from trainers.data import Source, augment, to_grid_item
 from trainers.joint import JointTrainer, seed_everything
 from trainers.losses import LossWeights, generalized_box_iou, match, segmentation_loss
 from trainers.ssl import MaskedReconstruction, PseudoLabelConsistency, make_ssl
+from trainers.train_request import TrainRequest, TrainRequestError
 from unimed.checkpoint import load_checkpoint
 from unimed.datasets.sample import Sample
 from unimed.model_store import ModelStore
@@ -148,6 +150,36 @@ def test_consistency_prompts_the_labelled_sources_segmentation_labels():
         JointTrainer(unimed_tiny(), [], config, unlabelled=unl)
 
 
+def test_mean_teacher_averages_the_weights_and_stays_out_of_training():
+    net = unimed_tiny()
+    ssl = make_ssl("mean_teacher", mask_dim=net.config.mask_dim, labels=["edema"], threshold=0.5, teacher_decay=0.9)
+    images = torch.randn(1, 1, 16, 16, 16)
+    ssl(net, images).backward()
+    teacher = ssl.teacher
+    assert teacher is not None and teacher is not net
+    assert list(ssl.parameters()) == [] and ssl.state_dict() == {}  # never trained, never saved
+    assert all(p.grad is None for p in teacher.parameters())
+    assert net.backbone.stem.weight.grad.abs().sum() > 0  # the student learns
+    before = teacher.backbone.stem.weight.detach().clone()
+    with torch.no_grad():
+        net.backbone.stem.weight.add_(1.0)
+    ssl.updates = 100  # past the warm-up, the decay holds: the teacher moves a tenth of the way
+    ssl(net, images)
+    moved = teacher.backbone.stem.weight - before
+    assert torch.allclose(moved, torch.full_like(moved, 0.1), atol=1e-5)
+    other = unimed_tiny(mask_dim=net.config.mask_dim + 8)
+    ssl(other, images)  # another network's shapes: the teacher starts again as its copy
+    assert ssl.updates == 1 and ssl.teacher.config.mask_dim == other.config.mask_dim
+    with pytest.raises(ValueError, match="teacher_decay"):
+        PseudoLabelConsistency(["edema"], teacher_decay=1.0)
+
+
+def test_consistency_without_averaging_has_no_teacher():
+    ssl = make_ssl("consistency", mask_dim=8, labels=["edema"])
+    ssl(unimed_tiny(), torch.randn(1, 1, 16, 16, 16))
+    assert ssl.teacher is None
+
+
 def test_training_steps_lower_the_loss_on_toy_data():
     seed_everything(0)
     src, unl = _toy_sources()
@@ -227,6 +259,32 @@ def test_the_server_train_task_names_an_unknown_ssl_loss(tmp_path):
     from trainers.monailabel_task import UniMedTrainTask
 
     task = UniMedTrainTask(tmp_path, tmp_path / "unimed.pt")
-    assert task.config()["ssl_loss"] == "reconstruction"
-    with pytest.raises(ValueError, match="ssl_loss must be one of reconstruction, consistency, got 'contrast'"):
-        task({"ssl_loss": "contrast"}, datastore=None)  # refused before the datastore is read
+    assert task.config() == TrainRequest().to_dict() and task.config()["ssl_loss"] == "reconstruction"
+    with pytest.raises(ValueError, match="ssl_loss must be one of reconstruction, consistency, mean_teacher, got 'contrast'"):
+        task({"model": "unimed", "ssl_loss": "contrast"}, datastore=None)  # refused before the datastore is read
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"max_epochs": 0}, "max_epochs must be >= 1, got 0"),
+    ({"max_epochs": 1.5}, "max_epochs must be a whole number, got 1.5"),
+    ({"max_epochs": True}, "max_epochs must be a number, got True"),
+    ({"lr": "fast"}, "lr must be a number, got 'fast'"),
+    ({"lr": -1}, "lr must be > 0, got -1.0"),
+    ({"max_minutes": "nan"}, "max_minutes must be finite"),
+    ({"seed": -2}, "seed must be >= 0"),
+    ({"ssl_loss": 3}, "ssl_loss must be a string, got 3"),
+    ({"epochs": 2}, "unknown train parameter 'epochs'; known: max_epochs, lr, max_minutes, seed, ssl_loss"),
+    ({"unimed": {"max_epochs": 1}}, "train parameter 'unimed' holds an object; the body is flat"),
+    (["max_epochs"], "the train request body must be a JSON object, got list"),
+])
+def test_a_train_request_names_its_bad_parameter(body, message):
+    with pytest.raises(TrainRequestError, match=re.escape(message)):
+        TrainRequest.parse(body, strict=True)
+
+
+def test_a_train_request_takes_numeric_strings_and_keeps_defaults():
+    req = TrainRequest.parse({"max_epochs": "3", "lr": "1e-4", "ssl_loss": "mean_teacher"}, strict=True)
+    assert (req.max_epochs, req.lr, req.max_minutes, req.ssl_loss) == (3, 1e-4, 30.0, "mean_teacher")
+    assert TrainRequest.parse(None) == TrainRequest()
+    assert TrainRequest.parse({"client_id": "slicer", "max_epochs": 1}, strict=True).max_epochs == 1
+    assert TrainRequest.parse({"model": "unimed", "bundle_path": None}).max_epochs == 2  # lenient: MONAI Label's keys

@@ -63,7 +63,8 @@ class SimulationConfig:
         lr: AdamW learning rate of the fine-tuning.
         ssl: the unsupervised loss on the still-unlabelled pool images.
         ssl_loss: which (:data:`trainers.ssl.SSL_LOSSES`): ``reconstruction`` (masked-image
-            reconstruction) or ``consistency`` (confident pseudo-labels across two views).
+            reconstruction), ``consistency`` (confident pseudo-labels across two views) or
+            ``mean_teacher`` (the same, from an averaged teacher).
         initial: samples labelled at random before the first round, the same for every
             strategy (a seed set: an untrained model's uncertainty says little); the model
             fine-tunes on them once and every curve starts there.
@@ -235,8 +236,8 @@ def simulate(
         raise ValueError(f"the pool holds {len(pool_samples)} samples, fewer than initial + per_round = "
                          f"{config.initial} + {config.per_round}")
     task, labels = _score_task(pool_samples)
-    if config.ssl and config.ssl_loss == "consistency" and task is not Task.SEGMENTATION:
-        raise ValueError(f"the consistency loss trains segmentation outputs; {config.dataset} has no label maps "
+    if config.ssl and config.ssl_loss != "reconstruction" and task is not Task.SEGMENTATION:
+        raise ValueError(f"the {config.ssl_loss} loss trains segmentation outputs; {config.dataset} has no label maps "
                          "(use --ssl-loss reconstruction)")
     pool = _Pool(pool_samples, [to_grid_item(s) for s in pool_samples], task, labels)
     metric = PRIMARY_METRIC[config.dataset]

@@ -39,8 +39,9 @@ class TrainConfig:
         mix: per source name, its tasks, batch size and frequency. The source ``unlabelled``
             feeds the self-supervised loss.
         ssl_loss: the unsupervised loss (:data:`trainers.ssl.SSL_LOSSES`): ``reconstruction``
-            (masked-image reconstruction) or ``consistency`` (confident pseudo-labels of one
-            view teach a harder view; it prompts the labelled sources' segmentation labels).
+            (masked-image reconstruction), ``consistency`` (confident pseudo-labels of one
+            view teach a harder view; it prompts the labelled sources' segmentation labels) or
+            ``mean_teacher`` (the same, the pseudo-labels from an average of the weights).
         ssl_mask_ratio, ssl_block: masked-image reconstruction: the share of hidden blocks and
             the block side in grid voxels.
         ssl_threshold: consistency: the teacher confidence a voxel needs to teach.

@@ -22,7 +22,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from trainers.config import MixEntry, TrainConfig
 from trainers.data import Source, to_grid_item
 from trainers.joint import JointTrainer, StepReport, seed_everything
-from trainers.ssl import SSL_LOSSES
+from trainers.train_request import TrainRequest
 from unimed.checkpoint import CheckpointError, load_checkpoint
 from unimed.datasets.datastore import read_label
 from unimed.datasets.errors import DatasetError
@@ -63,9 +63,7 @@ class UniMedTrainTask(TrainTask):
         model_dir: the app's model folder (published file and numbered versions).
         published: the published checkpoint's path.
 
-    Request params (``POST /train/unimed`` body): ``max_epochs`` (passes over the labelled
-    images), ``lr``, ``max_minutes``, ``seed``, ``ssl_loss`` (the unsupervised loss on the
-    unlabelled images: ``reconstruction`` or ``consistency``, see :mod:`trainers.ssl`).
+    Request params (``POST /train/unimed`` body): those of :class:`~trainers.train_request.TrainRequest`.
     """
 
     def __init__(self, model_dir: str | Path, published: str | Path):
@@ -74,7 +72,7 @@ class UniMedTrainTask(TrainTask):
         self.stats_file = Path(model_dir) / "train_stats.json"
 
     def config(self) -> dict[str, Any]:
-        return {"max_epochs": 2, "lr": 3e-4, "max_minutes": 30, "seed": 0, "ssl_loss": "reconstruction"}
+        return TrainRequest().to_dict()
 
     def stats(self) -> dict[str, Any]:
         if self.stats_file.exists():
@@ -82,13 +80,9 @@ class UniMedTrainTask(TrainTask):
         return {}
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
-        params = {**self.config(), **request}
-        epochs, lr = int(params["max_epochs"]), float(params["lr"])
-        if epochs < 1 or not lr > 0:
-            raise ValueError(f"max_epochs must be >= 1 and lr > 0, got {epochs} and {lr}")
-        if params["ssl_loss"] not in SSL_LOSSES:
-            raise ValueError(f"ssl_loss must be one of {', '.join(SSL_LOSSES)}, got {params['ssl_loss']!r}")
-        seed_everything(int(params["seed"]))
+        params = TrainRequest.parse(request)  # MONAI Label's own keys (model, ...) pass by
+        epochs = params.max_epochs
+        seed_everything(params.seed)
         labels_until = time.time()  # labels saved from now on are new to the version this run publishes
         labelled, unlabelled = datastore_samples(datastore)
         if not labelled:
@@ -99,8 +93,8 @@ class UniMedTrainTask(TrainTask):
         except CheckpointError:
             model, start_from = unimed_small(), None
         steps = epochs * len(labelled)
-        config = TrainConfig(steps=steps, max_minutes=float(params["max_minutes"]), lr=lr, warmup_steps=0, log_every=1,
-                             ssl_loss=params["ssl_loss"],
+        config = TrainConfig(steps=steps, max_minutes=params.max_minutes, lr=params.lr, warmup_steps=0, log_every=1,
+                             ssl_loss=params.ssl_loss,
                              mix={"datastore": MixEntry(("segmentation",)), "unlabelled": MixEntry((), every=2)})
         labelled_src = Source("datastore", [to_grid_item(s) for s in labelled], ("segmentation",))
         unlabelled_src = Source("unlabelled", [to_grid_item(s) for s in unlabelled], (), every=2) if unlabelled else None

@@ -10,10 +10,14 @@ contrastive loss between two augmented views"):
   of one view teaches a harder view of the same image (pseudo-labels with a confidence
   threshold, as in FixMatch, Sohn et al. 2020). It asks for the labels being fine-tuned, so it
   serves fine-tuning on one kind of study: the datastore's, or al-sim's pool.
+* ``mean_teacher``: the same consistency, but the teacher is an exponential moving average of
+  the network's weights (Tarvainen & Valpola 2017), so its pseudo-labels lag the student's
+  latest mistakes instead of repeating them.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import torch
@@ -27,7 +31,7 @@ from unimed.tasks import Task
 __all__ = ["SSL_LOSSES", "MaskedReconstruction", "PseudoLabelConsistency", "block_mask", "make_ssl"]
 
 #: the unsupervised losses joint training knows
-SSL_LOSSES = ("reconstruction", "consistency")
+SSL_LOSSES = ("reconstruction", "consistency", "mean_teacher")
 
 
 def block_mask(shape: tuple[int, ...], block: int, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -80,19 +84,26 @@ class MaskedReconstruction(nn.Module):
 class PseudoLabelConsistency(nn.Module):
     """The model's confident segmentation of an image teaches it on a harder view of the image.
 
-    The teacher is the network itself, without gradient, on the image as given (training has
-    already flipped and jittered it). The student view is the same image mirrored along every
+    The teacher is the network itself (or, with ``teacher_decay``, an exponential moving average
+    of its weights), without gradient, on the image as given (training has already flipped and
+    jittered it). The student view is the same image mirrored along every
     spatial axis longer than one, with a share of blocks hidden and Gaussian noise added; its
     output is mirrored back and trained with cross-entropy towards the teacher's argmax over
     background and ``labels``, on the voxels where the teacher's top probability is at least
     ``threshold``. The sum is divided by all voxels, so while the model is unsure (early in a
-    run, or on an unfamiliar image) the loss is small rather than loud. It has no weights.
+    run, or on an unfamiliar image) the loss is small rather than loud. It has no trained
+    weights: the averaged teacher is kept outside ``parameters()`` and ``state_dict()``, so the
+    optimiser never sees it and a checkpoint never holds it; a fresh one starts from the
+    network's weights.
 
     Args:
         labels: the label names prompted (the labels being fine-tuned).
         threshold: the teacher confidence a voxel needs to teach.
         block, ratio: the hidden blocks of the student view (as :class:`MaskedReconstruction`).
         noise: standard deviation of the student view's Gaussian noise (images are normalised).
+        teacher_decay: None for the network itself as teacher; else the decay ``d`` of the
+            averaged teacher, updated before each use as ``t = a * t + (1 - a) * w`` with
+            ``a = min(d, 1 - 1 / (n + 1))`` after ``n`` updates (so a young teacher follows fast).
 
     Example:
         >>> from unimed.networks.unimed import unimed_tiny
@@ -103,7 +114,7 @@ class PseudoLabelConsistency(nn.Module):
     """
 
     def __init__(self, labels: Sequence[str], threshold: float = 0.9, block: int = 8, ratio: float = 0.25,
-                 noise: float = 0.1):
+                 noise: float = 0.1, teacher_decay: float | None = None):
         super().__init__()
         if not labels:
             raise ValueError("consistency needs the label names to prompt; got none")
@@ -113,16 +124,46 @@ class PseudoLabelConsistency(nn.Module):
             raise ValueError(f"ratio must be in [0, 1), got {ratio}")
         if noise < 0:
             raise ValueError(f"noise must be >= 0, got {noise}")
+        if teacher_decay is not None and not 0 < teacher_decay < 1:
+            raise ValueError(f"teacher_decay must be in (0, 1) or None, got {teacher_decay}")
         self.labels = list(labels)
         self.threshold, self.block, self.ratio, self.noise = threshold, block, ratio, noise
+        self.teacher_decay = teacher_decay
+        self._average: list[UniMed] = []  # a list, so that nn.Module does not register it
+        self.updates = 0
+
+    @property
+    def teacher(self) -> UniMed | None:
+        """The averaged teacher, or None before its first use (or without ``teacher_decay``)."""
+        return self._average[0] if self._average else None
+
+    @torch.no_grad()
+    def _update_teacher(self, model: UniMed) -> UniMed:
+        """Move the averaged teacher towards ``model``'s weights (a copy of them at first, or
+        when ``model`` has other shapes or another device)."""
+        teacher = self.teacher
+        live = dict(model.named_parameters())
+        fits = teacher is not None and dict(teacher.named_parameters()).keys() == live.keys() and all(
+            live[name].shape == p.shape and live[name].device == p.device for name, p in teacher.named_parameters())
+        if not fits:
+            teacher = copy.deepcopy(model).eval().requires_grad_(False)
+            self._average[:] = [teacher]
+            self.updates = 0
+        else:
+            a = min(self.teacher_decay, 1 - 1 / (self.updates + 1))
+            for name, p in teacher.named_parameters():
+                p.mul_(a).add_(live[name].detach(), alpha=1 - a)
+        self.updates += 1
+        return teacher
 
     def _logits(self, model: UniMed, images: torch.Tensor) -> torch.Tensor:
         ids, pad = model.prompt([(Task.SEGMENTATION, self.labels)] * images.shape[0])  # on the model's device
         return model.decode(model.encode(images), ids, pad)["mask_logits"]
 
     def forward(self, model: UniMed, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        source = model if self.teacher_decay is None else self._update_teacher(model)
         with torch.no_grad():
-            teacher = self._logits(model, images).float().softmax(1)
+            teacher = self._logits(source, images).float().softmax(1)
         confidence, target = teacher.max(1)
         axes = [2 + a for a in range(3) if images.shape[2 + a] > 1]
         hidden = block_mask(tuple(images.shape), self.block, self.ratio, generator).to(images.device)
@@ -134,11 +175,14 @@ class PseudoLabelConsistency(nn.Module):
 
 
 def make_ssl(kind: str, *, mask_dim: int, labels: Sequence[str] = (), block: int = 16, ratio: float = 0.5,
-             threshold: float = 0.9) -> nn.Module:
+             threshold: float = 0.9, teacher_decay: float = 0.99) -> nn.Module:
     """The unsupervised loss ``kind`` (one of :data:`SSL_LOSSES`); ``block`` and ``ratio`` are
-    the reconstruction's, ``labels`` and ``threshold`` the consistency's."""
+    the reconstruction's, ``labels`` and ``threshold`` the consistency's, ``teacher_decay`` the
+    mean teacher's."""
     if kind == "reconstruction":
         return MaskedReconstruction(mask_dim, block, ratio)
     if kind == "consistency":
         return PseudoLabelConsistency(labels, threshold)
+    if kind == "mean_teacher":
+        return PseudoLabelConsistency(labels, threshold, teacher_decay=teacher_decay)
     raise ValueError(f"unknown ssl loss {kind!r}; known: {', '.join(SSL_LOSSES)}")

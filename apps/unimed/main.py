@@ -24,6 +24,7 @@ from monailabel.utils.async_tasks.utils import tasks as background_tasks  # noqa
 from lib.activelearning.retrain import AutoRetrain, labels_since, training_active  # noqa: E402
 from lib.activelearning.scoring import model_tag, stored_score  # noqa: E402
 from lib.configs.unimed import UniMedTaskConfig  # noqa: E402
+from lib.train_route import register_train_route  # noqa: E402
 from unimed import __version__  # noqa: E402
 from unimed.dicom.seg import SegError  # noqa: E402
 from unimed.dicom.series import DicomSeriesError  # noqa: E402
@@ -31,6 +32,7 @@ from unimed.infer_task import InferRequestError, UniMedInferTask  # noqa: E402
 from unimed.labels import UnknownLabelError  # noqa: E402
 from unimed.tasks import UnknownTaskError  # noqa: E402
 from unimed.transforms import IMAGE_SUFFIXES, ImageLoadError  # noqa: E402
+from trainers.train_request import TrainRequest  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +102,7 @@ class UniMedApp(MONAILabelApp):
         from unimed.results_page import register_results_page
 
         register_results_page(server, self.datastore)
+        register_train_route(server, lambda: list(self._trainers), lambda params: TrainRequest.parse(params, strict=True))
 
     def info(self):
         meta = super().info()
