@@ -419,6 +419,9 @@ def test_paired_gain_compares_the_same_seeds_point_by_point():
     other["dataset"] = "msd_patches"
     with pytest.raises(ValueError, match="the result is on brats, the baseline on msd_patches"):
         paired_gain(on, other)
+    twice = combine_seeds([_seed_result(0, 0.45), _seed_result(0, 0.55)])  # a later run of seed 0 must not win
+    with pytest.raises(ValueError, match="the baseline holds seed 0 twice"):
+        paired_gain(on, twice)
 
 
 def test_al_compare_prints_the_paired_table(repo, tmp_path):

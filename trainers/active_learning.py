@@ -463,8 +463,8 @@ def paired_gain(result: dict[str, Any], baseline: dict[str, Any], strategy: str 
         seed), how many seeds gain, and how many are compared.
 
     Raises:
-        ValueError: different datasets, no seed in common, a missing curve, or curves whose
-            label counts differ.
+        ValueError: different datasets, no seed in common, a seed held twice by one side, a
+            missing curve, or curves whose label counts differ.
 
     Example:
         >>> a = {"dataset": "brats", "config": {"seed": 0}, "strategies": {"random": [{"labels": 1, "value": 0.7}]}}
@@ -477,7 +477,10 @@ def paired_gain(result: dict[str, Any], baseline: dict[str, Any], strategy: str 
         for run in seed_runs(res):
             if strategy not in run["strategies"]:
                 raise ValueError(f"the {which} has no {strategy!r} curve")
-            out[run["config"]["seed"]] = run["strategies"][strategy]
+            seed = run["config"]["seed"]
+            if seed in out:
+                raise ValueError(f"the {which} holds seed {seed} twice")
+            out[seed] = run["strategies"][strategy]
         return out
 
     if result.get("dataset") != baseline.get("dataset"):
