@@ -29,7 +29,7 @@ from trainers.config import TrainConfig
 from trainers.data import GridItem, Source, to_grid_item
 from trainers.joint import JointTrainer, seed_everything
 from trainers.pretrain import DATASETS, default_config
-from trainers.ssl import SSL_LOSSES, make_ssl
+from trainers.ssl import check_ssl_loss, make_ssl
 from unimed.datasets import read_dataset
 from unimed.datasets.sample import Sample
 from unimed.evaluation import evaluate_samples
@@ -101,8 +101,7 @@ class SimulationConfig:
         for name in ("rounds", "per_round", "steps_per_round"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.ssl_loss not in SSL_LOSSES:
-            raise ValueError(f"unknown ssl loss {self.ssl_loss!r}; known: {', '.join(SSL_LOSSES)}")
+        check_ssl_loss(self.ssl_loss)
         if self.initial < 0:
             raise ValueError(f"initial must be >= 0, got {self.initial}")
         for name in ("pool_size", "val_size"):

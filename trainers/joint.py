@@ -3,8 +3,8 @@
 Each step draws a batch from every source due that step, runs the backbone once per batch, and
 decodes it once per task the source trains (segmentation, detection, classification prompts
 over the same features: tasks compose). Unlabelled images feed masked-image reconstruction in
-the same step (or, with ``ssl_loss="consistency"``, teach a harder view of themselves through
-confident pseudo-labels). All losses are summed into one AdamW update.
+the same step (or, with ``ssl_loss="consistency"`` or ``"mean_teacher"``, teach a harder view
+of themselves through confident pseudo-labels). All losses are summed into one AdamW update.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from unimed.networks.layers import Conv, upsample_to
 from unimed.networks.unimed import UniMed
 from unimed.tasks import Task
 
-__all__ = ["SSL_LOSSES", "MaskedReconstruction", "PseudoLabelConsistency", "block_mask", "make_ssl"]
+__all__ = ["SSL_LOSSES", "MaskedReconstruction", "PseudoLabelConsistency", "block_mask", "check_ssl_loss", "make_ssl"]
 
 #: the unsupervised losses joint training knows
 SSL_LOSSES = ("reconstruction", "consistency", "mean_teacher")
@@ -141,20 +141,19 @@ class PseudoLabelConsistency(nn.Module):
     def _update_teacher(self, model: UniMed) -> UniMed:
         """Move the averaged teacher towards ``model``'s weights (a copy of them at first, or
         when ``model`` has other shapes or another device)."""
-        teacher = self.teacher
         live = dict(model.named_parameters())
-        fits = teacher is not None and dict(teacher.named_parameters()).keys() == live.keys() and all(
-            live[name].shape == p.shape and live[name].device == p.device for name, p in teacher.named_parameters())
+        ours = dict(self.teacher.named_parameters()) if self.teacher is not None else {}
+        fits = bool(ours) and ours.keys() == live.keys() and all(
+            live[name].shape == p.shape and live[name].device == p.device for name, p in ours.items())
         if not fits:
-            teacher = copy.deepcopy(model).eval().requires_grad_(False)
-            self._average[:] = [teacher]
+            self._average[:] = [copy.deepcopy(model).eval().requires_grad_(False)]
             self.updates = 0
         else:
             a = min(self.teacher_decay, 1 - 1 / (self.updates + 1))
-            for name, p in teacher.named_parameters():
+            for name, p in ours.items():
                 p.mul_(a).add_(live[name].detach(), alpha=1 - a)
         self.updates += 1
-        return teacher
+        return self.teacher
 
     def _logits(self, model: UniMed, images: torch.Tensor) -> torch.Tensor:
         ids, pad = model.prompt([(Task.SEGMENTATION, self.labels)] * images.shape[0])  # on the model's device
@@ -174,15 +173,18 @@ class PseudoLabelConsistency(nn.Module):
         return (ce * (confidence >= self.threshold)).sum() / ce.numel()
 
 
+def check_ssl_loss(kind: str) -> None:
+    """Raise ``ValueError`` naming :data:`SSL_LOSSES` unless ``kind`` is one of them."""
+    if kind not in SSL_LOSSES:
+        raise ValueError(f"unknown ssl loss {kind!r}; known: {', '.join(SSL_LOSSES)}")
+
+
 def make_ssl(kind: str, *, mask_dim: int, labels: Sequence[str] = (), block: int = 16, ratio: float = 0.5,
              threshold: float = 0.9, teacher_decay: float = 0.99) -> nn.Module:
     """The unsupervised loss ``kind`` (one of :data:`SSL_LOSSES`); ``block`` and ``ratio`` are
     the reconstruction's, ``labels`` and ``threshold`` the consistency's, ``teacher_decay`` the
     mean teacher's."""
+    check_ssl_loss(kind)
     if kind == "reconstruction":
         return MaskedReconstruction(mask_dim, block, ratio)
-    if kind == "consistency":
-        return PseudoLabelConsistency(labels, threshold)
-    if kind == "mean_teacher":
-        return PseudoLabelConsistency(labels, threshold, teacher_decay=teacher_decay)
-    raise ValueError(f"unknown ssl loss {kind!r}; known: {', '.join(SSL_LOSSES)}")
+    return PseudoLabelConsistency(labels, threshold, teacher_decay=teacher_decay if kind == "mean_teacher" else None)
