@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from unimed.selection import select_diverse, select_uncertain
+from unimed.selection import select_diverse, select_sampled, select_uncertain
 from unimed.uncertainty import presence_entropy, segmentation_entropy
 
 SCORE_KEY = "unimed_al"
@@ -73,6 +73,23 @@ def test_diverse_selection_skips_near_duplicates_of_labelled_and_picked_images()
         select_uncertain(np.array([np.nan]), 1)
 
 
+def test_sampled_selection_draws_in_proportion_to_uncertainty_without_replacement():
+    u = np.array([0.1, 0.2, 0.3, 0.4, 0.0])
+    firsts = np.bincount([select_sampled(u, 1, np.random.default_rng(s))[0] for s in range(4000)], minlength=5)
+    assert np.abs(firsts / 4000 - u / u.sum()).max() < 0.03  # P(first draw) = u / sum(u)
+    assert firsts[4] == 0  # a certain image is never drawn while others are left
+    picks = select_sampled(u, 5, np.random.default_rng(1))
+    assert sorted(picks) == [0, 1, 2, 3, 4] and picks[-1] == 4
+    # beta 0 draws uniformly, a large beta approaches the ranking
+    uniform = np.bincount([select_sampled(u, 1, np.random.default_rng(s), beta=0.0)[0] for s in range(4000)], minlength=5)
+    assert np.abs(uniform[:4] / 4000 - 0.25).max() < 0.03
+    assert select_sampled(u, 2, np.random.default_rng(2), beta=200.0) == select_uncertain(u, 2)
+    with pytest.raises(ValueError, match="uncertainty must be >= 0"):
+        select_sampled(np.array([-0.1, 0.2]), 1, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="beta must be >= 0, got -1"):
+        select_sampled(u, 1, np.random.default_rng(0), beta=-1.0)
+
+
 class _Datastore:
     """The few datastore calls the strategies make, over a dict of image infos."""
 
@@ -92,7 +109,7 @@ class _Datastore:
 def _info(u: float, emb: list[float], served_ago: float | None = None) -> dict:
     info: dict = {SCORE_KEY: {"uncertainty": u, "embedding": emb, "model": {"version": 1}}}
     if served_ago is not None:
-        info["strategy"] = {"diversity": {"ts": time.time() - served_ago}, "uncertainty": {"ts": time.time() - served_ago}}
+        info["strategy"] = {name: {"ts": time.time() - served_ago} for name in ("diversity", "uncertainty", "uncertainty_sampled")}
     return info
 
 
@@ -104,12 +121,20 @@ def test_server_strategies_skip_recently_served_images_and_near_duplicates(repo,
              "d": _info(0.1, [5.0, 0.0])}
     store = _Datastore(infos, labelled={"d"})
     # "a" was just served (someone is labelling it): the most uncertain of the rest is "b" ...
-    assert UncertaintyStrategy(diversity=False)({"strategy": "uncertainty"}, store)["id"] == "b"
+    assert UncertaintyStrategy(pick="most")({"strategy": "uncertainty"}, store)["id"] == "b"
     # ... but "b" nearly duplicates "a", so the diversity-aware strategy serves "c"
-    assert UncertaintyStrategy(diversity=True)({"strategy": "diversity"}, store)["id"] == "c"
+    assert UncertaintyStrategy(pick="diverse")({"strategy": "diversity"}, store)["id"] == "c"
+    # drawn in proportion to the uncertainty (0.8 : 0.5) among "b" and "c"; never "a" (served) or "d" (labelled)
+    sampled = UncertaintyStrategy(pick="sampled", rng=np.random.default_rng(0))
+    served = [sampled({"strategy": "uncertainty_sampled"}, store)["id"] for _ in range(2000)]
+    assert set(served) == {"b", "c"}
+    assert abs(served.count("b") / len(served) - 0.8 / 1.3) < 0.04
     # nothing scored yet: an unlabelled image is still served
     unscored = _Datastore({"x": {}, "y": {}}, labelled=set())
-    assert UncertaintyStrategy(diversity=True)({"strategy": "diversity"}, unscored) == {"id": "x", "uncertainty": None}
+    for pick in ("most", "sampled", "diverse"):
+        assert UncertaintyStrategy(pick=pick)({"strategy": "s"}, unscored) == {"id": "x", "uncertainty": None}
+    with pytest.raises(ValueError, match="pick must be one of most, sampled, diverse, got 'top'"):
+        UncertaintyStrategy(pick="top")
 
 
 # -- the server ------------------------------------------------------------------------------------
@@ -172,7 +197,7 @@ def test_background_scoring_scores_every_image_with_the_served_version(server):
         assert len(s["embedding"]) == 128
 
 
-@pytest.mark.parametrize("strategy", ["random", "first", "uncertainty", "diversity"])
+@pytest.mark.parametrize("strategy", ["random", "first", "uncertainty", "uncertainty_sampled", "diversity"])
 def test_each_strategy_serves_an_unlabelled_image(server, strategy):
     wait_for(lambda: all_scored_by_served_version(server), 240, "the startup scoring", server)
     open_images = unlabelled(server)
@@ -387,6 +412,39 @@ def test_merge_results_pools_seeds_that_ran_apart_in_seed_order():
         merge_results([earlier, _seed_result(4, 0.4, ssl=False)])
     with pytest.raises(ValueError, match="no results"):
         merge_results([])
+
+
+def test_merge_results_joins_strategies_of_one_seed_that_ran_apart():
+    from trainers.active_learning import merge_results
+
+    def run(seed, strategies, start=0.5, **config):
+        curves = {name: [{"labels": 1, "value": start}, {"labels": 2, "value": value}] for name, value in strategies.items()}
+        return {"dataset": "brats", "metric": "dice_wt", "pool": 3, "val": 1, "seconds": 2.0, "start": "scratch",
+                "config": {"seed": seed, "ssl": True, "ssl_loss": "reconstruction", "device": "cpu",
+                           "strategies": list(strategies), **config},
+                "strategies": curves}
+
+    together = [run(0, {"random": 0.6, "uncertainty": 0.7}), run(1, {"random": 0.8, "uncertainty": 0.75})]
+    apart = [run(0, {"uncertainty_sampled": 0.65}), run(1, {"uncertainty_sampled": 0.9})]
+    merged = merge_results(apart + together)
+    assert merged["seeds"] == [0, 1] and list(merged["strategies"]) == ["random", "uncertainty", "uncertainty_sampled"]
+    assert merged["strategies"]["uncertainty_sampled"][1]["values"] == [0.65, 0.9]
+    assert merged["reach"]["uncertainty_sampled"] == {"labels": 2, "share": 1.0}  # 0.775 >= random's 0.7
+    assert merged["reach"]["uncertainty"] == {"labels": 2, "share": 1.0}
+    assert merged["runs"][0]["seconds"] == 4.0
+    with pytest.raises(ValueError, match="seed 0 holds the random curve more than once"):
+        merge_results([run(0, {"random": 0.6, "uncertainty": 0.7}), run(0, {"random": 0.6, "diversity": 0.7})])
+    with pytest.raises(ValueError, match=r"seeds given more than once: \[0\]"):
+        merge_results([run(0, {"random": 0.6}), run(0, {"random": 0.6})])
+    with pytest.raises(ValueError, match="seed 0: the strategies' curves start at different points"):
+        merge_results([run(0, {"random": 0.6}), run(0, {"uncertainty": 0.6}, start=0.4)])
+    old = run(0, {"random": 0.6})
+    del old["config"]["ssl_loss"]  # written before --ssl-loss existed: reconstruction
+    assert merge_results([old, run(0, {"uncertainty": 0.6}, ssl_loss="reconstruction")])["seeds"] == [0]
+    with pytest.raises(ValueError, match="seed 0: runs of other strategies differ in their settings"):
+        merge_results([run(0, {"random": 0.6}), run(0, {"uncertainty": 0.6}, ssl=False)])
+    with pytest.raises(ValueError, match="seed 1 ran another simulation than seed 0: strategies differ"):
+        merge_results(together[:1] + apart[:1] + together[1:])  # seed 1 lacks the sampled curve
 
 
 def test_merge_results_reads_a_result_without_ssl_loss_as_reconstruction():

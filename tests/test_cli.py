@@ -66,6 +66,14 @@ def test_training_commands_have_help(repo, command):
     assert out.returncode == 0 and "usage: main.py " + command in out.stdout
 
 
+@pytest.mark.parametrize("device, message", [("tpu", "device 'tpu': use 'cpu', or 'cuda'/'cuda:N'"),
+                                             ("cuda:99", "device 'cuda:99': use 'cpu'")])
+def test_pretrain_refuses_a_device_torch_does_not_have(repo, tmp_path, device, message):
+    out = run(repo, "pretrain", "--data", str(tmp_path), "--model-dir", str(tmp_path / "m"), "--device", device)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "m").exists()  # refused before anything was trained or published
+
+
 def test_evaluate_writes_the_documented_json(repo, tmp_path):
     """``evaluate`` on a folder it has never seen: a tiny MSD-format file and a tiny checkpoint."""
     import h5py

@@ -47,4 +47,5 @@ def test_two_processes_train_in_step_and_publish_one_model(repo, tmp_path):
     assert card["processes"] == 2
     assert card["replicas_agree"] is True
     assert card["steps"] == 3
+    assert card["device"] == "cpu"  # --device left at cpu: gloo, even where a GPU exists
     assert (out / "unimed.pt").exists()

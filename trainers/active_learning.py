@@ -27,7 +27,7 @@ import torch
 
 from trainers.config import TrainConfig
 from trainers.data import GridItem, Source, to_grid_item
-from trainers.joint import JointTrainer, seed_everything
+from trainers.joint import JointTrainer, check_device, seed_everything
 from trainers.pretrain import DATASETS, default_config
 from trainers.ssl import check_ssl_loss, make_ssl
 from unimed.datasets import read_dataset
@@ -35,7 +35,7 @@ from unimed.datasets.sample import Sample
 from unimed.evaluation import evaluate_samples
 from unimed.networks.unimed import UniMed
 from unimed.predictor import Predictor
-from unimed.selection import select_diverse, select_uncertain
+from unimed.selection import select_diverse, select_sampled, select_uncertain
 from unimed.tasks import Task
 from unimed.uncertainty import ImageScore, score_image
 
@@ -45,7 +45,7 @@ __all__ = ["STRATEGIES", "PRIMARY_METRIC", "SimulationConfig", "StartModel", "si
 logger = logging.getLogger(__name__)
 
 #: strategies the simulation knows (the server's of the same name pick the same way)
-STRATEGIES = ("random", "uncertainty", "diversity")
+STRATEGIES = ("random", "uncertainty", "uncertainty_sampled", "diversity")
 #: the metric recorded per dataset kind (a key of :func:`evaluate`'s metrics)
 PRIMARY_METRIC = {"brats": "dice_wt", "msd_patches": "dice", "medmnist": "auc", "voc": "map50"}
 
@@ -109,12 +109,7 @@ class SimulationConfig:
                 raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.device != "cpu":
-            kind, _, index = self.device.partition(":")
-            n = torch.cuda.device_count()
-            if kind != "cuda" or not (index == "" or index.isdigit()) or int(index or 0) >= n:
-                raise ValueError(f"device {self.device!r}: use 'cpu', or 'cuda'/'cuda:N' for one of the GPUs torch "
-                                 f"sees ({n})")
+        check_device(self.device)
 
 
 @dataclass
@@ -150,6 +145,8 @@ def _pick(strategy: str, scores: list[ImageScore] | None, labelled: list[int], u
     u = np.array([scores[i].uncertainty for i in unlabelled])
     if strategy == "uncertainty":
         return [unlabelled[j] for j in select_uncertain(u, k)]
+    if strategy == "uncertainty_sampled":
+        return [unlabelled[j] for j in select_sampled(u, k, np.random.default_rng(rng.getrandbits(64)))]
     emb = np.stack([scores[i].embedding for i in unlabelled])
     refs = np.stack([scores[i].embedding for i in labelled]) if labelled else None
     return [unlabelled[j] for j in select_diverse(u, emb, refs, k)]
@@ -322,36 +319,76 @@ def seed_runs(result: dict[str, Any]) -> list[dict[str, Any]]:
     return result.get("runs") or [result]
 
 
+def _settings(run: dict[str, Any], *ignored: str) -> dict[str, Any]:
+    """A run's configuration without the ``ignored`` keys, read as the current code writes it."""
+    config = {"ssl_loss": "reconstruction"}  # results written before the choice existed
+    config.update((k, v) for k, v in run["config"].items() if k not in ignored)
+    return config
+
+
+def _join_strategies(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One seed's run from runs of that seed that each hold other strategies.
+
+    Every strategy of a seed starts from the same model and seed labels, so curves run apart
+    join as if run together; the runs must agree on everything else, and their curves must
+    start at the same point (the same starting model reached the same value).
+    """
+    seed = runs[0]["config"]["seed"]
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        for name, curve in run["strategies"].items():
+            if name in curves:
+                raise ValueError(f"seed {seed} holds the {name} curve more than once")
+            curves[name] = curve
+
+    for run in runs[1:]:
+        if _settings(run, "strategies") != _settings(runs[0], "strategies") or run.get("start") != runs[0].get("start"):
+            raise ValueError(f"seed {seed}: runs of other strategies differ in their settings; only the strategies "
+                             "may differ")
+    starts = {(curve[0]["labels"], curve[0]["value"]) for curve in curves.values()}
+    if len(starts) > 1:
+        raise ValueError(f"seed {seed}: the strategies' curves start at different points {sorted(map(str, starts))}; "
+                         "they did not start from the same model")
+    order = sorted(curves, key=lambda name: (STRATEGIES.index(name) if name in STRATEGIES else len(STRATEGIES), name))
+    curves = {name: curves[name] for name in order}
+    config = {**_settings(runs[0]), "strategies": order}
+    return {**runs[0], "strategies": curves, "reach": labels_to_reach(curves), "config": config,
+            "seconds": round(sum(run["seconds"] for run in runs), 1)}
+
+
 def merge_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One result from al-sim results of the same simulation run apart (seeds split over
-    several machines, say): every seed's run (a result's ``runs``, or the result itself when it
-    holds one seed) is pooled, in seed order, and combined by :func:`combine_seeds`.
+    several machines, say, or strategies run one at a time): every seed's run (a result's
+    ``runs``, or the result itself when it holds one seed) is pooled, the runs of one seed that
+    hold different strategies are joined, and the seeds are combined in seed order by
+    :func:`combine_seeds`.
 
     Raises:
-        ValueError: no results, a seed given twice, or runs whose simulations differ in
-            anything but the seed and the device (the configuration, or the starting model).
+        ValueError: no results, a seed's strategy given twice, runs of one seed that do not
+            start from the same point, or seeds whose simulations differ in anything but the
+            seed and the device (the configuration, the strategies, or the starting model).
 
     Example:
         >>> merged = merge_results([json.load(open(f)) for f in ("seed6.json", "seeds0-5.json")])  # doctest: +SKIP
         >>> merged["seeds"]  # doctest: +SKIP
         [0, 1, 2, 3, 4, 5, 6]
     """
-    runs = [run for result in results for run in seed_runs(result)]
-    if not runs:
+    pooled = [run for result in results for run in seed_runs(result)]
+    if not pooled:
         raise ValueError("no results to merge")
-    seeds = [run["config"]["seed"] for run in runs]
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    by_seed: dict[int, list[dict[str, Any]]] = {}
+    for run in pooled:
+        by_seed.setdefault(run["config"]["seed"], []).append(run)
+    repeated = sorted(seed for seed, group in by_seed.items()
+                      if len({frozenset(run["strategies"]) for run in group}) < len(group))
     if repeated:
         raise ValueError(f"seeds given more than once: {repeated}")
+    runs = [group[0] if len(group) == 1 else _join_strategies(group) for group in by_seed.values()]
+    seeds = [run["config"]["seed"] for run in runs]
 
-    def simulation(run: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-        config = {"ssl_loss": "reconstruction"}  # results written before the choice existed
-        config.update((k, v) for k, v in run["config"].items() if k not in ("seed", "device"))
-        return config, run.get("start")
-
-    reference_config, reference_start = simulation(runs[0])
+    reference_config, reference_start = _settings(runs[0], "seed", "device"), runs[0].get("start")
     for run in runs[1:]:
-        config, start = simulation(run)
+        config, start = _settings(run, "seed", "device"), run.get("start")
         if (config, start) != (reference_config, reference_start):
             keys = config.keys() | reference_config.keys()
             diff = sorted(k for k in keys if config.get(k) != reference_config.get(k))

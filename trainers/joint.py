@@ -28,7 +28,8 @@ from trainers.ssl import make_ssl
 from unimed.networks.unimed import UniMed
 from unimed.tasks import Task
 
-__all__ = ["JointTrainer", "StepReport", "seed_everything", "init_distributed", "is_main_process", "replicas_agree"]
+__all__ = ["JointTrainer", "StepReport", "seed_everything", "check_device", "init_distributed", "is_main_process",
+           "replicas_agree"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +40,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def init_distributed() -> bool:
-    """Join the process group when started by ``torchrun`` (gloo on CPU, nccl on GPU)."""
+def check_device(device: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N`` as a torch device.
+
+    Raises:
+        ValueError: any other name, or a GPU torch does not see.
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+    """
+    if device != "cpu":
+        kind, _, index = device.partition(":")
+        n = torch.cuda.device_count()
+        if kind != "cuda" or not (index == "" or index.isdigit()) or int(index or 0) >= n:
+            raise ValueError(f"device {device!r}: use 'cpu', or 'cuda'/'cuda:N' for one of the GPUs torch sees ({n})")
+    return torch.device(device)
+
+
+def init_distributed(device: torch.device | None = None) -> bool:
+    """Join the process group when started by ``torchrun``: nccl when training on GPUs, else gloo."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return dist.is_initialized()
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group("nccl" if device is not None and device.type == "cuda" else "gloo")
     return True
 
 

@@ -20,7 +20,7 @@ import torch
 
 from trainers.config import MixEntry, TrainConfig
 from trainers.data import Source, to_grid_item
-from trainers.joint import JointTrainer, init_distributed, is_main_process, replicas_agree, seed_everything
+from trainers.joint import JointTrainer, check_device, init_distributed, is_main_process, replicas_agree, seed_everything
 from unimed.datasets import read_brats, read_medmnist, read_msd_patches, read_voc
 from unimed.datasets.sample import Sample
 from unimed.model_store import ModelStore
@@ -115,20 +115,38 @@ def pretrain(
     progress: bool = True,
     evaluate_after: bool = True,
     model: UniMed | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Train on ``data`` (a folder laid out like ``../shared/data``), publish, write the model card.
 
-    Returns the model card as a dict.
+    Args:
+        data: the data folder.
+        model_dir: where the checkpoint is published and the model card written.
+        config: the recipe (default: :func:`default_config`).
+        progress: show a progress bar.
+        evaluate_after: measure every dataset's validation split into the card.
+        model: the network to train (default: a fresh :func:`unimed_small`).
+        device: ``cpu``, ``cuda`` or ``cuda:N``; under ``torchrun`` with a GPU, each process
+            takes the GPU of its ``LOCAL_RANK``.
+
+    Returns:
+        The model card as a dict (empty on the processes other than rank 0).
+
+    Raises:
+        ValueError: an unknown device, or a folder that holds none of the datasets.
     """
     data, model_dir = Path(data), Path(model_dir)
     config = config or default_config()
-    distributed = init_distributed()
+    target = check_device(device)
+    distributed = init_distributed(target)
+    if distributed and target.type == "cuda":
+        target = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     seed_everything(config.seed)
     start = time.time()
     sources, unlabelled = build_sources(data, config)
     if not sources:
         raise ValueError(f"{data} holds none of the datasets {', '.join(s.folder for s in DATASETS.values())}")
-    model = model or unimed_small()
+    model = (model or unimed_small()).to(target)
     trainer = JointTrainer(model, sources, config, unlabelled)
     history = trainer.train(progress=progress)
     train_seconds = time.time() - start
@@ -144,6 +162,7 @@ def pretrain(
         "final_losses": history[-1].losses if history else {},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
         "config": config.to_dict(),
+        "device": str(target),
         "command": f"python main.py pretrain --data {data}",
         "processes": torch.distributed.get_world_size() if distributed else 1,
         "replicas_agree": agree,

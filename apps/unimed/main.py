@@ -44,7 +44,8 @@ class UniMedApp(MONAILabelApp):
     (404), an unknown task or label or malformed params (400), an image that cannot be read
     (422).
 
-    Active learning: strategies ``random``, ``first``, ``uncertainty`` and ``diversity``; the
+    Active learning: strategies ``random``, ``first``, ``uncertainty``, ``uncertainty_sampled``
+    and ``diversity``; the
     scoring method ``unimed_uncertainty`` runs in the background. Saving a final label starts
     a short fine-tuning run once ``auto_train_labels`` new labels have arrived (conf keys:
     see :class:`~lib.activelearning.retrain.AutoRetrain`).

@@ -1,5 +1,5 @@
-"""Which unlabelled images to label next: by uncertainty alone, or by uncertainty away from
-what is already labelled.
+"""Which unlabelled images to label next: by uncertainty alone, drawn in proportion to it, or
+by uncertainty away from what is already labelled.
 
 Pure functions over arrays, shared by the server's strategies and the active-learning
 simulation, so that both pick exactly the same way.
@@ -14,13 +14,20 @@ no weight however uncertain it is, an image far from everything keeps its uncert
 bandwidth ``scale`` is the median pairwise embedding distance of the pool (the usual median
 heuristic), so the rule needs no tuning per dataset or model. Picks are greedy: each picked
 image joins the references before the next pick, so one batch holds no near duplicates either.
+
+The sampled rule (power acquisition, Kirsch et al. 2023, "Stochastic Batch Acquisition") draws
+candidates without replacement with probability proportional to ``uncertainty ** beta``: a
+batch of the top-k most uncertain images tends to hold k variants of one hard case, and the
+scores of a model trained on few labels are noisy, so drawing in proportion keeps most of the
+ranking's value while spreading a batch over the pool. The draw is the Gumbel-top-k trick:
+the ``k`` largest ``beta * log(u) + Gumbel noise`` (Kool et al. 2019).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["select_uncertain", "select_diverse", "median_distance"]
+__all__ = ["select_uncertain", "select_sampled", "select_diverse", "median_distance"]
 
 
 def _check(uncertainty: np.ndarray, k: int) -> np.ndarray:
@@ -41,6 +48,36 @@ def select_uncertain(uncertainty: np.ndarray, k: int) -> list[int]:
     """
     u = _check(uncertainty, k)
     order = sorted(range(len(u)), key=lambda i: (-u[i], i))
+    return order[: min(k, len(u))]
+
+
+def select_sampled(uncertainty: np.ndarray, k: int, rng: np.random.Generator, *, beta: float = 1.0) -> list[int]:
+    """``k`` candidates drawn without replacement with probability proportional to
+    ``uncertainty ** beta``, in draw order (see the module notes).
+
+    Candidates with zero uncertainty come last (lower index first): they are drawn only when
+    the others run out.
+
+    Args:
+        uncertainty: ``(N,)`` scores of the candidates, each >= 0.
+        k: how many to draw.
+        rng: the random generator (seed it for a reproducible draw).
+        beta: sharpness: 0 draws uniformly, large values approach :func:`select_uncertain`.
+
+    Example:
+        >>> picks = select_sampled(np.array([0.0, 0.9, 0.5, 0.2]), 4, np.random.default_rng(0))
+        >>> sorted(picks), picks[-1]  # every candidate once; the certain one last
+        ([0, 1, 2, 3], 0)
+    """
+    u = _check(uncertainty, k)
+    if (u < 0).any():
+        raise ValueError("uncertainty must be >= 0 to draw in proportion to it")
+    if not beta >= 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    with np.errstate(divide="ignore"):
+        log_u = np.where(u > 0, np.log(np.where(u > 0, u, 1.0)), -np.inf)
+    keys = (beta * log_u if beta > 0 else np.where(u > 0, 0.0, -np.inf)) + rng.gumbel(size=len(u))
+    order = sorted(range(len(u)), key=lambda i: (-keys[i], i))
     return order[: min(k, len(u))]
 
 

@@ -1,10 +1,11 @@
 """Active-learning strategies beside MONAI Label's ``random`` and ``first``.
 
 ``uncertainty`` serves the unlabelled image the served model is least sure about;
+``uncertainty_sampled`` draws one with probability proportional to its uncertainty;
 ``diversity`` weights that uncertainty by how far the image lies (backbone embedding) from the
 labelled images and from those just served to other annotators (see :mod:`unimed.selection`).
-Both read the scores :class:`~lib.activelearning.scoring.UncertaintyScoring` stores; they
-never run the network, so ``next_sample`` answers at once.
+All read the scores :class:`~lib.activelearning.scoring.UncertaintyScoring` stores; they never
+run the network, so ``next_sample`` answers at once.
 """
 
 from __future__ import annotations
@@ -18,35 +19,46 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 
 from lib.activelearning.scoring import stored_score
-from unimed.selection import select_diverse, select_uncertain
+from unimed.selection import select_diverse, select_sampled, select_uncertain
 
-__all__ = ["UncertaintyStrategy"]
+__all__ = ["PICKS", "UncertaintyStrategy"]
 
 logger = logging.getLogger(__name__)
 
+#: how a strategy picks among the scored images, and what it tells the viewer it does
+PICKS = {
+    "most": "Most uncertain unlabelled image (entropy of the model's outputs)",
+    "sampled": "Unlabelled image drawn with probability proportional to the model's uncertainty",
+    "diverse": "Most uncertain unlabelled image, away from labelled and recently served ones (backbone embeddings)",
+}
+
 
 class UncertaintyStrategy(Strategy):
-    """Serve the most uncertain unlabelled image, optionally away from near duplicates.
+    """Serve an unlabelled image by the served model's uncertainty.
 
     An image this strategy served within ``recent_seconds`` is not served again meanwhile
-    (someone is labelling it) unless nothing else is left; with ``diversity`` its embedding
-    also counts as labelled. Stale scores (from an earlier model version) are used until the
-    background scoring replaces them; images not scored yet are served only when none is.
+    (someone is labelling it) unless nothing else is left; with ``pick="diverse"`` its
+    embedding also counts as labelled. Stale scores (from an earlier model version) are used
+    until the background scoring replaces them; images not scored yet are served only when
+    none is.
 
     Args:
-        diversity: penalise images close to labelled or recently served ones.
+        pick: ``"most"`` (the most uncertain), ``"sampled"`` (drawn with probability
+            proportional to the uncertainty) or ``"diverse"`` (the most uncertain, penalising
+            images close to labelled or recently served ones).
         recent_seconds: how long a served image is reserved.
+        rng: the generator of the ``"sampled"`` draws (default: a fresh, unseeded one).
     """
 
-    def __init__(self, *, diversity: bool, recent_seconds: float = 3600.0):
+    def __init__(self, *, pick: str, recent_seconds: float = 3600.0, rng: np.random.Generator | None = None):
+        if pick not in PICKS:
+            raise ValueError(f"pick must be one of {', '.join(PICKS)}, got {pick!r}")
         if recent_seconds < 0:
             raise ValueError(f"recent_seconds must be >= 0, got {recent_seconds}")
-        self.diversity = diversity
+        self.pick = pick
         self.recent_seconds = recent_seconds
-        super().__init__(
-            "Most uncertain unlabelled image, away from labelled and recently served ones (backbone embeddings)"
-            if diversity else "Most uncertain unlabelled image (entropy of the model's outputs)"
-        )
+        self.rng = rng if rng is not None else np.random.default_rng()
+        super().__init__(PICKS[pick])
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any] | None:
         unlabelled = sorted(datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels")))
@@ -67,7 +79,7 @@ class UncertaintyStrategy(Strategy):
             logger.info("%s: no image is scored yet (scoring runs in the background); serving %s", strategy, candidates[0])
             return {"id": candidates[0], "uncertainty": None}
         u = np.array([scores[i]["uncertainty"] for i in scored], dtype=np.float64)
-        if self.diversity:
+        if self.pick == "diverse":
             emb = np.array([scores[i]["embedding"] for i in scored], dtype=np.float64)
             unl = set(unlabelled)
             # references: labelled images, and images served recently that are not candidates now
@@ -75,6 +87,8 @@ class UncertaintyStrategy(Strategy):
             ref_scores = [stored_score(datastore, i) for i in ref_ids]
             refs = [s["embedding"] for s in ref_scores if s is not None]
             best = select_diverse(u, emb, np.array(refs, dtype=np.float64) if refs else None, 1)[0]
+        elif self.pick == "sampled":
+            best = select_sampled(u, 1, self.rng)[0]
         else:
             best = select_uncertain(u, 1)[0]
         image = scored[best]
