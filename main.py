@@ -535,7 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=80.0, help="wall-clock training budget")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the recipe's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N (under torchrun: each process's own GPU)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda or cuda:N (under torchrun: each process's own GPU)")
     p.add_argument("--no-eval", action="store_true", help="skip the validation figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain)
@@ -559,7 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, choices=["brats", "medmnist", "msd_patches", "voc"])
     p.add_argument("--data", required=True, help="the dataset's folder or file (its train split is the pool, "
                    "its val split the fixed validation set)")
-    p.add_argument("--strategy", default="random,uncertainty", help="comma-separated: random, uncertainty, uncertainty_sampled, diversity")
+    p.add_argument("--strategy", default="random,uncertainty",
+                   help="comma-separated: random, uncertainty, uncertainty_sampled, diversity")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--per-round", type=int, default=8, help="samples labelled per round")
     p.add_argument("--initial", type=int, default=0,

@@ -176,11 +176,18 @@ def all_scored_by_served_version(server: dict) -> bool:
 
 
 def scoring_idle(server: dict) -> bool:
+    """No scoring job running, and none queued to start (a ``next_sample`` queues one)."""
     try:
         get_json(server, "/scoring/", check_if_running="true")
         return False  # 200: a scoring job is running
     except urllib.error.HTTPError as exc:
-        return exc.code == 404
+        if exc.code != 404:
+            return False
+    try:
+        jobs = get_json(server, "/scoring/", all="true")
+    except urllib.error.HTTPError as exc:
+        return exc.code == 404  # no scoring job was ever started
+    return not any(job.get("status") in ("SUBMITTED", "RUNNING") for job in jobs)
 
 
 def unlabelled(server: dict) -> set[str]:

@@ -341,8 +341,9 @@ def _join_strategies(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 raise ValueError(f"seed {seed} holds the {name} curve more than once")
             curves[name] = curve
 
+    reference = _settings(runs[0], "strategies"), runs[0].get("start")
     for run in runs[1:]:
-        if _settings(run, "strategies") != _settings(runs[0], "strategies") or run.get("start") != runs[0].get("start"):
+        if (_settings(run, "strategies"), run.get("start")) != reference:
             raise ValueError(f"seed {seed}: runs of other strategies differ in their settings; only the strategies "
                              "may differ")
     starts = {(curve[0]["labels"], curve[0]["value"]) for curve in curves.values()}

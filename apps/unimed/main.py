@@ -45,10 +45,9 @@ class UniMedApp(MONAILabelApp):
     (422).
 
     Active learning: strategies ``random``, ``first``, ``uncertainty``, ``uncertainty_sampled``
-    and ``diversity``; the
-    scoring method ``unimed_uncertainty`` runs in the background. Saving a final label starts
-    a short fine-tuning run once ``auto_train_labels`` new labels have arrived (conf keys:
-    see :class:`~lib.activelearning.retrain.AutoRetrain`).
+    and ``diversity``; the scoring method ``unimed_uncertainty`` runs in the background. Saving
+    a final label starts a short fine-tuning run once ``auto_train_labels`` new labels have
+    arrived (conf keys: see :class:`~lib.activelearning.retrain.AutoRetrain`).
 
     With ``--studies http(s)://.../dicom-web`` the datastore is a PACS: every series of the
     modalities in conf ``dicomweb_modalities`` (default ``CT,MR``) is an image, and a final

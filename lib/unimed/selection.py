@@ -74,9 +74,9 @@ def select_sampled(uncertainty: np.ndarray, k: int, rng: np.random.Generator, *,
         raise ValueError("uncertainty must be >= 0 to draw in proportion to it")
     if not beta >= 0:
         raise ValueError(f"beta must be >= 0, got {beta}")
-    with np.errstate(divide="ignore"):
-        log_u = np.where(u > 0, np.log(np.where(u > 0, u, 1.0)), -np.inf)
-    keys = (beta * log_u if beta > 0 else np.where(u > 0, 0.0, -np.inf)) + rng.gumbel(size=len(u))
+    keys = np.full(len(u), -np.inf)  # a certain candidate: log(0)
+    keys[u > 0] = beta * np.log(u[u > 0])
+    keys += rng.gumbel(size=len(u))
     order = sorted(range(len(u)), key=lambda i: (-keys[i], i))
     return order[: min(k, len(u))]
 

@@ -51,8 +51,11 @@ class UniMedTaskConfig(TaskConfig):
         return UniMedTrainTask(self.model_dir, self.path)
 
     def strategy(self) -> dict[str, Strategy]:
-        return {"uncertainty": UncertaintyStrategy(pick="most"), "uncertainty_sampled": UncertaintyStrategy(pick="sampled"),
-                "diversity": UncertaintyStrategy(pick="diverse")}
+        return {
+            "uncertainty": UncertaintyStrategy(pick="most"),
+            "uncertainty_sampled": UncertaintyStrategy(pick="sampled"),
+            "diversity": UncertaintyStrategy(pick="diverse"),
+        }
 
     def scoring_method(self) -> dict[str, ScoringMethod]:
         return {f"{self.name}_uncertainty": UncertaintyScoring(self.service, labels=self.al_labels)}
