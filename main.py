@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
-sys.path[:0] = [str(REPO / "lib"), str(REPO)]
 
 APP_DIR = REPO / "apps" / "unimed"
 DEFAULT_CHECKPOINT = APP_DIR / "model" / "unimed.pt"
@@ -59,7 +58,7 @@ def cmd_pacs(args: argparse.Namespace) -> int:
     import signal
     import time
 
-    from unimed.dicom.orthanc import Orthanc, OrthancError, write_test_studies
+    from servers.orthanc import Orthanc, OrthancError, write_test_studies
 
     def stop(signum, frame):  # `kill` stops Orthanc as Ctrl-C does
         raise KeyboardInterrupt
@@ -94,7 +93,8 @@ def cmd_pacs(args: argparse.Namespace) -> int:
 # -- infer -----------------------------------------------------------------------------------------
 def cmd_infer(args: argparse.Namespace) -> int:
     """Run one task on one image file, no server needed."""
-    from unimed.infer_task import parse_labels, write_label_map
+    from unimed.labels import parse_labels
+    from unimed.writers import write_label_map
     from unimed.service import ModelService
     from unimed.transforms import load_image
 
@@ -230,7 +230,7 @@ def cmd_al_sim(args: argparse.Namespace) -> int:
     """Simulate active learning on a labelled dataset: compare strategies, label for label."""
     from tqdm import tqdm
 
-    from trainers.active_learning import SimulationConfig, StartModel, run_seed, simulate_seeds
+    from benchmarks.al_simulation import SimulationConfig, StartModel, run_seed, simulate_seeds
 
     if not Path(args.data).exists():
         raise CommandError(f"--data {args.data}: no such file or folder")
@@ -276,7 +276,7 @@ def cmd_al_sim(args: argparse.Namespace) -> int:
 
 def _report_al(result: dict, json_path: str | None, png_path: str | None) -> None:
     """Print an al-sim result's curves and reach, and write its JSON and plot when asked."""
-    from trainers.active_learning import plot
+    from benchmarks.al_simulation import plot
 
     seeds = result.get("seeds") or [result["config"]["seed"]]
     n = len(seeds)
@@ -303,7 +303,7 @@ def _report_al(result: dict, json_path: str | None, png_path: str | None) -> Non
 
 def _malformed_run(result: dict) -> str | None:
     """What is wrong with an al-sim result's seed runs (its ``runs``, or itself), or None."""
-    from trainers.active_learning import seed_runs
+    from benchmarks.al_simulation import seed_runs
 
     runs = seed_runs(result)
     if not isinstance(runs, list):
@@ -329,7 +329,7 @@ def _malformed_run(result: dict) -> str | None:
 
 def cmd_al_combine(args: argparse.Namespace) -> int:
     """Merge al-sim results of one simulation whose seeds ran apart (on several machines, say)."""
-    from trainers.active_learning import merge_results
+    from benchmarks.al_simulation import merge_results
 
     results = [_read_al_result(name) for name in args.results]
     try:
@@ -359,7 +359,7 @@ def _read_al_result(name: str) -> dict:
 def cmd_al_compare(args: argparse.Namespace) -> int:
     """Compare two al-sim results seed by seed (say the unsupervised loss on and off): the mean
     gain at each point, its standard error, and how many seeds gain."""
-    from trainers.active_learning import paired_gain
+    from benchmarks.al_simulation import paired_gain
 
     result, baseline = _read_al_result(args.result), _read_al_result(args.baseline)
     try:
@@ -412,8 +412,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     training. Results merge into --json (accuracy per dataset, so a stopped run resumes), and a
     Markdown table and a PNG plot are written beside it.
     """
-    from unimed.benchmarks.machine import machine_info
-    from unimed.benchmarks.report import load_results, merge_results, plot, to_markdown, write_json
+    from benchmarks.machine import machine_info
+    from benchmarks.report import load_results, merge_results, plot, to_markdown, write_json
 
     sections = [s for s in ("speed", "server", "training", "accuracy") if getattr(args, s)]
     sections = sections or ["speed", "server", "training"]
@@ -438,8 +438,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         print(f"{section}: written to {json_path}", flush=True)
 
     if "speed" in sections:
-        from unimed.benchmarks.speed import SpeedConfig, benchmark_speed
-        from unimed.benchmarks.stock import StockSegmentationConfig
+        from benchmarks.speed import SpeedConfig, benchmark_speed
+        from benchmarks.stock import StockSegmentationConfig
 
         if not Path(args.image).exists():
             raise CommandError(f"--image {args.image}: no such file")
@@ -450,7 +450,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                                  stock=StockSegmentationConfig(out_channels=args.stock_out_channels))
         save("speed", benchmark_speed(config, progress=progress))
     if "server" in sections:
-        from unimed.benchmarks.server_load import ServerLoadConfig, benchmark_server
+        from benchmarks.server_load import ServerLoadConfig, benchmark_server
 
         with _config_errors():
             config = ServerLoadConfig(app_dir=APP_DIR, studies=SAMPLE_DATASTORE, checkpoint=checkpoint,
@@ -458,7 +458,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                                       cold_repeats=args.repeats)
         save("server", benchmark_server(config, progress=progress))
     if "training" in sections:
-        from unimed.benchmarks.training import TrainingBenchConfig, benchmark_training
+        from benchmarks.training import TrainingBenchConfig, benchmark_training
 
         data = Path(args.data) / "brats2013"
         if not data.is_dir():
@@ -468,7 +468,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                                          steps=args.train_steps, threads=args.threads)
         save("training", benchmark_training(config, progress=progress))
     if "accuracy" in sections:
-        from unimed.benchmarks.peers import PEERS, AccuracyConfig, default_peer_minutes, run_accuracy
+        from benchmarks.peers import PEERS, AccuracyConfig, default_peer_minutes, run_accuracy
 
         datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
         unknown = sorted(set(datasets) - set(PEERS))

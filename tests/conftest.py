@@ -25,6 +25,16 @@ def sample() -> Path:
     return SAMPLE
 
 
+@pytest.fixture
+def app_lib(monkeypatch) -> Path:
+    """The app folder on ``sys.path`` for one test, as MONAI Label puts it there when it loads the
+    app, so that the app's own package ``lib`` (``lib.infers``, ``lib.activelearning``, ...)
+    imports as it does in the server; undone after the test."""
+    app = REPO / "apps" / "unimed"
+    monkeypatch.syspath_prepend(str(app))
+    return app
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
@@ -43,7 +53,7 @@ def monailabel_server(studies: str | Path, workdir: Path, conf: dict[str, str] |
     """
     from monailabel.client import MONAILabelClient
 
-    from unimed.server_process import ServerProcess, ServerStartError
+    from servers.monailabel_server import ServerProcess, ServerStartError
 
     model_dir = workdir / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -88,8 +98,8 @@ def start_sample_server():
 
 @pytest.fixture(scope="session")
 def port_factory():
-    """:func:`unimed.server_process.free_port`: a free TCP port on 127.0.0.1."""
-    from unimed.server_process import free_port
+    """:func:`servers.monailabel_server.free_port`: a free TCP port on 127.0.0.1."""
+    from servers.monailabel_server import free_port
 
     return free_port
 
@@ -99,7 +109,7 @@ def pacs(sample, tmp_path_factory, port_factory):
     """A real Orthanc (skipped when not installed) holding the sample BraTS FLAIR converted to an
     MR series and, when ../shared is there, its CT series; ``series`` maps modality ->
     SeriesInstanceUID."""
-    from unimed.dicom.orthanc import Orthanc, dicomweb_plugin, orthanc_binary, write_test_studies
+    from servers.orthanc import Orthanc, dicomweb_plugin, orthanc_binary, write_test_studies
     from unimed.dicom.series import read_series
 
     if orthanc_binary() is None or dicomweb_plugin() is None:

@@ -113,8 +113,7 @@ def _info(u: float, emb: list[float], served_ago: float | None = None) -> dict:
     return info
 
 
-def test_server_strategies_skip_recently_served_images_and_near_duplicates(repo, monkeypatch):
-    monkeypatch.syspath_prepend(str(repo / "apps" / "unimed"))  # the app's own lib package, as MONAI Label loads it
+def test_server_strategies_skip_recently_served_images_and_near_duplicates(app_lib):
     from lib.activelearning.strategies import UncertaintyStrategy
 
     infos = {"a": _info(0.9, [0.0, 0.0], served_ago=10), "b": _info(0.8, [0.0, 0.01]), "c": _info(0.5, [0.0, 5.0]),
@@ -371,7 +370,7 @@ def test_al_sim_repeats_seeds_in_worker_processes_and_reports_their_mean(repo, s
 
 
 def test_labels_to_reach_finds_the_first_point_at_the_reference_final():
-    from trainers.active_learning import labels_to_reach
+    from benchmarks.al_simulation import labels_to_reach
 
     curves = {"random": [{"labels": 10, "value": 0.4}, {"labels": 20, "value": 0.55}, {"labels": 30, "value": 0.6}],
               "uncertainty": [{"labels": 10, "value": 0.4}, {"labels": 20, "value": 0.61}, {"labels": 30, "value": 0.7}],
@@ -385,7 +384,7 @@ def test_labels_to_reach_finds_the_first_point_at_the_reference_final():
 
 
 def test_combine_seeds_refuses_runs_that_do_not_line_up():
-    from trainers.active_learning import combine_seeds
+    from benchmarks.al_simulation import combine_seeds
 
     def run(seed, labels):
         return {"dataset": "msd_patches", "metric": "dice", "config": {"seed": seed}, "pool": 5, "val": 3,
@@ -406,7 +405,7 @@ def _seed_result(seed: int, value: float, *, ssl: bool = True, device: str = "cp
 
 
 def test_merge_results_pools_seeds_that_ran_apart_in_seed_order():
-    from trainers.active_learning import combine_seeds, merge_results
+    from benchmarks.al_simulation import combine_seeds, merge_results
 
     earlier = combine_seeds([_seed_result(0, 0.5), _seed_result(1, 0.7)])  # a multi-seed file
     merged = merge_results([_seed_result(3, 0.6, device="cuda"), earlier])
@@ -422,7 +421,7 @@ def test_merge_results_pools_seeds_that_ran_apart_in_seed_order():
 
 
 def test_merge_results_joins_strategies_of_one_seed_that_ran_apart():
-    from trainers.active_learning import merge_results
+    from benchmarks.al_simulation import merge_results
 
     def run(seed, strategies, start=0.5, **config):
         curves = {name: [{"labels": 1, "value": start}, {"labels": 2, "value": value}] for name, value in strategies.items()}
@@ -455,7 +454,7 @@ def test_merge_results_joins_strategies_of_one_seed_that_ran_apart():
 
 
 def test_merge_results_reads_a_result_without_ssl_loss_as_reconstruction():
-    from trainers.active_learning import merge_results
+    from benchmarks.al_simulation import merge_results
 
     old = _seed_result(0, 0.5)  # written before --ssl-loss existed
     new = _seed_result(1, 0.6)
@@ -467,7 +466,7 @@ def test_merge_results_reads_a_result_without_ssl_loss_as_reconstruction():
 
 
 def test_paired_gain_compares_the_same_seeds_point_by_point():
-    from trainers.active_learning import combine_seeds, paired_gain
+    from benchmarks.al_simulation import combine_seeds, paired_gain
 
     on = combine_seeds([_seed_result(0, 0.50), _seed_result(1, 0.70), _seed_result(2, 0.60)])
     off = combine_seeds([_seed_result(0, 0.45), _seed_result(1, 0.72), _seed_result(5, 0.10)])

@@ -16,14 +16,14 @@ import pytest
 import torch
 
 from tests.test_evaluation import brats_folder, medmnist_file, msd_file, voc_folder
-from unimed.benchmarks.machine import machine_info
-from unimed.benchmarks.peers import (PEERS, AccuracyConfig, BratsPeer, VOCPeer, default_peer_minutes,
+from benchmarks.machine import machine_info
+from benchmarks.peers import (PEERS, AccuracyConfig, BratsPeer, VOCPeer, default_peer_minutes,
                                      run_accuracy)
-from unimed.benchmarks.report import load_results, merge_results, plot, to_markdown, write_json
-from unimed.benchmarks.speed import VARIANTS, SpeedConfig, benchmark_speed
-from unimed.benchmarks.stock import StockSegmentation, StockSegmentationConfig
-from unimed.benchmarks.timing import peak_rss_mib, run_in_fresh_process, summarize
-from unimed.benchmarks.training import TrainingBenchConfig, benchmark_training
+from benchmarks.report import load_results, merge_results, plot, to_markdown, write_json
+from benchmarks.speed import VARIANTS, SpeedConfig, benchmark_speed
+from benchmarks.stock import StockSegmentation, StockSegmentationConfig
+from benchmarks.timing import peak_rss_mib, run_in_fresh_process, summarize
+from benchmarks.training import TrainingBenchConfig, benchmark_training
 from unimed.checkpoint import save_checkpoint
 from unimed.datasets import read_dataset
 from unimed.networks.unimed import unimed_tiny
@@ -221,7 +221,7 @@ def test_cli_accuracy_resumes_per_dataset(repo, data, checkpoint, tmp_path):
 
 @pytest.mark.slow
 def test_server_benchmark_on_loopback(repo, sample, checkpoint):
-    from unimed.benchmarks.server_load import ServerLoadConfig, benchmark_server
+    from benchmarks.server_load import ServerLoadConfig, benchmark_server
 
     config = ServerLoadConfig(app_dir=repo / "apps" / "unimed", studies=sample, checkpoint=checkpoint,
                               image="lung_patch_000", clients=(1, 3), requests_per_client=2, cold_repeats=1)

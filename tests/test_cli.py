@@ -126,7 +126,7 @@ def test_pacs_serves_the_converted_mr_study_until_stopped(repo, tmp_path, port_f
     import time
     import urllib.request
 
-    from unimed.dicom.orthanc import dicomweb_plugin, orthanc_binary
+    from servers.orthanc import dicomweb_plugin, orthanc_binary
 
     if orthanc_binary() is None or dicomweb_plugin() is None:
         pytest.skip("Orthanc with its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)")

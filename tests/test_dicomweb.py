@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from unimed.dicom.orthanc import dicomweb_plugin, orthanc_binary
+from servers.orthanc import dicomweb_plugin, orthanc_binary
 from unimed.dicom.seg import read_seg
 from unimed.dicom.series import read_series, series_geometry
 from unimed.labels import LabelRegistry

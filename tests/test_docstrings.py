@@ -1,4 +1,4 @@
-"""The examples in the library's docstrings run and give what they show."""
+"""The examples in the docstrings run and give what they show."""
 
 from __future__ import annotations
 
@@ -11,14 +11,26 @@ MODULES = [
     "unimed.tasks", "unimed.labels", "unimed.tokens", "unimed.networks.layers", "unimed.networks.backbone",
     "unimed.networks.pixel_decoder", "unimed.networks.decoder", "unimed.networks.unimed", "unimed.composer",
     "unimed.transforms", "unimed.checkpoint", "unimed.predictor", "unimed.service", "unimed.uncertainty",
-    "unimed.selection", "unimed.dicom.series", "unimed.dicom.seg", "unimed.dicom.dicomweb",
-    "unimed.benchmarks.machine", "unimed.benchmarks.timing", "unimed.benchmarks.report", "unimed.benchmarks.stock",
-    "unimed.child_process", "trainers.ssl", "trainers.active_learning", "trainers.train_request",
+    "unimed.selection", "unimed.dicom.series", "unimed.dicom.seg", "unimed.writers",
+    "benchmarks.machine", "benchmarks.timing", "benchmarks.report", "benchmarks.stock",
+    "servers.child_process", "trainers.ssl", "benchmarks.al_simulation", "trainers.train_request",
 ]
+
+#: modules of the MONAI Label app (its package ``lib``, importable with the app folder on the path)
+APP_MODULES = ["lib.datastore.dicomweb"]
+
+
+def _check(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
+    assert result.attempted > 0
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name):
-    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0
-    assert result.attempted > 0
+    _check(name)
+
+
+@pytest.mark.parametrize("name", APP_MODULES)
+def test_app_docstring_examples(name, app_lib):
+    _check(name)

@@ -255,8 +255,8 @@ def test_channel_dropout_is_a_probability():
     assert kept == [None, 1]
 
 
-def test_the_server_train_task_names_an_unknown_ssl_loss(tmp_path):
-    from trainers.monailabel_task import UniMedTrainTask
+def test_the_server_train_task_names_an_unknown_ssl_loss(tmp_path, app_lib):
+    from lib.trainers.unimed import UniMedTrainTask
 
     task = UniMedTrainTask(tmp_path, tmp_path / "unimed.pt")
     assert task.config() == TrainRequest().to_dict() and task.config()["ssl_loss"] == "reconstruction"

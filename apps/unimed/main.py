@@ -4,35 +4,29 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
-from pathlib import Path
 
-_REPO = Path(__file__).resolve().parents[2]
-for _p in (_REPO / "lib", _REPO):  # the project's packages: unimed (lib/unimed) and trainers
-    if str(_p) not in sys.path:
-        sys.path.append(str(_p))
+from fastapi import HTTPException
+from monailabel.datastore.local import LocalDatastore
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+from monailabel.utils.async_tasks.utils import tasks as background_tasks
 
-from fastapi import HTTPException  # noqa: E402
-from monailabel.datastore.local import LocalDatastore  # noqa: E402
-from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
-from monailabel.interfaces.datastore import Datastore  # noqa: E402
-from monailabel.tasks.activelearning.first import First  # noqa: E402
-from monailabel.tasks.activelearning.random import Random  # noqa: E402
-from monailabel.utils.async_tasks.utils import tasks as background_tasks  # noqa: E402
-
-from lib.activelearning.retrain import AutoRetrain, labels_since, training_active  # noqa: E402
-from lib.activelearning.scoring import model_tag, stored_score  # noqa: E402
-from lib.configs.unimed import UniMedTaskConfig  # noqa: E402
-from lib.train_route import register_train_route  # noqa: E402
-from unimed import __version__  # noqa: E402
-from unimed.dicom.seg import SegError  # noqa: E402
-from unimed.dicom.series import DicomSeriesError  # noqa: E402
-from unimed.infer_task import InferRequestError, UniMedInferTask  # noqa: E402
-from unimed.labels import UnknownLabelError  # noqa: E402
-from unimed.tasks import UnknownTaskError  # noqa: E402
-from unimed.transforms import IMAGE_SUFFIXES, ImageLoadError  # noqa: E402
-from trainers.train_request import TrainRequest  # noqa: E402
+from lib.activelearning.retrain import AutoRetrain, labels_since, training_active
+from lib.activelearning.scoring import model_tag, stored_score
+from lib.configs.unimed import UniMedTaskConfig
+from lib.endpoints.train_route import register_train_route
+from lib.infers.unimed import InferRequestError, UniMedInferTask
+from trainers.train_request import TrainRequest
+from unimed import __version__
+from unimed.dicom.seg import SegError
+from unimed.dicom.series import DicomSeriesError
+from unimed.labels import UnknownLabelError
+from unimed.tasks import UnknownTaskError
+from unimed.transforms import IMAGE_SUFFIXES, ImageLoadError
+from unimed.writers import OutputError
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +45,7 @@ class UniMedApp(MONAILabelApp):
 
     With ``--studies http(s)://.../dicom-web`` the datastore is a PACS: every series of the
     modalities in conf ``dicomweb_modalities`` (default ``CT,MR``) is an image, and a final
-    label goes back to the PACS as a DICOM SEG (see :mod:`unimed.dicom.dicomweb`).
+    label goes back to the PACS as a DICOM SEG (see :mod:`lib.datastore.dicomweb`).
     """
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
@@ -73,7 +67,7 @@ class UniMedApp(MONAILabelApp):
         if self.studies.startswith(("http://", "https://")):
             from monailabel.config import settings
 
-            from unimed.dicom.dicomweb import UniMedDICOMwebDatastore, label_to_seg
+            from lib.datastore.dicomweb import UniMedDICOMwebDatastore, label_to_seg
 
             if settings.MONAI_LABEL_DATASTORE.lower() in ("xnat", "dsa"):
                 return super().init_datastore()
@@ -99,7 +93,7 @@ class UniMedApp(MONAILabelApp):
         super().on_init_complete()
         from monailabel.app import app as server  # the running server's FastAPI application
 
-        from unimed.results_page import register_results_page
+        from lib.endpoints.results_page import register_results_page
 
         register_results_page(server, self.datastore)
         register_train_route(server, lambda: list(self._trainers), lambda params: TrainRequest.parse(params, strict=True))
@@ -165,7 +159,7 @@ class UniMedApp(MONAILabelApp):
             if isinstance(task, UniMedInferTask):
                 task.validate(request)
             return super().infer(request, datastore)
-        except (UnknownTaskError, UnknownLabelError, InferRequestError) as exc:
+        except (UnknownTaskError, UnknownLabelError, InferRequestError, OutputError) as exc:
             raise HTTPException(400, str(exc)) from exc
         except (ImageLoadError, DicomSeriesError, SegError) as exc:
             raise HTTPException(422, str(exc)) from exc

@@ -8,11 +8,11 @@ map written by the app; it never changes once published (checkpoints depend on i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from unimed.tasks import Task
 
-__all__ = ["Code", "Label", "LabelRegistry", "UnknownLabelError", "DEFAULT_LABELS"]
+__all__ = ["Code", "Label", "LabelRegistry", "UnknownLabelError", "DEFAULT_LABELS", "parse_labels"]
 
 
 class UnknownLabelError(ValueError):
@@ -208,3 +208,22 @@ class LabelRegistry:
             if lab not in out:
                 out.append(lab)
         return out
+
+
+def parse_labels(value: Any) -> list[str] | None:
+    """Read a request's ``labels`` param: a list of names, a comma-separated string, or nothing.
+
+    Raises:
+        UnknownLabelError: the value is neither (the message shows it).
+
+    Example:
+        >>> parse_labels("edema, rbc")
+        ['edema', 'rbc']
+    """
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise UnknownLabelError(f"'labels' must be a list of label names or a comma-separated string, got {value!r}")

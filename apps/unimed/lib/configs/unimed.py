@@ -14,8 +14,8 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from lib.activelearning.scoring import UncertaintyScoring
 from lib.activelearning.strategies import UncertaintyStrategy
-from trainers.monailabel_task import UniMedTrainTask
-from unimed.infer_task import UniMedInferTask
+from lib.infers.unimed import UniMedInferTask
+from lib.trainers.unimed import UniMedTrainTask
 from unimed.service import ModelService
 from unimed.tasks import Task
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from unimed.benchmarks.timing import summarize
+from benchmarks.timing import summarize
 
 __all__ = ["TrainingBenchConfig", "brats_patches", "benchmark_training"]
 
@@ -133,7 +133,7 @@ def _unimed_steps(config: TrainingBenchConfig, batches: list) -> list[float]:
 def _segresnet_steps(config: TrainingBenchConfig, batches: list, channels: int) -> list[float]:
     from monai.losses import DiceCELoss
 
-    from unimed.benchmarks.stock import StockSegmentation, StockSegmentationConfig
+    from benchmarks.stock import StockSegmentation, StockSegmentationConfig
 
     net = StockSegmentation.build_network(StockSegmentationConfig(
         in_channels=channels, out_channels=len(BRATS_LABELS) + 1, init_filters=config.stock_init_filters))

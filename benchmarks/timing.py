@@ -11,7 +11,6 @@ interpreter of its own (:func:`run_in_fresh_process`).
 
 from __future__ import annotations
 
-import os
 import pickle
 import resource
 import subprocess
@@ -64,8 +63,8 @@ def peak_rss_mib() -> float:
 def run_in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
     """Call ``fn(*args)`` in a new Python interpreter and return its result.
 
-    ``fn`` must be importable (a module-level function) and its arguments and result picklable;
-    the child sees this process's ``sys.path``.
+    ``fn`` must be importable from the installed project (a module-level function) and its
+    arguments and result picklable.
 
     Raises:
         RuntimeError: the child failed (its stderr's end is in the message).
@@ -73,9 +72,8 @@ def run_in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
     with tempfile.TemporaryDirectory(prefix="unimed-bench-") as tmp:
         request, answer = Path(tmp) / "call.pkl", Path(tmp) / "result.pkl"
         request.write_bytes(pickle.dumps((fn, args)))
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        proc = subprocess.run([sys.executable, "-m", __name__, str(request), str(answer)], env=env,
-                              capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", __name__, str(request), str(answer)], capture_output=True,
+                              text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{getattr(fn, '__name__', fn)} failed in a fresh process:\n{proc.stderr[-3000:]}")
         return pickle.loads(answer.read_bytes())

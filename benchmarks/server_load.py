@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unimed.benchmarks.timing import summarize
-from unimed.server_process import ServerProcess
+from benchmarks.timing import summarize
+from servers.monailabel_server import ServerProcess
 
 __all__ = ["ServerLoadConfig", "benchmark_server"]
 

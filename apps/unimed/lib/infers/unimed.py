@@ -16,23 +16,21 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from typing import Any, Callable, Sequence
 
-import nibabel as nib
 import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.utils.others.detection import create_slicer_detection_json
 
-from unimed.dicom.series import dicom_source_of
-from unimed.labels import LabelRegistry
+from unimed.labels import LabelRegistry, parse_labels
 from unimed.predictor import Prediction
 from unimed.service import ModelService
 from unimed.tasks import Task
 from unimed.transforms import load_image
+from unimed.writers import check_label_extension, write_dicom_seg, write_label_map
 
-__all__ = ["UniMedInferTask", "InferRequestError", "parse_labels", "OUTPUTS"]
+__all__ = ["UniMedInferTask", "InferRequestError", "OUTPUTS"]
 
 #: values of the ``output`` param: the default label image, or a DICOM SEG
 OUTPUTS = ("image", "dicom_seg")
@@ -48,17 +46,6 @@ _INFER_TYPE = {
 
 class InferRequestError(ValueError):
     """A request whose params are malformed (the message says which and why)."""
-
-
-def parse_labels(value: Any) -> list[str] | None:
-    """Read the ``labels`` param: a list of names, a comma-separated string, or nothing."""
-    if value is None or value == "" or value == []:
-        return None
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise InferRequestError(f"'labels' must be a list of label names or a comma-separated string, got {value!r}")
 
 
 class _LoadImage:
@@ -159,7 +146,7 @@ class UniMedInferTask(BasicInferTask):
                   "asked_labels": [lab.name for lab in pred.labels]}
         if pred.task is Task.SEGMENTATION:
             if data.get("output") == "dicom_seg":
-                return write_dicom_seg(pred, data), {**result, "output": "dicom_seg"}
+                return write_dicom_seg(pred, str(data.get("image_path", ""))), {**result, "output": "dicom_seg"}
             path = write_label_map(pred, data.get("result_extension") or ".nii.gz")
             return path, {**result, "label_names": {lab.name: lab.id for lab in pred.labels},
                           "scores": pred.annotation.scores or {}}
@@ -171,57 +158,6 @@ class UniMedInferTask(BasicInferTask):
             {"idx": reg.get(name).id, "label": name, "score": round(float(s), 6)} for name, s in zip(ann.labels, ann.scores)
         ]
         return None, result
-
-
-#: label-map file types a request can ask for with ``result_extension`` (OHIF asks for NRRD)
-LABEL_EXTENSIONS = (".nii.gz", ".nii", ".nrrd")
-
-
-def check_label_extension(extension: str) -> None:
-    """Raise :class:`InferRequestError` unless ``extension`` is one of :data:`LABEL_EXTENSIONS`."""
-    if extension not in LABEL_EXTENSIONS:
-        raise InferRequestError(f"'result_extension' must be one of {', '.join(LABEL_EXTENSIONS)}, got {extension!r}")
-
-
-def write_label_map(pred: Prediction, extension: str = ".nii.gz") -> str:
-    """Write the segmentation with exactly the image's shape and affine, as NIfTI or NRRD.
-
-    Raises:
-        InferRequestError: an extension other than :data:`LABEL_EXTENSIONS`.
-    """
-    check_label_extension(extension)
-    path = tempfile.NamedTemporaryFile(suffix=extension, delete=False).name
-    if extension == ".nrrd":
-        import SimpleITK as sitk
-
-        from unimed.dicom.series import LPS
-
-        lps = LPS @ pred.spec.affine
-        spacing = np.linalg.norm(lps[:3, :3], axis=0)
-        label = sitk.GetImageFromArray(np.ascontiguousarray(pred.label_map().reshape(pred.spec.shape).transpose(2, 1, 0)))
-        label.SetSpacing(spacing.tolist())
-        label.SetOrigin(lps[:3, 3].tolist())
-        label.SetDirection((lps[:3, :3] / spacing).flatten().tolist())
-        sitk.WriteImage(label, path, useCompression=False)
-        return path
-    img = nib.Nifti1Image(pred.label_map(), pred.spec.affine)
-    img.set_qform(pred.spec.affine, code=1)
-    img.set_sform(pred.spec.affine, code=1)
-    nib.save(img, path)
-    return path
-
-
-def write_dicom_seg(pred: Prediction, data: dict[str, Any]) -> str:
-    """Write the segmentation as a DICOM SEG of the series the image came from."""
-    from unimed.dicom.seg import write_seg
-
-    source = dicom_source_of(data.get("image_path", ""))
-    if source is None:
-        raise InferRequestError("output 'dicom_seg' needs an image that came from DICOM (a series folder, or a series "
-                                "of a DICOMweb datastore)")
-    path = tempfile.NamedTemporaryFile(suffix=".dcm", delete=False).name
-    write_seg(pred.label_map(), pred.spec.affine, source, path, labels=pred.labels)
-    return path
 
 
 def write_detection(pred: Prediction, data: dict[str, Any], result: dict[str, Any]) -> tuple[Any, dict]:

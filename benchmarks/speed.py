@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from unimed.benchmarks.stock import StockSegmentation, StockSegmentationConfig
-from unimed.benchmarks.timing import peak_rss_mib, run_in_fresh_process, summarize
+from benchmarks.stock import StockSegmentation, StockSegmentationConfig
+from benchmarks.timing import peak_rss_mib, run_in_fresh_process, summarize
 
 __all__ = ["SpeedConfig", "VARIANTS", "SpeedBench", "benchmark_speed"]
 

@@ -198,7 +198,7 @@ class BratsPeer(Peer):
         from monai.losses import DiceCELoss
         from monai.transforms import Compose, Orientation, Spacing
 
-        from unimed.benchmarks.stock import StockSegmentation, StockSegmentationConfig
+        from benchmarks.stock import StockSegmentation, StockSegmentationConfig
 
         channels = int(train[0].image.shape[0])
         config = StockSegmentationConfig(in_channels=channels, out_channels=len(self.labels) + 1,

@@ -22,7 +22,7 @@ from typing import Iterable
 
 import numpy as np
 
-from unimed.child_process import terminate, wait_until_ready
+from servers.child_process import terminate, wait_until_ready
 
 __all__ = ["OrthancError", "Orthanc", "orthanc_binary", "dicomweb_plugin", "write_test_studies"]
 

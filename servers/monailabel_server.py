@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
-from unimed.child_process import terminate, wait_until_ready
+from servers.child_process import terminate, wait_until_ready
 
 __all__ = ["ServerProcess", "ServerStartError", "free_port"]
 
