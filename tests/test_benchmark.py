@@ -200,7 +200,8 @@ def run(repo, *args):
     (["--speed", "--checkpoint", "/nonexistent.pt"], "--checkpoint /nonexistent.pt: no such file"),
     (["--speed", "--repeats", "0"], "repeats must be at least 1"),
     (["--speed", "--roi-size", "40"], "multiple of 16, got 40"),
-    (["--accuracy", "--checkpoint", "sample_datastore/lung_patch_000.nii.gz"], "pass --peer-minutes"),
+    (["--accuracy", "--data", "sample_datastore/", "--checkpoint", "sample_datastore/lung_patch_000.nii.gz"],
+     "pass --peer-minutes"),
 ])
 def test_cli_errors_are_one_line(repo, tmp_path, args, message):
     args = [str(repo / a) if a.startswith("sample_datastore/") else a for a in args]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,19 @@ def run(repo, *args):
 def test_every_command_has_help(repo, command):
     out = run(repo, command, "--help")
     assert out.returncode == 0 and "usage: main.py " + command in out.stdout
+
+
+def test_the_installed_unimed_command_is_main_py(repo, tmp_path):
+    """pyproject.toml installs ``unimed``; it runs main.py's commands, from any folder."""
+    unimed = Path(sys.executable).with_name("unimed")
+    assert unimed.exists(), "the project is not installed (bash scripts/setup.sh)"
+    out = subprocess.run([str(unimed), "evaluate", "--help"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0 and "usage: unimed evaluate" in out.stdout
+    words = " ".join(out.stdout.replace("unimed evaluate", "main.py evaluate").split())  # usage lines wrap apart
+    assert words == " ".join(run(repo, "evaluate", "--help").stdout.split())
+    bad = subprocess.run([str(unimed), "evaluate", "--dataset", "brats", "--data", str(tmp_path / "none")],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
 def test_infer_detection_prints_boxes(repo, sample, tmp_path):
