@@ -470,7 +470,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if "accuracy" in sections:
         from benchmarks.peers import PEERS, AccuracyConfig, default_peer_minutes, run_accuracy
 
-        datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+        datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets is not None else list(PEERS)
         unknown = sorted(set(datasets) - set(PEERS))
         if unknown or not datasets:
             raise CommandError(f"--datasets: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(PEERS)}")
@@ -500,6 +500,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 # -- argument parsing ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from unimed.datasets import DATASETS, shared_datasets
+
     parser = argparse.ArgumentParser(description=__doc__)  # prog: main.py, or unimed as installed
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -542,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("evaluate", help="measure a checkpoint on a dataset folder", description=cmd_evaluate.__doc__)
-    p.add_argument("--dataset", required=True, choices=["brats", "medmnist", "voc", "msd_patches", "datastore"])
+    p.add_argument("--dataset", required=True, choices=list(DATASETS))
     p.add_argument("--data", required=True, help="the dataset's folder or file")
     p.add_argument("--split", default=None, help="split name (default: the dataset's own default)")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
@@ -557,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("al-sim", help="simulate active learning: strategies compared on a dataset",
                        description=cmd_al_sim.__doc__)
-    p.add_argument("--dataset", required=True, choices=["brats", "medmnist", "msd_patches", "voc"])
+    p.add_argument("--dataset", required=True, choices=list(shared_datasets()))
     p.add_argument("--data", required=True, help="the dataset's folder or file (its train split is the pool, "
                    "its val split the fixed validation set)")
     p.add_argument("--strategy", default="random,uncertainty",
@@ -628,7 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-size", type=int, default=96, help="training: cubic patch side")
     p.add_argument("--batch-size", type=int, default=2, help="training: patches per step")
     p.add_argument("--train-steps", type=int, default=5, help="training: timed steps per model")
-    p.add_argument("--datasets", default="brats,medmnist,voc,msd_patches", help="accuracy: comma-separated datasets")
+    p.add_argument("--datasets", default=None,
+                   help="accuracy: comma-separated datasets (default: every dataset with a peer)")
     p.add_argument("--peer-minutes", type=float, default=None,
                    help="accuracy: training budget per peer (default: UniMed's per-dataset share from its model card)")
     p.add_argument("--force", action="store_true", help="accuracy: redo datasets already in --json")

@@ -46,8 +46,8 @@ logger = logging.getLogger(__name__)
 
 #: strategies the simulation knows (the server's of the same name pick the same way)
 STRATEGIES = ("random", "uncertainty", "uncertainty_sampled", "diversity")
-#: the metric recorded per dataset kind (a key of :func:`evaluate`'s metrics)
-PRIMARY_METRIC = {"brats": "dice_wt", "msd_patches": "dice", "medmnist": "auc", "voc": "map50"}
+#: the metric recorded per dataset kind (its spec's primary metric, a key of :func:`evaluate`'s metrics)
+PRIMARY_METRIC = {kind: spec.primary_metric for kind, spec in DATASETS.items()}
 
 
 @dataclass(kw_only=True)

@@ -36,16 +36,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unimed.datasets import Sample, read_dataset
+from unimed.datasets import Sample, dataset_spec, read_dataset
 from unimed.labels import LabelRegistry
 
-__all__ = ["PEERS", "PRIMARY_METRIC", "AccuracyConfig", "Peer", "PeerPrediction", "ResNetFPN", "default_peer_minutes",
+__all__ = ["PEERS", "AccuracyConfig", "Peer", "PeerPrediction", "ResNetFPN", "default_peer_minutes",
            "run_accuracy"]
 
 logger = logging.getLogger(__name__)
-
-#: the figure that decides "UniMed >= peer" per dataset
-PRIMARY_METRIC = {"brats": "dice_wt", "medmnist": "auc", "voc": "map50", "msd_patches": "dice"}
 
 
 @dataclass
@@ -466,14 +463,13 @@ def run_accuracy(name: str, config: AccuracyConfig, progress: bool = False) -> d
         ValueError: an unknown dataset, or its folder is missing.
     """
     from trainers.joint import seed_everything
-    from trainers.pretrain import DATASETS
     from unimed.checkpoint import load_checkpoint
     from unimed.evaluation import evaluate
     from unimed.predictor import Predictor
 
     if name not in PEERS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(PEERS)}")
-    spec = DATASETS[name]
+    spec = dataset_spec(name)
     folder = Path(config.data) / spec.folder
     if not folder.exists():
         raise ValueError(f"no {name} data at {folder}")
@@ -488,7 +484,7 @@ def run_accuracy(name: str, config: AccuracyConfig, progress: bool = False) -> d
     peer_result = evaluate(spec.kind, folder, peer, split=spec.val_split, progress=progress)
     model, meta = load_checkpoint(config.checkpoint)
     unimed_result = evaluate(spec.kind, folder, Predictor(model), split=spec.val_split, progress=progress)
-    key = PRIMARY_METRIC[name]
+    key = spec.primary_metric  # the figure that decides "UniMed >= peer"
     u, p = unimed_result["metrics"].get(key), peer_result["metrics"].get(key)
     return {
         "dataset": name,

@@ -25,7 +25,7 @@ from benchmarks.stock import StockSegmentation, StockSegmentationConfig
 from benchmarks.timing import peak_rss_mib, run_in_fresh_process, summarize
 from benchmarks.training import TrainingBenchConfig, benchmark_training
 from unimed.checkpoint import save_checkpoint
-from unimed.datasets import read_dataset
+from unimed.datasets import dataset_spec, read_dataset, shared_datasets
 from unimed.networks.unimed import unimed_tiny
 
 TINY_STOCK = StockSegmentationConfig(roi_size=16, init_filters=8)
@@ -153,7 +153,8 @@ def test_accuracy_trains_a_peer_and_scores_both_like_evaluate(name, data, checkp
     assert result["peer"]["steps"] == 1 and result["peer"]["samples"] >= 1
     assert set(result["peer"]["metrics"]) == set(result["unimed"]["metrics"])  # the same metric code
     primary = result["primary"]
-    assert primary["metric"] in result["peer"]["metrics"]
+    assert primary["metric"] == dataset_spec(name).primary_metric and primary["metric"] in result["peer"]["metrics"]
+    assert name in shared_datasets()  # a peer is for a dataset of the shared layout
     if primary["unimed"] is not None and primary["peer"] is not None:
         assert primary["unimed_at_least_peer"] == (primary["unimed"] >= primary["peer"])
     assert f"| {name} | val |" in to_markdown({"accuracy": {name: result}})

@@ -116,6 +116,33 @@ def test_evaluate_writes_the_documented_json(repo, tmp_path):
     assert "dice" in out.stdout
 
 
+def test_evaluate_unknown_split_is_one_line(repo, tmp_path):
+    import h5py
+    import numpy as np
+
+    with h5py.File(tmp_path / "p.h5", "w") as f:
+        f["images"], f["labels"] = np.zeros((5, 1, 8, 8), np.float32), np.zeros((5, 1, 8, 8))
+    out = run(repo, "evaluate", "--dataset", "msd_patches", "--data", str(tmp_path), "--split", "test", "--no-progress")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    [line] = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert "split must be None, 'train' or 'val', got 'test'" in line
+
+
+def test_dataset_choices_come_from_the_registry(monkeypatch):
+    import main
+    from unimed import datasets
+
+    def choices(command: str, dest: str):
+        [sub] = [a for a in main.build_parser()._actions if a.dest == "command"]
+        [action] = [a for a in sub.choices[command]._actions if a.dest == dest]
+        return action.choices
+
+    assert choices("evaluate", "dataset") == list(datasets.DATASETS)
+    assert choices("al-sim", "dataset") == list(datasets.shared_datasets()) == ["brats", "medmnist", "voc", "msd_patches"]
+    monkeypatch.setitem(datasets.DATASETS, "toy", datasets.dataset_spec("datastore"))
+    assert choices("evaluate", "dataset")[-1] == "toy"
+
+
 def test_versions_lists_and_rolls_back(repo, tmp_path):
     from unimed.model_store import ModelStore
     from unimed.networks.unimed import unimed_tiny

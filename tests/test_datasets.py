@@ -11,15 +11,17 @@ import pytest
 from PIL import Image
 
 from unimed.datasets import (
-    READERS,
+    DATASETS,
     DatasetError,
     Sample,
+    dataset_spec,
     read_brats,
     read_dataset,
     read_datastore,
     read_medmnist,
     read_msd_patches,
     read_voc,
+    shared_datasets,
 )
 from unimed.labels import LabelRegistry
 
@@ -214,7 +216,7 @@ def test_brats_splits(tmp_path):
     assert [s.name for s in read_brats(tmp_path)] == ["a", "b", "c"]
     assert [s.name for s in read_brats(tmp_path, "train")] == ["a", "b"]
     assert [s.name for s in read_brats(tmp_path, "val")] == ["c"]
-    with pytest.raises(ValueError, match="split"):
+    with pytest.raises(DatasetError, match="split must be None, 'train' or 'val', got 'test'"):
         read_brats(tmp_path, "test")
 
 
@@ -254,7 +256,7 @@ def test_medmnist_tiny(tmp_path):
 def test_medmnist_errors(tmp_path):
     path = tmp_path / "tiny.npz"
     np.savez(path, train_images=np.zeros((2, 4, 4, 4), np.uint8), train_labels=np.zeros((2, 1)))
-    with pytest.raises(DatasetError, match=r"tiny\.npz.*val_images.*keys present: train_images, train_labels"):
+    with pytest.raises(DatasetError, match=r"tiny\.npz.*val_images.*keys present: train_images, train_labels \(splits: train\)"):
         read_medmnist(path, "val")
     with pytest.raises(DatasetError, match="size 64"):
         read_medmnist(tmp_path, "train", size=64)
@@ -288,7 +290,7 @@ def test_voc_errors(tmp_path):
     root = write_voc(tmp_path / "voc", [("giraffe", 1, 1, 5, 5)])
     with pytest.raises(DatasetError, match=r"img1\.xml.*giraffe"):
         read_voc(root)
-    with pytest.raises(DatasetError, match=r"ImageSets.*val\.txt"):
+    with pytest.raises(DatasetError, match=r"ImageSets.*val\.txt \(splits: train\)"):
         read_voc(root, "val")
     (root / "Annotations" / "img1.xml").unlink()
     with pytest.raises(DatasetError, match=r"img1\.xml"):
@@ -376,6 +378,67 @@ def test_datastore_errors(tmp_path):
 
 
 def test_read_dataset_kinds():
-    assert set(READERS) == {"brats", "medmnist", "voc", "msd_patches", "datastore"}
-    with pytest.raises(ValueError, match="brats, medmnist, voc, msd_patches, datastore"):
+    assert list(DATASETS) == ["brats", "medmnist", "voc", "msd_patches", "datastore"]
+    with pytest.raises(ValueError, match="known kinds: brats, medmnist, voc, msd_patches, datastore"):
         read_dataset("coco", "/tmp")
+    with pytest.raises(ValueError, match="known kinds: brats, medmnist"):
+        dataset_spec("coco")
+
+
+# -- the registry -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", list(DATASETS))
+def test_every_registered_spec_is_complete(kind):
+    """Each kind's reader, evaluator and spec live in its own module; the spec names a metric."""
+    spec = dataset_spec(kind)
+    assert spec.kind == kind
+    assert all(callable(f) for f in (spec.reader, spec.evaluator, spec.annotated))
+    assert spec.reader.__module__ == spec.evaluator.__module__ == f"unimed.datasets.{kind}"
+    assert isinstance(spec.primary_metric, str) and spec.primary_metric
+    assert (spec.folder is None) == (spec.training is None)
+
+
+def test_shared_datasets_are_what_pretraining_trains_and_al_sim_takes():
+    from trainers.active_learning import PRIMARY_METRIC
+    from trainers.pretrain import DATASETS as PRETRAINED
+    from trainers.pretrain import default_config
+
+    shared = shared_datasets()
+    assert list(shared) == ["brats", "medmnist", "voc", "msd_patches"]
+    assert PRETRAINED == shared
+    assert list(default_config().mix) == [*shared, "unlabelled"]
+    assert PRIMARY_METRIC == {kind: spec.primary_metric for kind, spec in shared.items()}
+    for kind, spec in shared.items():
+        mix = default_config().mix[kind]
+        assert (mix.tasks, mix.batch_size, mix.every, mix.channel_dropout) == (
+            spec.training.tasks, spec.training.batch_size, spec.training.every, spec.training.channel_dropout)
+
+
+def test_a_spec_needs_folder_and_training_together():
+    from unimed.datasets import DatasetSpec
+
+    with pytest.raises(ValueError, match="'toy'.*folder and training"):
+        DatasetSpec("toy", reader=read_voc, evaluator=lambda s, p: {}, annotated=bool, primary_metric="m",
+                    folder="toy")
+    with pytest.raises(ValueError, match="registered already"):
+        from unimed.datasets import register
+
+        register(dataset_spec("voc"))
+
+
+def test_an_unknown_split_names_the_valid_ones(tmp_path):
+    write_brats_case(tmp_path / "brats" / "a")
+    patches = write_h5(tmp_path / "p.h5", *tiny_patches())
+    npz = tmp_path / "m.npz"
+    np.savez(npz, train_images=np.zeros((2, 4, 4, 4), np.uint8), train_labels=np.zeros((2, 1)),
+             val_images=np.zeros((2, 4, 4, 4), np.uint8), val_labels=np.zeros((2, 1)))
+    voc = write_voc(tmp_path / "voc", [("RBC", 1, 1, 5, 5)])
+    (voc / "ImageSets" / "Main" / "val.txt").write_text("img1\n")
+    store = write_datastore(tmp_path / "store")
+    cases = {"brats": (tmp_path / "brats", "'train' or 'val'"), "msd_patches": (patches, "'train' or 'val'"),
+             "medmnist": (npz, r"splits: train, val\)"), "voc": (voc, r"splits: train, val\)"),
+             "datastore": (store, "no splits")}
+    assert set(cases) == set(DATASETS)
+    for kind, (path, valid) in cases.items():
+        with pytest.raises(DatasetError, match=valid) as err:
+            read_dataset(kind, path, "test")
+        assert "'test'" in str(err.value) and "\n" not in str(err.value)

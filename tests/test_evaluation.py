@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from unimed.datasets import Sample, read_dataset
+from unimed import datasets
+from unimed.datasets import DatasetError, DatasetSpec, Sample, dataset_spec, read_dataset
 from unimed.evaluation import evaluate, format_table
 from unimed.labels import LabelRegistry
 from unimed.networks.unimed import unimed_tiny
@@ -184,6 +185,45 @@ def test_ground_truth_scores_perfectly(folders, kind):
         assert [labels for _, labels in oracle.calls] == [["edema", "lung_tumor"]] * 2
 
 
+@pytest.mark.parametrize("kind", sorted(EXPECTED_NAMES))
+def test_primary_metric_is_one_the_evaluator_gives(kind):
+    assert set(EXPECTED_NAMES) == set(datasets.DATASETS)
+    assert dataset_spec(kind).primary_metric in EXPECTED_NAMES[kind]
+
+
+def test_a_registered_toy_dataset_is_read_and_evaluated(monkeypatch, tmp_path):
+    """The registry is the one list: a spec registered here is read and scored with no other edit."""
+
+    def read_toy(path, split):
+        if split not in ("train", "val"):
+            raise DatasetError(f"toy split must be 'train' or 'val', got {split!r}")
+        return [Sample(torch.zeros(1, 2, 2), np.eye(4), "toy", f"{split}_{i}", class_labels={"x": 1} if i else None)
+                for i in range(3)]
+
+    seen = []
+
+    def evaluate_toy(samples, predictor):
+        seen.extend(s.name for s in samples)
+        return {"n_scored": float(len(samples)), "predictor": predictor}
+
+    toy = DatasetSpec("toy", reader=read_toy, evaluator=evaluate_toy, annotated=lambda s: s.class_labels is not None,
+                      primary_metric="n_scored", default_split="train", eval_split="val")
+    monkeypatch.setitem(datasets.DATASETS, "toy", toy)
+    assert [s.name for s in read_dataset("toy", tmp_path)] == ["train_0", "train_1", "train_2"]
+    result = evaluate("toy", tmp_path, "a predictor")
+    assert result == {"dataset": "toy", "split": "val", "n": 2, "metrics": {"n_scored": 2.0, "predictor": "a predictor"}}
+    assert seen == ["val_1", "val_2"]
+    assert evaluate("toy", tmp_path, "p", split="train", progress=True)["n"] == 2
+    with pytest.raises(DatasetError, match="'train' or 'val', got 'test'"):
+        evaluate("toy", tmp_path, "p", split="test")
+
+
+def test_progress_does_not_change_the_figures(folders):
+    oracle = Wrong("datastore", folders["datastore"])
+    assert evaluate("datastore", folders["datastore"], oracle, progress=True) == evaluate(
+        "datastore", folders["datastore"], oracle)
+
+
 def test_known_wrong_answers(folders):
     def metrics(kind: str, split: str | None = None) -> dict:
         return evaluate(kind, folders[kind], Wrong(kind, folders[kind], split), split)["metrics"]
@@ -226,7 +266,7 @@ def test_errors(folders, tmp_path):
         evaluate("coco", tmp_path, Oracle("msd_patches", folders["msd_patches"]))
     empty = tmp_path / "empty_store"
     _nifti(empty / "x.nii.gz", np.zeros((4, 4, 4), np.float32))
-    with pytest.raises(ValueError, match="no annotated"):
+    with pytest.raises(DatasetError, match="no annotated"):
         evaluate("datastore", empty, Oracle("datastore", folders["datastore"]))
 
 

@@ -12,7 +12,6 @@ import logging
 import os
 import platform
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import torch
 from trainers.config import MixEntry, TrainConfig
 from trainers.data import Source, to_grid_item
 from trainers.joint import JointTrainer, check_device, init_distributed, is_main_process, replicas_agree, seed_everything
-from unimed.datasets import read_brats, read_medmnist, read_msd_patches, read_voc
+from unimed.datasets import shared_datasets
 from unimed.datasets.sample import Sample
 from unimed.model_store import ModelStore
 from unimed.networks.unimed import UniMed, unimed_small
@@ -32,47 +31,21 @@ __all__ = ["DATASETS", "default_config", "build_sources", "pretrain"]
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    """Where a dataset lies in the shared data folder and which splits train and validate."""
-
-    kind: str
-    folder: str
-    train_split: str
-    val_split: str
-
-
-DATASETS = {
-    "brats": DatasetSpec("brats", "brats2013", "train", "val"),
-    "medmnist": DatasetSpec("medmnist", "adrenalmnist3d", "train", "val"),
-    "voc": DatasetSpec("voc", "bccd", "train", "val"),
-    "msd_patches": DatasetSpec("msd_patches", "msd_lung_patches", "train", "val"),
-}
+#: kind -> spec of the datasets in the shared data layout (:func:`unimed.datasets.shared_datasets`)
+DATASETS = shared_datasets()
 
 #: unlabelled volumes of the shared folder (their label maps are a model's output, not experts')
 UNLABELLED = ("totalseg_examples/example_ct_sm.nii.gz", "totalseg_examples/example_mr_sm.nii.gz")
 
 
 def default_config(minutes: float = 80.0) -> TrainConfig:
-    """The shipped checkpoint's recipe."""
-    return TrainConfig(
-        steps=2400,
-        max_minutes=minutes,
-        lr=1e-3,
-        mix={
-            "brats": MixEntry(("segmentation", "detection", "classification"), batch_size=1, every=2,
-                              channel_dropout=0.25),
-            "medmnist": MixEntry(("classification",), batch_size=16),
-            "voc": MixEntry(("detection",), batch_size=6),
-            "msd_patches": MixEntry(("segmentation", "detection", "classification"), batch_size=16),
-            "unlabelled": MixEntry((), batch_size=1, every=4, channel_dropout=0.5),
-        },
-    )
-
-
-def _read(kind: str, path: Path, split: str) -> list[Sample]:
-    readers = {"brats": read_brats, "medmnist": read_medmnist, "voc": read_voc, "msd_patches": read_msd_patches}
-    return readers[kind](path, split=split)
+    """The shipped checkpoint's recipe: every shared dataset's default training share, then the
+    unlabelled volumes' self-supervised share."""
+    mix = {kind: MixEntry(spec.training.tasks, spec.training.batch_size, spec.training.every,
+                          spec.training.channel_dropout)
+           for kind, spec in DATASETS.items()}
+    mix["unlabelled"] = MixEntry((), batch_size=1, every=4, channel_dropout=0.5)
+    return TrainConfig(steps=2400, max_minutes=minutes, lr=1e-3, mix=mix)
 
 
 def build_sources(data: Path, config: TrainConfig) -> tuple[list[Source], Source | None]:
@@ -84,7 +57,7 @@ def build_sources(data: Path, config: TrainConfig) -> tuple[list[Source], Source
         if not (data / spec.folder).exists():
             logger.warning("no %s data at %s: training without it", name, data / spec.folder)
             continue
-        samples = _read(spec.kind, data / spec.folder, spec.train_split)
+        samples = spec.read(data / spec.folder, spec.train_split)
         mix = config.mix[name]
         items = [to_grid_item(s) for s in samples]
         sources.append(Source(name, items, mix.tasks, mix.batch_size, mix.every, mix.channel_dropout))
@@ -97,9 +70,10 @@ def build_sources(data: Path, config: TrainConfig) -> tuple[list[Source], Source
                 img = load_image(data / rel)
                 samples.append(Sample(img, image_affine(img), "unlabelled", rel))
         # the labelled volumes' images count as unlabelled too: reconstruction needs no label
-        if (data / "brats2013").exists():
+        brats = DATASETS["brats"]
+        if (data / brats.folder).exists():
             samples += [Sample(s.image, s.affine, "unlabelled", s.name)
-                        for s in _read("brats", data / "brats2013", "train")]
+                        for s in brats.read(data / brats.folder, brats.train_split)]
         if samples:
             mix = config.mix["unlabelled"]
             unlabelled = Source("unlabelled", [to_grid_item(s) for s in samples], (), mix.batch_size, mix.every,

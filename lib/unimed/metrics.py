@@ -7,13 +7,13 @@ coordinates: a box's size is ``x1 - x0`` (no VOC-devkit ``+ 1``).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from unimed.labels import LabelRegistry
 
-__all__ = ["dice", "brats_regions", "roc_auc", "accuracy", "box_iou", "voc_ap", "mean_ap", "mask_box"]
+__all__ = ["mean_or_none", "dice", "brats_regions", "roc_auc", "accuracy", "box_iou", "voc_ap", "mean_ap", "mask_box"]
 
 #: BraTS evaluation regions: whole tumour, tumour core, enhancing tumour (registry names)
 BRATS_REGIONS: dict[str, tuple[str, ...]] = {
@@ -23,6 +23,17 @@ BRATS_REGIONS: dict[str, tuple[str, ...]] = {
 }
 
 Detection = tuple[Hashable, float, Sequence[float]]
+
+
+def mean_or_none(values: Iterable[float]) -> float | None:
+    """The mean of per-case scores, or None when there are none.
+
+    Example:
+        >>> mean_or_none([0.5, 1.0]), mean_or_none([])
+        (0.75, None)
+    """
+    values = list(values)
+    return float(np.mean(values)) if values else None
 
 
 def dice(pred: np.ndarray, target: np.ndarray) -> float:

@@ -3,11 +3,13 @@
 A case folder holds ``Flair*.nii[.gz]``, ``T1c*.nii[.gz]`` and optionally
 ``OTMultiClass*.nii[.gz]`` (expert labels 0 background, 1 necrosis, 2 edema, 3 non-enhancing
 tumour, 4 enhancing tumour, stored as float). File names are matched case-insensitively.
+Scored by region Dice (:func:`evaluate_brats`); :data:`SPEC` registers the kind ``brats``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -15,10 +17,11 @@ import torch
 
 from unimed.datasets.errors import DatasetError
 from unimed.datasets.sample import Sample
+from unimed.datasets.spec import DatasetSpec, Predicts, TrainingShare
 from unimed.labels import LabelRegistry
-from unimed.metrics import mask_box
+from unimed.metrics import brats_regions, dice, mask_box, mean_or_none
 
-__all__ = ["read_brats", "BRATS_LABELS", "BRATS_SEG_LABELS"]
+__all__ = ["read_brats", "evaluate_brats", "SPEC", "BRATS_LABELS", "BRATS_SEG_LABELS"]
 
 #: BraTS label value -> registry name
 BRATS_LABELS: dict[int, str] = {1: "necrosis", 2: "edema", 3: "non_enhancing_tumor", 4: "enhancing_tumor"}
@@ -121,7 +124,7 @@ def read_brats(folder: str | Path, split: str | None = None) -> list[Sample]:
     Raises:
         DatasetError: a missing FLAIR or T1c file, an unreadable volume, shapes that differ, or
             label values outside 0..4.
-        ValueError: an unknown split.
+        DatasetError: an unknown split (a ``ValueError``).
 
     Example:
         >>> samples = read_brats("/data/brats2013", split="val")  # doctest: +SKIP
@@ -129,7 +132,7 @@ def read_brats(folder: str | Path, split: str | None = None) -> list[Sample]:
         (torch.Size([2, 240, 240, 155]), 'necrosis')
     """
     if split not in (None, "train", "val"):
-        raise ValueError(f"split must be None, 'train' or 'val', got {split!r}")
+        raise DatasetError(f"BraTS split must be None, 'train' or 'val', got {split!r}")
     cases = _case_folders(Path(folder))
     if split == "val":
         cases = cases[-1:]
@@ -137,3 +140,29 @@ def read_brats(folder: str | Path, split: str | None = None) -> list[Sample]:
         cases = cases[:-1]
     registry = LabelRegistry()
     return [_read_case(case, registry) for case in cases]
+
+
+def evaluate_brats(samples: Sequence[Sample], predictor: Predicts) -> dict[str, Any]:
+    """``dice_wt``, ``dice_tc``, ``dice_et``: the mean over cases of each BraTS region's Dice
+    (:func:`~unimed.metrics.brats_regions`) of a segmentation of necrosis, edema, non-enhancing
+    and enhancing tumour."""
+    scores: dict[str, list[float]] = {"wt": [], "tc": [], "et": []}
+    for s in samples:
+        pred = brats_regions(predictor.predict(s.meta_image(), "segmentation", list(BRATS_SEG_LABELS)).label_map())
+        true = brats_regions(s.label_map)
+        for region in scores:
+            scores[region].append(dice(pred[region], true[region]))
+    return {f"dice_{region}": mean_or_none(v) for region, v in scores.items()}
+
+
+#: the ``brats`` kind: BraTS 2013 in ``brats2013/``, trained on every task, every other step
+SPEC = DatasetSpec(
+    kind="brats",
+    reader=read_brats,
+    evaluator=evaluate_brats,
+    annotated=lambda s: s.label_map is not None,
+    primary_metric="dice_wt",
+    folder="brats2013",
+    training=TrainingShare(("segmentation", "detection", "classification"), batch_size=1, every=2,
+                           channel_dropout=0.25),
+)

@@ -1,18 +1,26 @@
-"""MONAI Label local datastores: images at the top level, final labels in ``labels/final/``."""
+"""MONAI Label local datastores: images at the top level, final labels in ``labels/final/``.
+
+Scored by Dice per label (:func:`evaluate_datastore`); :data:`SPEC` registers the kind
+``datastore`` (its labelled images; a datastore has no splits).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from unimed.datasets.errors import DatasetError
 from unimed.datasets.sample import Sample
+from unimed.datasets.spec import DatasetSpec, Predicts
 from unimed.labels import LabelRegistry, UnknownLabelError
+from unimed.metrics import dice, mean_or_none
+from unimed.tasks import Task
 from unimed.transforms import IMAGE_SUFFIXES, ImageLoadError, image_affine, load_image
 
-__all__ = ["read_datastore", "image_stem"]
+__all__ = ["read_datastore", "read_labelled", "evaluate_datastore", "SPEC", "image_stem"]
 
 
 def image_stem(name: str) -> str:
@@ -120,3 +128,49 @@ def read_datastore(folder: str | Path) -> tuple[list[Sample], list[Sample]]:
         sample.label_map, sample.seg_labels = read_label(label_path, sample.spatial_shape, registry)
         labelled.append(sample)
     return labelled, unlabelled
+
+
+def read_labelled(folder: str | Path, split: str | None = None) -> list[Sample]:
+    """The labelled samples of :func:`read_datastore`; a datastore has no splits.
+
+    Raises:
+        DatasetError: a split other than None, and :func:`read_datastore`'s errors.
+    """
+    if split is not None:
+        raise DatasetError(f"{folder}: a datastore has no splits (its labelled images are read), got split {split!r}")
+    return read_datastore(folder)[0]
+
+
+def _segmentable_labels(samples: Sequence[Sample]) -> list[str]:
+    """The segmentable labels present in any of the samples, in registry order."""
+    present = {name for s in samples for name in s.seg_labels}
+    return [lab.name for lab in LabelRegistry() if lab.name in present and Task.SEGMENTATION in lab.tasks]
+
+
+def evaluate_datastore(samples: Sequence[Sample], predictor: Predicts) -> dict[str, Any]:
+    """``dice_<label>`` (mean over the images whose label holds it) for every segmentable label
+    present, and their mean ``dice_mean``; every image is prompted with all those labels."""
+    registry = LabelRegistry()
+    names = _segmentable_labels(samples)
+    scores: dict[str, list[float]] = {name: [] for name in names}
+    for s in samples:
+        wanted = [n for n in names if n in s.seg_labels]
+        if not wanted:
+            continue
+        pred = predictor.predict(s.meta_image(), "segmentation", names).label_map()
+        for name in wanted:
+            label_id = registry.get(name).id
+            scores[name].append(dice(pred == label_id, np.asarray(s.label_map) == label_id))
+    metrics: dict[str, Any] = {f"dice_{name}": mean_or_none(v) for name, v in scores.items()}
+    metrics["dice_mean"] = mean_or_none(v for v in metrics.values() if v is not None)
+    return metrics
+
+
+#: the ``datastore`` kind: a MONAI Label datastore's labelled images, outside the shared data layout
+SPEC = DatasetSpec(
+    kind="datastore",
+    reader=read_labelled,
+    evaluator=evaluate_datastore,
+    annotated=lambda s: s.label_map is not None,
+    primary_metric="dice_mean",
+)

@@ -1,17 +1,23 @@
-"""MedMNIST 3D ``.npz`` files (AdrenalMNIST3D): small volumes with a binary image label."""
+"""MedMNIST 3D ``.npz`` files (AdrenalMNIST3D): small volumes with a binary image label.
+
+Scored by AUC and accuracy (:func:`evaluate_medmnist`); :data:`SPEC` registers the kind ``medmnist``.
+"""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from unimed.datasets.errors import DatasetError
 from unimed.datasets.sample import Sample
+from unimed.datasets.spec import DatasetSpec, Predicts, TrainingShare
+from unimed.metrics import accuracy, roc_auc
 
-__all__ = ["read_medmnist", "MEDMNIST_LABELS"]
+__all__ = ["read_medmnist", "evaluate_medmnist", "SPEC", "MEDMNIST_LABELS"]
 
 #: image label 1 and 0 of AdrenalMNIST3D, as registry names
 MEDMNIST_LABELS: tuple[str, str] = ("adrenal_hyperplasia", "adrenal_normal")
@@ -51,8 +57,8 @@ def read_medmnist(path: str | Path, split: str = "train", size: int | None = Non
         size: volume side; picks the file in a folder, and is checked against a file's volumes.
 
     Raises:
-        DatasetError: no matching file, missing split keys (the keys present are listed), an
-            array of the wrong shape, or labels other than 0/1.
+        DatasetError: no matching file, missing split keys (the keys and splits present are
+            listed), an array of the wrong shape, or labels other than 0/1.
 
     Example:
         >>> train = read_medmnist("/data/adrenalmnist3d", "train")  # doctest: +SKIP
@@ -72,7 +78,10 @@ def read_medmnist(path: str | Path, split: str = "train", size: int | None = Non
         keys = sorted(data.files)
         missing = [k for k in (f"{split}_images", f"{split}_labels") if k not in keys]
         if missing:
-            raise DatasetError(f"{path}: no {' or '.join(missing)} for split {split!r}; keys present: {', '.join(keys)}")
+            splits = [k.removesuffix("_images") for k in keys
+                      if k.endswith("_images") and k.removesuffix("_images") + "_labels" in keys]
+            raise DatasetError(f"{path}: no {' or '.join(missing)} for split {split!r}; keys present: {', '.join(keys)}"
+                               f" (splits: {', '.join(splits) or 'none'})")
         images, labels = data[f"{split}_images"], data[f"{split}_labels"]
     if images.ndim == 5:
         images = np.moveaxis(images, -1, 1)
@@ -101,3 +110,37 @@ def read_medmnist(path: str | Path, split: str = "train", size: int | None = Non
             )
         )
     return out
+
+
+def _class_score(pred: Any, name: str) -> float:
+    ann = pred.annotation
+    if name not in ann.labels:
+        return 0.0
+    return 1.0 if ann.scores is None else float(ann.scores[list(ann.labels).index(name)])
+
+
+def evaluate_medmnist(samples: Sequence[Sample], predictor: Predicts) -> dict[str, Any]:
+    """``auc`` (None with one class) and ``acc`` (threshold 0.5) of the ``adrenal_hyperplasia``
+    score of a classification of adrenal hyperplasia vs. normal."""
+    positive = MEDMNIST_LABELS[0]
+    scores, targets = [], []
+    for s in samples:
+        pred = predictor.predict(s.meta_image(), "classification", list(MEDMNIST_LABELS))
+        scores.append(_class_score(pred, positive))
+        targets.append(s.class_labels[positive])
+    auc = roc_auc(scores, targets) if len(set(targets)) == 2 else None
+    return {"auc": auc, "acc": accuracy(scores, targets, 0.5)}
+
+
+#: the ``medmnist`` kind: AdrenalMNIST3D in ``adrenalmnist3d/``, the file's own splits
+SPEC = DatasetSpec(
+    kind="medmnist",
+    reader=read_medmnist,
+    evaluator=evaluate_medmnist,
+    annotated=lambda s: s.class_labels is not None,
+    primary_metric="auc",
+    default_split="train",
+    eval_split="val",
+    folder="adrenalmnist3d",
+    training=TrainingShare(("classification",), batch_size=16),
+)

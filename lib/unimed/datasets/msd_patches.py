@@ -1,8 +1,12 @@
-"""2D lung-tumour CT patches from the Medical Segmentation Decathlon (Task06), in HDF5."""
+"""2D lung-tumour CT patches from the Medical Segmentation Decathlon (Task06), in HDF5.
+
+Scored by Dice (:func:`evaluate_msd_patches`); :data:`SPEC` registers the kind ``msd_patches``.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Sequence
 
 import h5py
 import numpy as np
@@ -10,10 +14,11 @@ import torch
 
 from unimed.datasets.errors import DatasetError
 from unimed.datasets.sample import Sample
+from unimed.datasets.spec import DatasetSpec, Predicts, TrainingShare
 from unimed.labels import LabelRegistry
-from unimed.metrics import mask_box
+from unimed.metrics import dice, mask_box, mean_or_none
 
-__all__ = ["read_msd_patches"]
+__all__ = ["read_msd_patches", "evaluate_msd_patches", "SPEC"]
 
 _LABEL = "lung_tumor"
 
@@ -60,7 +65,7 @@ def read_msd_patches(path: str | Path, split: str | None = None) -> list[Sample]
     Raises:
         DatasetError: no single HDF5 file, missing ``images`` / ``labels``, arrays of the wrong
             shape, or mask values other than 0/1.
-        ValueError: an unknown split.
+        DatasetError: an unknown split (a ``ValueError``).
 
     Example:
         >>> patches = read_msd_patches("/data/msd_lung_patches", split="val")  # doctest: +SKIP
@@ -68,7 +73,7 @@ def read_msd_patches(path: str | Path, split: str | None = None) -> list[Sample]
         ('patch_0004', torch.Size([1, 48, 48]))
     """
     if split not in (None, "train", "val"):
-        raise ValueError(f"split must be None, 'train' or 'val', got {split!r}")
+        raise DatasetError(f"MSD patches split must be None, 'train' or 'val', got {split!r}")
     path = _find_h5(Path(path))
     images, labels = _read_arrays(path)
     if images.ndim == 3:
@@ -107,3 +112,29 @@ def read_msd_patches(path: str | Path, split: str | None = None) -> list[Sample]
         )
     return out
 
+
+
+def evaluate_msd_patches(samples: Sequence[Sample], predictor: Predicts) -> dict[str, Any]:
+    """``dice`` (mean per patch, both empty = 1) and ``dice_global`` (pooled over all pixels) of
+    a ``lung_tumor`` segmentation."""
+    label_id = LabelRegistry().get(_LABEL).id
+    per_patch, inter, total = [], 0, 0
+    for s in samples:
+        pred = predictor.predict(s.meta_image(), "segmentation", [_LABEL]).label_map() == label_id
+        true = np.asarray(s.label_map) == label_id
+        per_patch.append(dice(pred, true))
+        inter += int(np.logical_and(pred, true).sum())
+        total += int(pred.sum()) + int(true.sum())
+    return {"dice": mean_or_none(per_patch), "dice_global": 2.0 * inter / total if total else 1.0}
+
+
+#: the ``msd_patches`` kind: MSD lung-tumour patches in ``msd_lung_patches/``, every task
+SPEC = DatasetSpec(
+    kind="msd_patches",
+    reader=read_msd_patches,
+    evaluator=evaluate_msd_patches,
+    annotated=lambda s: s.label_map is not None,
+    primary_metric="dice",
+    folder="msd_lung_patches",
+    training=TrainingShare(("segmentation", "detection", "classification"), batch_size=16),
+)

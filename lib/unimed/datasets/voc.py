@@ -1,19 +1,26 @@
-"""Pascal VOC detection folders (``JPEGImages/``, ``Annotations/``, ``ImageSets/Main/``), e.g. BCCD."""
+"""Pascal VOC detection folders (``JPEGImages/``, ``Annotations/``, ``ImageSets/Main/``), e.g. BCCD.
+
+Scored by AP at IoU 0.5 (:func:`evaluate_voc`); :data:`SPEC` registers the kind ``voc``.
+"""
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from unimed.datasets.errors import DatasetError
 from unimed.datasets.sample import Sample
+from unimed.datasets.spec import DatasetSpec, Predicts, TrainingShare
 from unimed.labels import LabelRegistry, UnknownLabelError
+from unimed.metrics import mean_ap
 from unimed.transforms import IMAGE_SUFFIXES, ImageLoadError, load_image
 
-__all__ = ["read_voc", "VOC_CLASS_NAMES", "BCCD_LABELS"]
+__all__ = ["read_voc", "evaluate_voc", "SPEC", "VOC_CLASS_NAMES", "BCCD_LABELS"]
 
 #: VOC class names (lower case) that the registry's aliases do not cover
 VOC_CLASS_NAMES: dict[str, str] = {"rbc": "red_blood_cell", "wbc": "white_blood_cell", "platelets": "platelet"}
@@ -95,7 +102,7 @@ def read_voc(folder: str | Path, split: str = "train") -> list[Sample]:
         split: name of the id list in ``ImageSets/Main``.
 
     Raises:
-        DatasetError: a missing list, image or XML file, an image of another size than its
+        DatasetError: a missing list (the splits present are named), image or XML file, an image of another size than its
             XML says, a malformed box, or a class the registry does not know.
 
     Example:
@@ -106,7 +113,9 @@ def read_voc(folder: str | Path, split: str = "train") -> list[Sample]:
     folder = Path(folder)
     listing = folder / "ImageSets" / "Main" / f"{split}.txt"
     if not listing.is_file():
-        raise DatasetError(f"{folder}: missing split list {listing.relative_to(folder)}")
+        lists = sorted(p.stem for p in listing.parent.glob("*.txt")) if listing.parent.is_dir() else []
+        raise DatasetError(f"{folder}: no split {split!r}, missing split list {listing.relative_to(folder)} "
+                           f"(splits: {', '.join(lists) or 'none'})")
     ids = sorted({line.split()[0] for line in listing.read_text().splitlines() if line.strip()})
     registry = LabelRegistry()
     out = []
@@ -135,3 +144,38 @@ def read_voc(folder: str | Path, split: str = "train") -> list[Sample]:
     for sample in out:
         sample.det_labels = det_labels
     return out
+
+
+def evaluate_voc(samples: Sequence[Sample], predictor: Predicts) -> dict[str, Any]:
+    """``map50`` (None without ground truth) and ``ap50`` (per class) of a detection of the
+    samples' classes, boxes compared in pixel coordinates."""
+    detections: dict[str, list] = {}
+    truth: dict[str, dict[str, np.ndarray]] = {}
+    for s in samples:
+        shape = np.array((tuple(s.spatial_shape) + (1, 1))[:3] * 2, dtype=np.float64)
+        gt = np.asarray(s.boxes, dtype=np.float64).reshape(-1, 6) * shape - 0.5
+        for name in s.det_labels:
+            truth.setdefault(name, {})[s.name] = gt[[lab == name for lab in s.box_labels]]
+        pred = predictor.predict(s.meta_image(), "detection", list(s.det_labels))
+        boxes = np.asarray(pred.boxes_voxel(), dtype=np.float64).reshape(-1, 6)
+        labels = list(pred.annotation.labels)
+        scores = pred.annotation.scores or [1.0] * len(labels)
+        for box, label, score in zip(boxes, labels, scores):
+            if label in s.det_labels:
+                detections.setdefault(label, []).append((s.name, float(score), box))
+    result = mean_ap(detections, truth, iou_threshold=0.5)
+    return {"map50": None if math.isnan(result["map50"]) else result["map50"], "ap50": result["ap50"]}
+
+
+#: the ``voc`` kind: BCCD in ``bccd/``, the folder's own split lists
+SPEC = DatasetSpec(
+    kind="voc",
+    reader=read_voc,
+    evaluator=evaluate_voc,
+    annotated=lambda s: s.boxes is not None,
+    primary_metric="map50",
+    default_split="train",
+    eval_split="val",
+    folder="bccd",
+    training=TrainingShare(("detection",), batch_size=6),
+)

@@ -1,0 +1,91 @@
+"""What the project knows about one dataset kind, in one frozen :class:`DatasetSpec`.
+
+Each dataset module (``brats.py``, ``medmnist.py``...) defines its reader, its evaluator and a
+``SPEC``; :mod:`unimed.datasets` registers the specs, and everything that handles a dataset
+kind reads them: :func:`unimed.evaluation.evaluate`, pretraining and its default mix, the
+active-learning simulation, the accuracy benchmark and the command line's choices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+from unimed.datasets.sample import Sample
+
+__all__ = ["DatasetSpec", "Predicts", "TrainingShare"]
+
+
+class Predicts(Protocol):
+    """Anything whose ``predict`` answers like :meth:`unimed.predictor.Predictor.predict`
+    (the predictor itself, or a benchmark's peer)."""
+
+    def predict(self, image: Any, task: str, labels: Sequence[str] | None = None, **kwargs: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class TrainingShare:
+    """A dataset's default share of one joint-training step (the trainers' ``MixEntry``).
+
+    Attributes:
+        tasks: the tasks trained on its samples (``segmentation``, ``detection``, ``classification``).
+        batch_size: samples per step.
+        every: it joins every ``every``-th step (1: every step).
+        channel_dropout: probability that a multi-channel batch keeps only its first channel.
+    """
+
+    tasks: tuple[str, ...]
+    batch_size: int = 1
+    every: int = 1
+    channel_dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset kind: how it is read, scored and trained.
+
+    Attributes:
+        kind: the name the command line and the code use (``brats``).
+        reader: ``reader(path, split)`` -> samples; raises :class:`~unimed.datasets.DatasetError`
+            for a bad folder or an unknown split (naming the valid ones).
+        evaluator: ``evaluator(samples, predictor)`` -> metrics, on annotated samples only.
+        annotated: whether a sample carries what ``evaluator`` scores.
+        primary_metric: the key of the evaluator's metrics that ranks models (al-sim's curves,
+            the accuracy benchmark's verdict).
+        default_split: the split ``reader`` gets for ``split=None`` (None: every case).
+        eval_split: the split :func:`~unimed.evaluation.evaluate` reads when none is given.
+        folder: its folder in a data folder laid out like ``../shared/data``; None for a kind
+            outside that layout (pretraining, its validation, al-sim and the accuracy
+            benchmark take the kinds that have one).
+        train_split: the split pretraining and al-sim train on.
+        val_split: the split they validate on.
+        training: its default share of a pretraining step; given exactly when ``folder`` is.
+
+    Example:
+        >>> spec = DatasetSpec("toy", reader=lambda path, split: [], evaluator=lambda s, p: {"acc": 1.0},
+        ...                    annotated=lambda s: True, primary_metric="acc", default_split="train")
+        >>> spec.read("/data/toy"), spec.folder
+        ([], None)
+    """
+
+    kind: str
+    reader: Callable[[str | Path, str | None], list[Sample]]
+    evaluator: Callable[[Sequence[Sample], Predicts], dict[str, Any]]
+    annotated: Callable[[Sample], bool]
+    primary_metric: str
+    default_split: str | None = None
+    eval_split: str | None = None
+    folder: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    training: TrainingShare | None = None
+
+    def __post_init__(self) -> None:
+        if (self.folder is None) != (self.training is None):
+            raise ValueError(f"dataset {self.kind!r}: give both folder and training (a dataset pretraining takes) "
+                             "or neither")
+
+    def read(self, path: str | Path, split: str | None = None) -> list[Sample]:
+        """The samples of ``split`` (None: :attr:`default_split`) of the folder or file ``path``."""
+        return self.reader(path, self.default_split if split is None else split)
