@@ -398,7 +398,7 @@ def test_every_registered_spec_is_complete(kind):
 
 
 def test_shared_datasets_are_what_pretraining_trains_and_al_sim_takes():
-    from trainers.active_learning import PRIMARY_METRIC
+    from benchmarks.al_simulation import PRIMARY_METRIC
     from trainers.pretrain import DATASETS as PRETRAINED
     from trainers.pretrain import default_config
 
