@@ -131,3 +131,15 @@ def pacs_server(pacs, tmp_path_factory):
     work = tmp_path_factory.mktemp("pacs_server")
     with monailabel_server(pacs["orthanc"].dicomweb, work, env={"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(work / "cache")}) as srv:
         yield srv
+
+
+#: fixtures that start a MONAI Label server, an Orthanc or a browser: a test using one is slow
+SERVER_FIXTURES = {"start_server", "start_sample_server", "pacs", "pacs_server", "browser"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every test that (through any fixture) starts a server as ``slow``, so the fast lane
+    (``-m "not slow"``) leaves it out; other slow tests carry the mark themselves."""
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -272,6 +272,7 @@ def test_a_saved_label_trains_a_new_version_that_infer_and_scoring_then_use(serv
 
 
 # -- al-sim ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_al_sim_writes_well_formed_json(repo, shared_data, tmp_path):
     out, png = tmp_path / "al.json", tmp_path / "al.png"
     proc = subprocess.run(
@@ -292,6 +293,7 @@ def test_al_sim_writes_well_formed_json(repo, shared_data, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_al_sim_trains_with_the_consistency_loss_where_there_are_label_maps(repo, shared_data, tmp_path):
     out = tmp_path / "al.json"
     common = ["--strategy", "random", "--checkpoint", "scratch", "--initial", "2", "--rounds", "1", "--per-round", "2",
@@ -313,6 +315,7 @@ def test_al_sim_trains_with_the_consistency_loss_where_there_are_label_maps(repo
     assert "the consistency loss trains segmentation outputs; medmnist has no label maps" in proc.stderr
 
 
+@pytest.mark.slow
 def test_al_sim_ranks_detection_images_by_their_query_entropy(repo, shared_data, tmp_path):
     """BCCD has boxes only: the pool is scored through the detection task's outputs."""
     out = tmp_path / "al.json"
@@ -330,6 +333,7 @@ def test_al_sim_ranks_detection_images_by_their_query_entropy(repo, shared_data,
     assert result["reach"] == {}  # no random curve to reach
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--strategy", "random,oracle"], "unknown strategies ['oracle']"),
     (["--rounds", "0"], "rounds must be >= 1"),
@@ -347,6 +351,7 @@ def test_al_sim_rejects_bad_arguments_in_one_line(repo, shared_data, args, messa
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_al_sim_repeats_seeds_in_worker_processes_and_reports_their_mean(repo, shared_data, tmp_path):
     out = tmp_path / "al.json"
     proc = subprocess.run(
@@ -488,6 +493,7 @@ def test_paired_gain_compares_the_same_seeds_point_by_point():
         paired_gain(on, twice)
 
 
+@pytest.mark.slow
 def test_al_compare_prints_the_paired_table(repo, tmp_path):
     a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "cmp.json"
     a.write_text(json.dumps(_seed_result(0, 0.50)))
@@ -502,6 +508,7 @@ def test_al_compare_prints_the_paired_table(repo, tmp_path):
     assert proc.returncode == 2 and "none.json: no such file" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_al_combine_writes_the_merged_result_and_names_a_bad_file(repo, tmp_path):
     a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "merged.json"
     a.write_text(json.dumps(_seed_result(0, 0.5)))

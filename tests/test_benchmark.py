@@ -67,6 +67,7 @@ def test_fresh_process_does_not_inherit_the_parents_peak():
     del hog
 
 
+@pytest.mark.slow
 def test_stock_pipeline_restores_the_images_grid():
     from monai.data import MetaTensor
 
@@ -78,6 +79,7 @@ def test_stock_pipeline_restores_the_images_grid():
         StockSegmentationConfig(roi_size=20)
 
 
+@pytest.mark.slow
 def test_speed_benchmark_json_and_markdown(volume, tmp_path):
     config = SpeedConfig(image=volume, model="tiny", repeats=2, memory=False,
                          predictor={"max_size_3d": 32, "roi_size_3d": 32}, stock=TINY_STOCK)
@@ -98,6 +100,7 @@ def test_speed_benchmark_json_and_markdown(volume, tmp_path):
     assert plot(results, tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_speed_measures_peak_rss_per_variant(volume):
     config = SpeedConfig(image=volume, model="tiny", repeats=1, variants=("unimed_classification",),
                          predictor={"max_size_3d": 32, "roi_size_3d": 32})
@@ -112,6 +115,7 @@ def test_speed_config_errors(volume):
         SpeedConfig(image=volume, repeats=0)
 
 
+@pytest.mark.slow
 def test_training_benchmark_on_given_patches():
     rng = torch.Generator().manual_seed(0)
     patches = [(torch.randn(2, 16, 16, 16, generator=rng), torch.randint(0, 5, (16, 16, 16), generator=rng))
@@ -145,6 +149,7 @@ def test_default_budget_is_unimeds_share(checkpoint, tmp_path):
         default_peer_minutes(tmp_path / "unimed.pt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(PEERS))
 def test_accuracy_trains_a_peer_and_scores_both_like_evaluate(name, data, checkpoint):
     config = AccuracyConfig(data=data, checkpoint=checkpoint, peer_minutes=0.001, max_steps=1, small=True)
@@ -160,6 +165,7 @@ def test_accuracy_trains_a_peer_and_scores_both_like_evaluate(name, data, checkp
     assert f"| {name} | val |" in to_markdown({"accuracy": {name: result}})
 
 
+@pytest.mark.slow
 def test_retinanet_learns_without_torchvision(data):
     assert "torchvision" not in sys.modules
     train = read_dataset("voc", data / "bccd", "train")
@@ -195,6 +201,7 @@ def run(repo, *args):
     return subprocess.run([sys.executable, str(repo / "main.py"), *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--speed", "--image", "/nonexistent.nii.gz"], "--image /nonexistent.nii.gz: no such file"),
     (["--accuracy", "--datasets", "brats,mnist"], "--datasets: unknown mnist"),
@@ -210,6 +217,7 @@ def test_cli_errors_are_one_line(repo, tmp_path, args, message):
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_cli_accuracy_resumes_per_dataset(repo, data, checkpoint, tmp_path):
     out_json = tmp_path / "b.json"
     write_json({"accuracy": {"msd_patches": {"dataset": "msd_patches", "peer": {"name": "earlier"}}}}, out_json)

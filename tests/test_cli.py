@@ -20,6 +20,7 @@ def test_every_command_has_help(repo, command):
     assert out.returncode == 0 and "usage: main.py " + command in out.stdout
 
 
+@pytest.mark.slow
 def test_the_installed_unimed_command_is_main_py(repo, tmp_path):
     """pyproject.toml installs ``unimed``; it runs main.py's commands, from any folder."""
     unimed = Path(sys.executable).with_name("unimed")
@@ -33,6 +34,7 @@ def test_the_installed_unimed_command_is_main_py(repo, tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_infer_detection_prints_boxes(repo, sample, tmp_path):
     result = tmp_path / "boxes.json"
     out = run(repo, "infer", "--task", "detection", "--image", str(sample / "bccd_BloodImage_00000.jpg"),
@@ -43,6 +45,7 @@ def test_infer_detection_prints_boxes(repo, sample, tmp_path):
     assert len(doc["box"]) == len(doc["label"]) == len(doc["score"])
 
 
+@pytest.mark.slow
 def test_infer_segmentation_writes_a_label_map(repo, sample, tmp_path):
     import nibabel as nib
 
@@ -53,6 +56,7 @@ def test_infer_segmentation_writes_a_label_map(repo, sample, tmp_path):
     assert nib.load(out_path).shape == nib.load(sample / "lung_patch_000.nii.gz").shape
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -67,6 +71,7 @@ def test_infer_errors_are_one_line(repo, args, message):
     assert message in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_info_describes_the_network(repo):
     out = run(repo, "info")
     assert out.returncode == 0
@@ -80,6 +85,7 @@ def test_training_commands_have_help(repo, command):
     assert out.returncode == 0 and "usage: main.py " + command in out.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device, message", [("tpu", "device 'tpu': use 'cpu', or 'cuda'/'cuda:N'"),
                                              ("cuda:99", "device 'cuda:99': use 'cpu'")])
 def test_pretrain_refuses_a_device_torch_does_not_have(repo, tmp_path, device, message):
@@ -88,6 +94,7 @@ def test_pretrain_refuses_a_device_torch_does_not_have(repo, tmp_path, device, m
     assert not (tmp_path / "m").exists()  # refused before anything was trained or published
 
 
+@pytest.mark.slow
 def test_evaluate_writes_the_documented_json(repo, tmp_path):
     """``evaluate`` on a folder it has never seen: a tiny MSD-format file and a tiny checkpoint."""
     import h5py
@@ -143,6 +150,7 @@ def test_dataset_choices_come_from_the_registry(monkeypatch):
     assert choices("evaluate", "dataset")[-1] == "toy"
 
 
+@pytest.mark.slow
 def test_versions_lists_and_rolls_back(repo, tmp_path):
     from unimed.model_store import ModelStore
     from unimed.networks.unimed import unimed_tiny
@@ -158,6 +166,7 @@ def test_versions_lists_and_rolls_back(repo, tmp_path):
     assert out.returncode == 2 and "no model version 9" in out.stderr
 
 
+@pytest.mark.slow
 def test_pacs_with_a_missing_ct_folder_is_a_clear_error(repo, tmp_path):
     out = run(repo, "pacs", "--ct", str(tmp_path / "nope"), "--dir", str(tmp_path / "orthanc"))
     assert out.returncode == 2 and "no such folder" in out.stderr and "Traceback" not in out.stderr

@@ -98,6 +98,7 @@ def brats(shared_data) -> list[Sample]:
     return read_brats(shared_data / "brats2013")
 
 
+@pytest.mark.slow
 def test_real_brats(brats):
     assert [s.name for s in brats] == [f"brats_2013_pat000{i}_1" for i in range(1, 5)]
     for s in brats:
@@ -135,6 +136,7 @@ def test_real_medmnist(shared_data):
     assert len(big) == 98 and tuple(big[0].image.shape) == (1, 64, 64, 64)
 
 
+@pytest.mark.slow
 def test_real_voc(shared_data):
     folder = shared_data / "bccd"
     n_train = len((folder / "ImageSets/Main/train.txt").read_text().split())

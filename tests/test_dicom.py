@@ -25,6 +25,7 @@ def brats(sample, tmp_path_factory):
     return {"folder": folder, "nifti": img, "label": label}
 
 
+@pytest.mark.slow
 def test_brats_mr_series_has_the_niftis_geometry_and_intensities(brats):
     img = brats["nifti"]
     datasets = read_series(brats["folder"])
@@ -46,6 +47,7 @@ def test_volume_to_series_rejects_bad_input(tmp_path):
         volume_to_series(np.zeros((4, 4, 2)), np.eye(3), tmp_path, patient_id="p")
 
 
+@pytest.mark.slow
 def test_anonymised_ct_gets_stable_identifiers_and_keeps_geometry(shared_data, tmp_path):
     src = shared_data / "totalseg_examples" / "example_ct_dicom"
     a = read_series(assign_missing_uids(src, tmp_path / "a", patient_id="ct")[0].parent)
@@ -56,6 +58,7 @@ def test_anonymised_ct_gets_stable_identifiers_and_keeps_geometry(shared_data, t
     assert np.allclose(series_geometry(a).affine, image_affine(load_image(src)), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_seg_round_trip_keeps_labels_colours_codes_and_geometry(brats, tmp_path):
     label = brats["label"]
     label_map = np.asarray(label.dataobj).astype(np.uint8)
@@ -77,6 +80,7 @@ def test_seg_round_trip_keeps_labels_colours_codes_and_geometry(brats, tmp_path)
     assert np.array_equal(alone.label_map(registry), label_map[:, :, k0:k0 + alone.masks.shape[3]])
 
 
+@pytest.mark.slow
 def test_seg_from_a_label_map_on_another_grid_is_resampled_onto_the_series(brats, tmp_path):
     label = brats["label"]
     label_map = np.asarray(label.dataobj).astype(np.uint8)

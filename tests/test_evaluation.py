@@ -286,6 +286,7 @@ def predictor() -> Predictor:
     return Predictor(unimed_tiny())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(EXPECTED_NAMES))
 def test_real_predictor_smoke(folders, predictor, kind):
     result = evaluate(kind, folders[kind], predictor, progress=kind == "msd_patches")

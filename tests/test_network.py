@@ -93,6 +93,7 @@ def test_registry_must_match_the_label_space():
         UniMed(UniMedConfig(labels=("edema",)), LabelRegistry())
 
 
+@pytest.mark.slow
 def test_shipped_size_runs_a_brats_sized_grid_quickly():
     """The default network encodes a 128x128x80 grid (a BraTS volume's) in one pass."""
     net = unimed_small().eval()

@@ -44,6 +44,7 @@ def test_every_task_answers_from_cached_features(predictor):
     assert cls.annotation.scores == sorted(cls.annotation.scores, reverse=True)
 
 
+@pytest.mark.slow
 def test_sliding_window_covers_a_grid_larger_than_the_window():
     torch.manual_seed(0)
     pred = Predictor(unimed_tiny(), roi_size_3d=48, max_size_3d=96).predict(torch.rand(1, 100, 90, 70), "seg")

@@ -61,6 +61,7 @@ def test_flip_augmentation_moves_boxes_with_the_image():
         assert inside.mean() > out.image[0].mean() + 0.5  # the box still covers the bright square
 
 
+@pytest.mark.slow
 def test_ssl_loss_gives_the_backbone_gradients():
     net = unimed_tiny()
     ssl = MaskedReconstruction(net.config.mask_dim, block=8)
@@ -138,6 +139,7 @@ def test_consistency_gives_the_network_gradients_and_needs_labels():
         make_ssl("contrast", mask_dim=8)
 
 
+@pytest.mark.slow
 def test_consistency_prompts_the_labelled_sources_segmentation_labels():
     seed_everything(0)
     net = unimed_tiny()
@@ -180,6 +182,7 @@ def test_consistency_without_averaging_has_no_teacher():
     assert ssl.teacher is None
 
 
+@pytest.mark.slow
 def test_training_steps_lower_the_loss_on_toy_data():
     seed_everything(0)
     src, unl = _toy_sources()
@@ -190,6 +193,7 @@ def test_training_steps_lower_the_loss_on_toy_data():
     assert last < 0.5 * first
 
 
+@pytest.mark.slow
 def test_training_steps_lower_the_loss_on_real_data(shared_data):
     """MSD lung-tumour patches and BCCD smears, every task, a few steps of the tiny network."""
     from unimed.datasets import read_msd_patches, read_voc
