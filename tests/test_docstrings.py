@@ -14,6 +14,7 @@ MODULES = [
     "unimed.selection", "unimed.dicom.series", "unimed.dicom.seg", "unimed.dicom.dicomweb",
     "unimed.benchmarks.machine", "unimed.benchmarks.timing", "unimed.benchmarks.report", "unimed.benchmarks.stock",
     "unimed.child_process", "trainers.ssl", "trainers.active_learning", "trainers.train_request",
+    "unimed.tasks.spec", "unimed.tasks.segmentation", "unimed.tasks.classification", "unimed.boxes",
 ]
 
 
