@@ -4,7 +4,8 @@ Layers, lowest first: ``unimed`` (``lib/unimed``: torch, MONAI, pydicom, highdic
 (training algorithms) <- ``servers`` (child processes), ``benchmarks`` and the MONAI Label app
 (``apps/unimed``, whose own package is ``lib``) <- ``main.py`` (the command line). Imports are
 read from the source (every ``import`` statement, also those inside functions), so a lazy import
-counts as much as one at the top of a file.
+counts as much as one at the top of a file; an import under ``if TYPE_CHECKING:`` is read by
+type checkers only, never run, and is not counted.
 """
 
 from __future__ import annotations
@@ -53,7 +54,11 @@ def _imports(path: Path, name: str) -> set[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
+    type_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node.test)
+                 for stmt in node.body for n in ast.walk(stmt)}
     for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -65,6 +70,11 @@ def _imports(path: Path, name: str) -> set[str]:
             found.add(module)
             found.update(f"{module}.{alias.name}" for alias in node.names)
     return found
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 MODULES = _modules()
@@ -125,3 +135,6 @@ def test_the_checker_sees_a_forbidden_import(tmp_path):
     bad.write_text("def f():\n    from monailabel.interfaces.app import MONAILabelApp\n")
     assert "monailabel.interfaces.app" in _imports(bad, "unimed.bad")
     assert any(m.split(".")[0] in FORBIDDEN["unimed"] for m in _imports(bad, "unimed.bad"))
+    typed = tmp_path / "typed.py"
+    typed.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from trainers.joint import JointTrainer\n")
+    assert "trainers.joint" not in _imports(typed, "unimed.typed")

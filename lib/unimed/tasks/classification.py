@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from unimed.sequence import EOS_ID, TokenSequence, check_scores, score_list
-from unimed.tasks import Task
+from unimed.tasks.task import Task
 from unimed.tasks.spec import ParsedObject, TaskSpec, TrainingItem
 
 if TYPE_CHECKING:
@@ -80,7 +80,6 @@ class ClassificationSpec(TaskSpec):
     """Classification: label tokens without arguments, answered with scores and no file."""
 
     task = Task.CLASSIFICATION
-    token = "cls"
     annotation_type = ClassificationAnnotation
 
     def encode(self, ann: ClassificationAnnotation, codec: "TokenCodec") -> TokenSequence:
@@ -109,6 +108,9 @@ class ClassificationSpec(TaskSpec):
 
     def has_targets(self, items: Sequence[TrainingItem]) -> bool:
         return all(it.class_labels for it in items)
+
+    def target_labels(self, items: Sequence[TrainingItem]) -> list[str]:
+        return sorted({name for it in items for name in it.class_labels or ()})
 
     def loss(self, model: "UniMed", feats: "Features", items: Sequence[TrainingItem],
              weights: "LossWeights") -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ from scipy.optimize import linear_sum_assignment
 from unimed.boxes import generalized_box_iou, nms, paired_generalized_box_iou
 from unimed.networks.proposals import cell_centres, decode_boxes
 from unimed.sequence import EOS_ID, TokenDecodeError, TokenSequence, check_scores, score_list
-from unimed.tasks import Task
+from unimed.tasks.task import Task
 from unimed.tasks.spec import ParsedObject, TaskSpec, TrainingItem
 
 if TYPE_CHECKING:
@@ -211,7 +211,6 @@ class DetectionSpec(TaskSpec):
     """Detection: six coordinate tokens per label, answered with boxes and a Slicer ROI markup."""
 
     task = Task.DETECTION
-    token = "det"
     annotation_type = DetectionAnnotation
     arity = 6
     argument_kind = "coord"
@@ -271,6 +270,9 @@ class DetectionSpec(TaskSpec):
 
     def has_targets(self, items: Sequence[TrainingItem]) -> bool:
         return all(it.boxes is not None for it in items)
+
+    def target_labels(self, items: Sequence[TrainingItem]) -> list[str]:
+        return sorted({name for it in items for name in it.det_labels})
 
     def loss(self, model: "UniMed", feats: "Features", items: Sequence[TrainingItem],
              weights: "LossWeights") -> dict[str, torch.Tensor]:

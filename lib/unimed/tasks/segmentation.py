@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from unimed.networks.layers import upsample_to
 from unimed.sequence import EOS_ID, TokenDecodeError, TokenSequence
-from unimed.tasks import Task
+from unimed.tasks.task import Task
+from unimed.transforms import resize_to_image
 from unimed.tasks.spec import ParsedObject, TaskSpec, TrainingItem
 
 if TYPE_CHECKING:
@@ -111,7 +112,6 @@ class SegmentationSpec(TaskSpec):
     """Segmentation: one ``<mask:q>`` argument per label, answered with a label image."""
 
     task = Task.SEGMENTATION
-    token = "seg"
     annotation_type = SegmentationAnnotation
     arity = 1
     argument_kind = "mask"
@@ -169,8 +169,6 @@ class SegmentationSpec(TaskSpec):
 
     def compose(self, outputs: Mapping[str, torch.Tensor], labels: Sequence["Label"], grid: "GridSpec",
                 composer: "ComposedDecoder") -> TokenSequence:
-        from unimed.transforms import resize_to_image  # unimed.transforms imports the network, which imports tasks
-
         return segmentation_tokens(composer.vocab, resize_to_image(outputs["mask_logits"], grid), labels)
 
     def uncertainty(self, outputs: Mapping[str, torch.Tensor], labels: Sequence["Label"], registry: "LabelRegistry",
@@ -179,6 +177,9 @@ class SegmentationSpec(TaskSpec):
 
     def has_targets(self, items: Sequence[TrainingItem]) -> bool:
         return all(it.label_map is not None for it in items)
+
+    def target_labels(self, items: Sequence[TrainingItem]) -> list[str]:
+        return sorted({name for it in items for name in it.seg_labels})
 
     def loss(self, model: "UniMed", feats: "Features", items: Sequence[TrainingItem],
              weights: "LossWeights") -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the modules below import unimed.tasks themselves
     from unimed.loss_weights import LossWeights
     from unimed.networks.unimed import Features, UniMed
     from unimed.predictor import Prediction
-    from unimed.tasks import Task
+    from unimed.tasks.task import Task
     from unimed.tokens import TokenCodec
     from unimed.transforms import GridSpec
 
@@ -75,12 +75,16 @@ class TaskSpec(ABC):
     """
 
     task: ClassVar["Task"]
-    token: ClassVar[str]
     annotation_type: ClassVar[type]
     arity: ClassVar[int] = 0
     argument_kind: ClassVar[str | None] = None
     unique_labels: ClassVar[bool] = True
     output_file: ClassVar[OutputFile] = None
+
+    @property
+    def token(self) -> str:
+        """The task's short token (``seg``, ``det``, ``cls``): ``<token>`` in sequences."""
+        return self.task.token
 
     # -- codec ----------------------------------------------------------------------------------
     @abstractmethod
@@ -111,6 +115,10 @@ class TaskSpec(ABC):
     @abstractmethod
     def has_targets(self, items: Sequence[TrainingItem]) -> bool:
         """Whether every item of a batch carries this task's ground truth."""
+
+    @abstractmethod
+    def target_labels(self, items: Sequence[TrainingItem]) -> list[str]:
+        """The names of the labels this task's ground truth holds in any of the items, sorted."""
 
     @abstractmethod
     def loss(self, model: "UniMed", feats: "Features", items: Sequence[TrainingItem],

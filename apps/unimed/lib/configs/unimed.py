@@ -42,9 +42,7 @@ class UniMedTaskConfig(TaskConfig):
     def infer(self) -> dict[str, InferTask]:
         return {
             self.name: UniMedInferTask(self.service, None, "UniMed: any task, chosen by params {'task', 'labels'}"),
-            f"{self.name}_seg": UniMedInferTask(self.service, Task.SEGMENTATION, "UniMed segmentation"),
-            f"{self.name}_det": UniMedInferTask(self.service, Task.DETECTION, "UniMed detection (boxes)"),
-            f"{self.name}_cls": UniMedInferTask(self.service, Task.CLASSIFICATION, "UniMed classification"),
+            **{f"{self.name}_{task.token}": UniMedInferTask(self.service, task, f"UniMed {task.value}") for task in Task},
         }
 
     def trainer(self) -> Optional[TrainTask]:
