@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
+from monai.transforms.utils import generate_spatial_bounding_box
 
 from unimed import boxes as _boxes_overlap
 from unimed.labels import LabelRegistry
@@ -230,10 +231,10 @@ def mask_box(mask: np.ndarray) -> np.ndarray:
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim not in (2, 3):
         raise ValueError(f"mask must be 2D or 3D, got shape {mask.shape}")
-    idx = np.nonzero(mask)
-    if idx[0].size == 0:
+    if not mask.any():
         raise ValueError("mask_box needs a non-empty mask")
+    start, end = generate_spatial_bounding_box(mask[None])  # MONAI's: voxel indices, end exclusive
     box = np.array([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
-    for axis, (where, n) in enumerate(zip(idx, mask.shape)):
-        box[axis], box[axis + 3] = where.min() / n, (where.max() + 1) / n
+    for axis, n in enumerate(mask.shape):
+        box[axis], box[axis + 3] = start[axis] / n, end[axis] / n
     return box
