@@ -482,6 +482,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 # -- argument parsing ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from unimed.datasets import DATASETS, shared_datasets
+    from unimed.tasks.task import Task
 
     parser = argparse.ArgumentParser(description=__doc__)  # prog: main.py, or unimed as installed
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -505,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pacs)
 
     p = sub.add_parser("infer", help="run one task on one image file", description=cmd_infer.__doc__)
-    p.add_argument("--task", required=True, choices=["segmentation", "detection", "classification"])
+    p.add_argument("--task", required=True, choices=[task.value for task in Task])
     p.add_argument("--image", required=True, help="NIfTI, NRRD, DICOM folder, JPEG or PNG")
     p.add_argument("--labels", default=None, help="comma-separated label names (default: all of the task's)")
     p.add_argument("--out", default=None, help="write the label map (segmentation) or the JSON result here")
