@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 MODULES = [
-    "unimed.tasks.task", "unimed.labels", "unimed.tokens", "unimed.networks.layers", "unimed.networks.backbone",
+    "unimed.task_names", "unimed.labels", "unimed.vocabulary", "unimed.tokens", "unimed.networks.layers", "unimed.networks.backbone",
     "unimed.networks.pixel_decoder", "unimed.networks.decoder", "unimed.networks.unimed", "unimed.composer",
     "unimed.transforms", "unimed.checkpoint", "unimed.predictor", "unimed.service", "unimed.uncertainty",
     "unimed.selection", "unimed.dicom.series", "unimed.dicom.seg", "unimed.writers",

@@ -79,7 +79,7 @@ def test_detection_keeps_confident_boxes_and_suppresses_duplicates(composer):
     logits[3, reg.class_index("necrosis")] = 10.0  # not asked for
     boxes = torch.tensor([[0.1, 0.1, 0.0, 0.3, 0.3, 1.0], [0.11, 0.1, 0.0, 0.3, 0.31, 1.0],
                           [0.6, 0.6, 0.0, 0.7, 0.7, 1.0], [0.5, 0.5, 0.0, 0.9, 0.9, 1.0]])
-    ann = composer.decode(detection_tokens(composer, logits, boxes, labels, flat_depth=True))
+    ann = composer.decode(detection_tokens(composer.vocab, logits, boxes, labels, composer.options, flat_depth=True))
     assert ann.labels == ["red_blood_cell", "platelet"]
     assert np.allclose(ann.boxes[0], [0.1, 0.1, 0.0, 0.3, 0.3, 1.0], atol=1 / 64)
     assert ann.scores[0] > ann.scores[1] > 0.5

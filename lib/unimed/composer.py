@@ -1,9 +1,10 @@
 """The composed decoder: network outputs of one image -> token sequence -> annotation.
 
 Whatever the task, the answer leaves the network as a sequence of discrete tokens of
-:class:`unimed.tokens.TokenVocabulary` and is read back by :class:`unimed.tokens.TokenCodec`.
+:class:`unimed.vocabulary.TokenVocabulary` and is read back by :class:`unimed.tokens.TokenCodec`.
 How a task's outputs become tokens is the task's own (:meth:`unimed.tasks.TaskSpec.compose`,
-one module per task in :mod:`unimed.tasks`); this class holds the shared settings and the codec.
+one module per task in :mod:`unimed.tasks`); this class holds the shared settings (handed to the
+task as :class:`~unimed.tasks.spec.ComposeOptions`) and the codec.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from unimed.labels import Label
 from unimed.tasks import TASKS, Task
+from unimed.tasks.spec import ComposeOptions
 from unimed.tokens import Annotation, TokenCodec, TokenSequence, TokenVocabulary
 from unimed.transforms import GridSpec
 
@@ -49,10 +51,15 @@ class ComposedDecoder:
         self.nms_iou = nms_iou
         self.max_detections = max_detections
 
+    @property
+    def options(self) -> ComposeOptions:
+        """The settings a task's :meth:`~unimed.tasks.TaskSpec.compose` reads, from this decoder's."""
+        return ComposeOptions(self.score_threshold, self.nms_iou, self.max_detections)
+
     def tokens(self, task: Task, outputs: Mapping[str, torch.Tensor], labels: Sequence[Label],
                grid: GridSpec) -> TokenSequence:
         """The token sequence of one image's decoder outputs (batch axis removed) for ``task``."""
-        return TASKS[task].compose(outputs, labels, grid, self)
+        return TASKS[task].compose(outputs, labels, grid, self.vocab, self.options)
 
     def answer(self, task: Task, outputs: Mapping[str, torch.Tensor], labels: Sequence[Label],
                grid: GridSpec) -> Annotation:

@@ -8,20 +8,15 @@ sequence of tokens (in the manner of Pix2Seq), so that one decoder serves all ta
 * detection: ``<det> (<label:L> x0 y0 z0 x1 y1 z1)* <eos>``, six coordinate tokens per box;
 * classification: ``<cls> <label:L>* <eos>``.
 
-Any number of ``<pad>`` tokens may follow ``<eos>``. Token ids are laid out in ranges::
-
-    0 <pad> | 1 <eos> | task tokens | label tokens | coordinate tokens | mask tokens
-
-so a network can map its class logits and coordinate-bin logits onto token ids by adding
-:attr:`TokenVocabulary.label_offset` (class index - 1) or :attr:`TokenVocabulary.coord_offset`.
+Any number of ``<pad>`` tokens may follow ``<eos>``. Which id means which token is the
+vocabulary's (:mod:`unimed.vocabulary`, re-exported here); how each task writes and reads its
+objects is the task's spec (:mod:`unimed.tasks`), which the codec looks up by the task token.
 """
 
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
-from functools import cached_property
-from typing import Literal, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
 
@@ -32,6 +27,7 @@ from unimed.tasks.classification import ClassificationAnnotation
 from unimed.tasks.detection import DetectionAnnotation
 from unimed.tasks.segmentation import SegmentationAnnotation
 from unimed.tasks.spec import ParsedObject
+from unimed.vocabulary import TokenKind, TokenVocabulary
 
 __all__ = [
     "PAD_ID",
@@ -46,221 +42,6 @@ __all__ = [
     "Annotation",
     "TokenCodec",
 ]
-
-TokenKind = Literal["pad", "eos", "task", "label", "coord", "mask"]
-
-
-@dataclass(frozen=True)
-class TokenVocabulary:
-    """The token ids of the composed decoder, built from a label registry.
-
-    Args:
-        registry: the shared label space; one label token per label, in registry order.
-        num_bins: number of equal bins a normalised coordinate in [0, 1] is quantised into.
-        num_mask_refs: number of mask-reference tokens, i.e. of pixel outputs a sequence can use.
-
-    Raises:
-        ValueError: ``num_bins < 2`` or ``num_mask_refs < 1``.
-
-    Example:
-        >>> vocab = TokenVocabulary(LabelRegistry(), num_bins=64, num_mask_refs=32)
-        >>> vocab.token_str(vocab.task_token(Task.DETECTION))
-        '<det>'
-        >>> vocab.token_str(vocab.label_token("oedema"))
-        '<label:edema>'
-        >>> vocab.kind(vocab.coord_token(10)), vocab.bin_of(vocab.coord_token(10))
-        ('coord', 10)
-        >>> int(vocab.quantize(0.5)), vocab.dequantize(32)
-        (32, 0.5078125)
-    """
-
-    registry: LabelRegistry
-    num_bins: int = 64
-    num_mask_refs: int = 32
-
-    def __post_init__(self) -> None:
-        for name, minimum in (("num_bins", 2), ("num_mask_refs", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise TypeError(f"{name} must be an int, got {value!r}")
-            if value < minimum:
-                raise ValueError(f"{name} must be at least {minimum}, got {value}")
-
-    # -- id layout ------------------------------------------------------------------------
-
-    @property
-    def pad_id(self) -> int:
-        """Id of ``<pad>`` (always 0)."""
-        return PAD_ID
-
-    @property
-    def eos_id(self) -> int:
-        """Id of ``<eos>`` (always 1)."""
-        return EOS_ID
-
-    @property
-    def task_offset(self) -> int:
-        """First task-token id; tasks follow the order of :class:`Task`."""
-        return 2
-
-    @property
-    def label_offset(self) -> int:
-        """First label-token id: the label with class index ``c`` has id ``label_offset + c - 1``."""
-        return self.task_offset + len(Task)
-
-    @property
-    def num_labels(self) -> int:
-        """Number of label tokens (the registry's size)."""
-        return len(self.registry)
-
-    @property
-    def coord_offset(self) -> int:
-        """First coordinate-token id: bin ``k`` has id ``coord_offset + k``."""
-        return self.label_offset + self.num_labels
-
-    @property
-    def mask_offset(self) -> int:
-        """First mask-reference id: ``<mask:q>`` has id ``mask_offset + q``."""
-        return self.coord_offset + self.num_bins
-
-    @property
-    def size(self) -> int:
-        """Number of tokens; valid ids are ``0 .. size - 1``."""
-        return self.mask_offset + self.num_mask_refs
-
-    @cached_property
-    def _strings(self) -> tuple[str, ...]:
-        out = ["<pad>", "<eos>"]
-        out += [f"<{TASKS[task].token}>" for task in Task]
-        out += [f"<label:{lab.name}>" for lab in self.registry]
-        out += [f"<bin:{k}>" for k in range(self.num_bins)]
-        out += [f"<mask:{q}>" for q in range(self.num_mask_refs)]
-        return tuple(out)
-
-    @cached_property
-    def _ids(self) -> dict[str, int]:
-        return {s: i for i, s in enumerate(self._strings)}
-
-    # -- token ids from values ------------------------------------------------------------
-
-    def task_token(self, task: Task | str) -> int:
-        """Id of the task token that starts a sequence of ``task``."""
-        return self.task_offset + list(Task).index(Task.parse(task))
-
-    def label_token(self, label: Label | str) -> int:
-        """Id of the label token of ``label`` (a :class:`Label`, name or alias).
-
-        Raises:
-            UnknownLabelError: the registry does not hold the label.
-        """
-        return self.label_offset + self.registry.class_index(label) - 1
-
-    def coord_token(self, bin: int) -> int:
-        """Id of the coordinate token of bin ``bin`` (``0 <= bin < num_bins``)."""
-        return self.coord_offset + _in_range(bin, self.num_bins, "coordinate bin")
-
-    def mask_token(self, q: int) -> int:
-        """Id of ``<mask:q>``, which points at the ``q``-th mask payload (``0 <= q < num_mask_refs``)."""
-        return self.mask_offset + _in_range(q, self.num_mask_refs, "mask reference")
-
-    # -- values from token ids ------------------------------------------------------------
-
-    def token_str(self, id: int) -> str:
-        """The readable form of token ``id``, e.g. ``'<label:edema>'`` or ``'<bin:3>'``."""
-        return self._strings[_in_range(id, self.size, "token id")]
-
-    def id_of(self, token_str: str) -> int:
-        """The id of a readable token (the inverse of :meth:`token_str`).
-
-        Raises:
-            ValueError: no token is written that way.
-        """
-        try:
-            return self._ids[token_str]
-        except KeyError:
-            raise ValueError(f"unknown token {token_str!r}") from None
-
-    def kind(self, id: int) -> TokenKind:
-        """Which range token ``id`` belongs to.
-
-        Raises:
-            ValueError: ``id`` is outside ``0 .. size - 1``.
-        """
-        i = _in_range(id, self.size, "token id")
-        if i == PAD_ID:
-            return "pad"
-        if i == EOS_ID:
-            return "eos"
-        if i < self.label_offset:
-            return "task"
-        if i < self.coord_offset:
-            return "label"
-        if i < self.mask_offset:
-            return "coord"
-        return "mask"
-
-    def task_of(self, id: int) -> Task:
-        """The task of a task token."""
-        return list(Task)[self._offset_in(id, "task", self.task_offset)]
-
-    def label_of(self, id: int) -> Label:
-        """The label of a label token."""
-        return self.registry.from_class_index(self._offset_in(id, "label", self.label_offset) + 1)
-
-    def bin_of(self, id: int) -> int:
-        """The bin of a coordinate token."""
-        return self._offset_in(id, "coord", self.coord_offset)
-
-    def mask_index_of(self, id: int) -> int:
-        """The mask-payload index ``q`` of ``<mask:q>``."""
-        return self._offset_in(id, "mask", self.mask_offset)
-
-    def _offset_in(self, id: int, kind: TokenKind, offset: int) -> int:
-        actual = self.kind(id)
-        if actual != kind:
-            raise ValueError(f"token {self.token_str(id)} (id {int(id)}) is a {actual} token, not a {kind} token")
-        return int(id) - offset
-
-    # -- coordinates ----------------------------------------------------------------------
-
-    def quantize(self, x: np.ndarray | float) -> np.ndarray | int:
-        """Bins of normalised coordinates: ``min(floor(x * num_bins), num_bins - 1)`` after clipping to [0, 1].
-
-        Returns an ``int`` for a scalar and an int64 array of the same shape for an array.
-
-        Raises:
-            ValueError: a coordinate is NaN.
-        """
-        arr = np.asarray(x, dtype=np.float64)
-        if np.isnan(arr).any():
-            raise ValueError("cannot quantize NaN coordinates")
-        bins = np.minimum(np.floor(np.clip(arr, 0.0, 1.0) * self.num_bins), self.num_bins - 1).astype(np.int64)
-        return int(bins) if bins.ndim == 0 else bins
-
-    def dequantize(self, bins: np.ndarray | int) -> np.ndarray | float:
-        """Centres ``(k + 0.5) / num_bins`` of bins; within one bin width of the quantised value.
-
-        Raises:
-            ValueError: a bin is outside ``0 .. num_bins - 1``.
-        """
-        arr = np.asarray(bins)
-        if not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"bins must be integers, got dtype {arr.dtype}")
-        if arr.size and (arr.min() < 0 or arr.max() >= self.num_bins):
-            raise ValueError(f"bins must be in 0..{self.num_bins - 1}, got range {arr.min()}..{arr.max()}")
-        centres = (arr.astype(np.float64) + 0.5) / self.num_bins
-        return float(centres) if centres.ndim == 0 else centres
-
-
-def _in_range(value: int, stop: int, what: str) -> int:
-    try:
-        i = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{what} must be an integer, got {value!r}") from None
-    if not 0 <= i < stop:
-        raise ValueError(f"{what} {i} is outside 0..{stop - 1}")
-    return i
-
 
 #: an annotation of any task (each task module defines its own type)
 Annotation = Union[tuple(spec.annotation_type for spec in TASKS.values())]
@@ -299,7 +80,7 @@ class TokenCodec:
         """
         for spec in TASKS.values():
             if isinstance(annotation, spec.annotation_type):
-                return spec.encode(annotation, self)
+                return spec.encode(annotation, self.vocab)
         raise TypeError(f"cannot encode {type(annotation).__name__}; expected an annotation")
 
     def label_for(self, name: str, task: Task) -> Label:
@@ -308,10 +89,7 @@ class TokenCodec:
         Raises:
             UnknownLabelError, ValueError: an unknown label, or one not valid for the task.
         """
-        label = self.vocab.registry.get(name)
-        if task not in label.tasks:
-            raise ValueError(f"label {label.name!r} is not valid for {task.value}")
-        return label
+        return self.vocab.label_for(name, task)
 
     # -- decode ---------------------------------------------------------------------------
 
@@ -329,7 +107,7 @@ class TokenCodec:
         num_objects = len(objects)
         if seq.scores is not None and len(seq.scores) != num_objects:
             raise TokenDecodeError(f"got {len(seq.scores)} scores for {num_objects} objects (label tokens)")
-        return TASKS[task].decode(seq, objects, score_list(seq.scores), self)
+        return TASKS[task].decode(seq, objects, score_list(seq.scores), self.vocab)
 
     def _checked_ids(self, raw: Sequence[int]) -> list[int]:
         ids = []

@@ -22,8 +22,8 @@ from unimed.networks.decoder import DecomposedDecoder
 from unimed.networks.layers import SIZE_DIVISOR, position_encoding
 from unimed.networks.pixel_decoder import PixelDecoder
 from unimed.networks.proposals import ProposalHead, select_proposals
-from unimed.tasks.task import Task
-from unimed.tokens import TokenVocabulary
+from unimed.task_names import Task
+from unimed.vocabulary import TokenVocabulary
 
 __all__ = ["UniMedConfig", "UniMed", "Features", "unimed_small", "unimed_tiny"]
 

@@ -11,7 +11,7 @@ from unimed.tasks.classification import ClassificationSpec
 from unimed.tasks.detection import DetectionSpec
 from unimed.tasks.segmentation import SegmentationSpec
 from unimed.tasks.spec import TaskSpec
-from unimed.tasks.task import Task, UnknownTaskError
+from unimed.task_names import Task, UnknownTaskError
 
 __all__ = ["Task", "UnknownTaskError", "TaskSpec", "TASKS", "spec_of"]
 

@@ -9,23 +9,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from unimed.labels import Label, LabelRegistry
+from unimed.loss_weights import LossWeights
 from unimed.sequence import EOS_ID, TokenSequence, check_scores, score_list
-from unimed.tasks.task import Task
-from unimed.tasks.spec import ParsedObject, TaskSpec, TrainingItem
-
-if TYPE_CHECKING:
-    from unimed.composer import ComposedDecoder
-    from unimed.labels import Label, LabelRegistry
-    from unimed.loss_weights import LossWeights
-    from unimed.networks.unimed import Features, UniMed
-    from unimed.predictor import Prediction
-    from unimed.tokens import TokenCodec, TokenVocabulary
-    from unimed.transforms import GridSpec
+from unimed.task_names import Task
+from unimed.tasks.spec import ComposeOptions, ParsedObject, TaskModel, TaskPrediction, TaskSpec, TrainingItem
+from unimed.transforms import GridSpec
+from unimed.vocabulary import TokenVocabulary
 
 __all__ = ["ClassificationAnnotation", "ClassificationSpec", "classification_tokens", "presence_entropy",
            "classification_loss"]
@@ -44,8 +39,8 @@ class ClassificationAnnotation:
     scores: list[float] | None = None
 
 
-def classification_tokens(vocab: "TokenVocabulary", presence_logits: torch.Tensor,
-                          labels: Sequence["Label"]) -> TokenSequence:
+def classification_tokens(vocab: TokenVocabulary, presence_logits: torch.Tensor,
+                          labels: Sequence[Label]) -> TokenSequence:
     """``presence_logits`` ``(L,)``: one per requested label; tokens ranked by score."""
     if presence_logits.shape[0] != len(labels):
         raise ValueError(f"expected {len(labels)} presence logits, got {presence_logits.shape[0]}")
@@ -70,7 +65,7 @@ def presence_entropy(presence_logits: torch.Tensor) -> float:
 
 
 def classification_loss(presence_logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
-                        w: "LossWeights") -> dict[str, torch.Tensor]:
+                        w: LossWeights) -> dict[str, torch.Tensor]:
     """BCE of ``(B, P)`` presence logits against 0/1 ``targets`` where ``valid`` (label tokens)."""
     loss = F.binary_cross_entropy_with_logits(presence_logits[valid], targets[valid].float())
     return {"cls": w.cls * loss}
@@ -82,27 +77,27 @@ class ClassificationSpec(TaskSpec):
     task = Task.CLASSIFICATION
     annotation_type = ClassificationAnnotation
 
-    def encode(self, ann: ClassificationAnnotation, codec: "TokenCodec") -> TokenSequence:
+    def encode(self, ann: ClassificationAnnotation, vocab: TokenVocabulary) -> TokenSequence:
         check_scores(ann.scores, len(ann.labels), "labels")
-        labels = [codec.label_for(name, self.task) for name in ann.labels]
+        labels = [vocab.label_for(name, self.task) for name in ann.labels]
         names = [lab.name for lab in labels]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"classification labels are repeated: {', '.join(repeated)}")
-        ids = [codec.vocab.task_token(self.task)]
-        ids += [codec.vocab.label_token(label) for label in labels]
+        ids = [vocab.task_token(self.task)]
+        ids += [vocab.label_token(label) for label in labels]
         ids.append(EOS_ID)
         return TokenSequence(ids, scores=score_list(ann.scores))
 
     def decode(self, seq: TokenSequence, objects: list[ParsedObject], scores: list[float] | None,
-               codec: "TokenCodec") -> ClassificationAnnotation:
+               vocab: TokenVocabulary) -> ClassificationAnnotation:
         return ClassificationAnnotation([obj.label.name for obj in objects], scores=scores)
 
-    def compose(self, outputs: Mapping[str, torch.Tensor], labels: Sequence["Label"], grid: "GridSpec",
-                composer: "ComposedDecoder") -> TokenSequence:
-        return classification_tokens(composer.vocab, outputs["presence_logits"][1:], labels)
+    def compose(self, outputs: Mapping[str, torch.Tensor], labels: Sequence[Label], grid: GridSpec,
+                vocab: TokenVocabulary, options: ComposeOptions) -> TokenSequence:
+        return classification_tokens(vocab, outputs["presence_logits"][1:], labels)
 
-    def uncertainty(self, outputs: Mapping[str, torch.Tensor], labels: Sequence["Label"], registry: "LabelRegistry",
+    def uncertainty(self, outputs: Mapping[str, torch.Tensor], labels: Sequence[Label], registry: LabelRegistry,
                     *, top_fraction: float, region_threshold: float) -> float:
         return presence_entropy(outputs["presence_logits"][1:])
 
@@ -112,8 +107,8 @@ class ClassificationSpec(TaskSpec):
     def target_labels(self, items: Sequence[TrainingItem]) -> list[str]:
         return sorted({name for it in items for name in it.class_labels or ()})
 
-    def loss(self, model: "UniMed", feats: "Features", items: Sequence[TrainingItem],
-             weights: "LossWeights") -> dict[str, torch.Tensor]:
+    def loss(self, model: TaskModel, feats: Any, items: Sequence[TrainingItem],
+             weights: LossWeights) -> dict[str, torch.Tensor]:
         device = next(model.parameters()).device
         names = [sorted(it.class_labels) for it in items]
         ids, pad = model.prompt([(self.task, n) for n in names])
@@ -125,12 +120,12 @@ class ClassificationSpec(TaskSpec):
                 targets[i, j], valid[i, j] = int(it.class_labels[name]), True
         return classification_loss(out["presence_logits"], targets.to(device), valid.to(device), weights)
 
-    def result_fields(self, pred: "Prediction", registry: "LabelRegistry") -> dict[str, Any]:
+    def result_fields(self, pred: TaskPrediction, registry: LabelRegistry) -> dict[str, Any]:
         ann = pred.annotation
         return {"prediction": [{"idx": registry.get(name).id, "label": name, "score": round(float(s), 6)}
                                for name, s in zip(ann.labels, ann.scores)]}
 
-    def report(self, pred: "Prediction", source: str) -> tuple[list[str], dict[str, Any]]:
+    def report(self, pred: TaskPrediction, source: str) -> tuple[list[str], dict[str, Any]]:
         ann = pred.annotation
         lines = [f"classification of {source}:"] + [f"  {name:22s} {s:.3f}" for name, s in zip(ann.labels, ann.scores)]
         return lines, {"prediction": [{"label": n, "score": s} for n, s in zip(ann.labels, ann.scores)]}

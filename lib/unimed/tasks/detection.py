@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,19 +20,14 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 from unimed.boxes import generalized_box_iou, nms, paired_generalized_box_iou
+from unimed.labels import Label, LabelRegistry
+from unimed.loss_weights import LossWeights
 from unimed.networks.proposals import cell_centres, decode_boxes
 from unimed.sequence import EOS_ID, TokenDecodeError, TokenSequence, check_scores, score_list
-from unimed.tasks.task import Task
-from unimed.tasks.spec import ParsedObject, TaskSpec, TrainingItem
-
-if TYPE_CHECKING:
-    from unimed.composer import ComposedDecoder
-    from unimed.labels import Label, LabelRegistry
-    from unimed.loss_weights import LossWeights
-    from unimed.networks.unimed import Features, UniMed
-    from unimed.predictor import Prediction
-    from unimed.tokens import TokenCodec
-    from unimed.transforms import GridSpec
+from unimed.task_names import Task
+from unimed.tasks.spec import ComposeOptions, ParsedObject, TaskModel, TaskPrediction, TaskSpec, TrainingItem
+from unimed.transforms import GridSpec
+from unimed.vocabulary import TokenVocabulary
 
 __all__ = ["DetectionAnnotation", "DetectionSpec", "detection_tokens", "query_entropy", "match", "detection_loss",
            "proposal_loss"]
@@ -56,11 +51,10 @@ class DetectionAnnotation:
     scores: list[float] | None = None
 
 
-def detection_tokens(composer: "ComposedDecoder", class_logits: torch.Tensor, boxes: torch.Tensor,
-                     labels: Sequence["Label"], flat_depth: bool = False) -> TokenSequence:
-    """``class_logits`` ``(Q, K + 1)`` and normalised ``boxes`` ``(Q, 6)`` of the queries; the
-    composer gives the vocabulary, score threshold, NMS IoU and most detections."""
-    vocab = composer.vocab
+def detection_tokens(vocab: TokenVocabulary, class_logits: torch.Tensor, boxes: torch.Tensor,
+                     labels: Sequence[Label], options: ComposeOptions, flat_depth: bool = False) -> TokenSequence:
+    """``class_logits`` ``(Q, K + 1)`` and normalised ``boxes`` ``(Q, 6)`` of the queries; ``options``
+    give the score threshold, NMS IoU and most detections."""
     probs = class_logits.float().softmax(-1)
     cols = torch.tensor([vocab.registry.class_index(lab) for lab in labels], dtype=torch.long)
     score, which = probs[:, cols].max(-1)
@@ -68,12 +62,12 @@ def detection_tokens(composer: "ComposedDecoder", class_logits: torch.Tensor, bo
     boxes[:, 3:] = torch.maximum(boxes[:, 3:], boxes[:, :3])
     if flat_depth:
         boxes[:, 2], boxes[:, 5] = 0.0, 1.0
-    keep = (score >= composer.score_threshold).nonzero().flatten()
+    keep = (score >= options.score_threshold).nonzero().flatten()
     kept: list[int] = []
     for c in which[keep].unique().tolist():
         idx = keep[which[keep] == c]
-        kept += idx[nms(boxes[idx], score[idx], composer.nms_iou)].tolist()
-    kept = sorted(kept, key=lambda i: -float(score[i]))[: composer.max_detections]
+        kept += idx[nms(boxes[idx], score[idx], options.nms_iou)].tolist()
+    kept = sorted(kept, key=lambda i: -float(score[i]))[: options.max_detections]
     ids, scores = [vocab.task_token(Task.DETECTION)], []
     for i in kept:
         ids.append(vocab.label_token(labels[int(which[i])]))
@@ -97,7 +91,7 @@ def query_entropy(class_logits: torch.Tensor, columns: Sequence[int], top_fracti
 
 @torch.no_grad()
 def match(class_logits: torch.Tensor, boxes: torch.Tensor, gt_classes: torch.Tensor, gt_boxes: torch.Tensor,
-          w: "LossWeights") -> tuple[torch.Tensor, torch.Tensor]:
+          w: LossWeights) -> tuple[torch.Tensor, torch.Tensor]:
     """Hungarian assignment of one image's queries to its ground truth.
 
     Returns ``(query_indices, gt_indices)``.
@@ -121,7 +115,7 @@ def detection_loss(
     targets: list[tuple[torch.Tensor, torch.Tensor]],
     allowed: torch.Tensor,
     num_bins: int,
-    w: "LossWeights",
+    w: LossWeights,
 ) -> dict[str, torch.Tensor]:
     """Set loss for a batch.
 
@@ -160,7 +154,7 @@ def detection_loss(
 
 
 def proposal_loss(heat_logits: torch.Tensor, extents: torch.Tensor, targets: list[tuple[torch.Tensor, torch.Tensor]],
-                  allowed: torch.Tensor, w: "LossWeights") -> dict[str, torch.Tensor]:
+                  allowed: torch.Tensor, w: LossWeights) -> dict[str, torch.Tensor]:
     """Loss of the dense proposal head.
 
     Args:
@@ -217,8 +211,7 @@ class DetectionSpec(TaskSpec):
     unique_labels = False  # several boxes may carry one label
     output_file = "roi_markup"
 
-    def encode(self, ann: DetectionAnnotation, codec: "TokenCodec") -> TokenSequence:
-        vocab = codec.vocab
+    def encode(self, ann: DetectionAnnotation, vocab: TokenVocabulary) -> TokenSequence:
         boxes = np.asarray(ann.boxes, dtype=np.float64)
         if boxes.size == 0:
             boxes = boxes.reshape(0, 6)
@@ -233,7 +226,7 @@ class DetectionSpec(TaskSpec):
         if len(inverted):
             n, axis = inverted[0]
             raise ValueError(f"box {n} is inverted: {_BOX_AXES[axis]}0 > {_BOX_AXES[axis]}1")
-        labels = [codec.label_for(name, self.task) for name in ann.labels]
+        labels = [vocab.label_for(name, self.task) for name in ann.labels]
         bins = vocab.quantize(boxes)
         ids = [vocab.task_token(self.task)]
         for label, row in zip(labels, bins):
@@ -243,8 +236,7 @@ class DetectionSpec(TaskSpec):
         return TokenSequence(ids, scores=score_list(ann.scores))
 
     def decode(self, seq: TokenSequence, objects: list[ParsedObject], scores: list[float] | None,
-               codec: "TokenCodec") -> DetectionAnnotation:
-        vocab = codec.vocab
+               vocab: TokenVocabulary) -> DetectionAnnotation:
         bins = np.array([[vocab.bin_of(i) for i in obj.args] for obj in objects], dtype=np.int64).reshape(-1, 6)
         for obj, row in zip(objects, bins):
             for axis, name in enumerate(_BOX_AXES):
@@ -258,12 +250,12 @@ class DetectionSpec(TaskSpec):
     def truncated(self, label: str, obj: ParsedObject, got: int, at: int) -> str:
         return f"position {at}: truncated box: {label} at position {obj.pos} has {got} of 6 coordinates"
 
-    def compose(self, outputs: Mapping[str, torch.Tensor], labels: Sequence["Label"], grid: "GridSpec",
-                composer: "ComposedDecoder") -> TokenSequence:
-        return detection_tokens(composer, outputs["class_logits"], outputs["boxes"], labels,
+    def compose(self, outputs: Mapping[str, torch.Tensor], labels: Sequence[Label], grid: GridSpec,
+                vocab: TokenVocabulary, options: ComposeOptions) -> TokenSequence:
+        return detection_tokens(vocab, outputs["class_logits"], outputs["boxes"], labels, options,
                                 flat_depth=grid.shape[2] == 1)
 
-    def uncertainty(self, outputs: Mapping[str, torch.Tensor], labels: Sequence["Label"], registry: "LabelRegistry",
+    def uncertainty(self, outputs: Mapping[str, torch.Tensor], labels: Sequence[Label], registry: LabelRegistry,
                     *, top_fraction: float, region_threshold: float) -> float:
         columns = [registry.class_index(lab) for lab in labels]
         return query_entropy(outputs["class_logits"], columns, top_fraction)
@@ -274,8 +266,8 @@ class DetectionSpec(TaskSpec):
     def target_labels(self, items: Sequence[TrainingItem]) -> list[str]:
         return sorted({name for it in items for name in it.det_labels})
 
-    def loss(self, model: "UniMed", feats: "Features", items: Sequence[TrainingItem],
-             weights: "LossWeights") -> dict[str, torch.Tensor]:
+    def loss(self, model: TaskModel, feats: Any, items: Sequence[TrainingItem],
+             weights: LossWeights) -> dict[str, torch.Tensor]:
         device = next(model.parameters()).device
         ids, pad = model.prompt([(self.task, list(it.det_labels)) for it in items])
         out = model.decode(feats, ids, pad)
@@ -297,7 +289,7 @@ class DetectionSpec(TaskSpec):
         losses.update(proposal_loss(out["heat_logits"], out["extents"], targets, allowed[:, 1:], weights))
         return losses
 
-    def result_fields(self, pred: "Prediction", registry: "LabelRegistry") -> dict[str, Any]:
+    def result_fields(self, pred: TaskPrediction, registry: LabelRegistry) -> dict[str, Any]:
         """World LPS ``[cx, cy, cz, sx, sy, sz]`` boxes (``box``), their labels and scores, and voxel boxes."""
         ann = pred.annotation
         return {
@@ -309,7 +301,7 @@ class DetectionSpec(TaskSpec):
             "box_voxel": np.round(pred.boxes_voxel(), 2).tolist(),
         }
 
-    def report(self, pred: "Prediction", source: str) -> tuple[list[str], dict[str, Any]]:
+    def report(self, pred: TaskPrediction, source: str) -> tuple[list[str], dict[str, Any]]:
         ann = pred.annotation
         world, vox = pred.boxes_world(), pred.boxes_voxel()
         lines = [f"{len(ann.labels)} boxes in {source} (world LPS mm: centre, size; voxels: x0 y0 z0 x1 y1 z1)"]

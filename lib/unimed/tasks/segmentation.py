@@ -10,26 +10,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from unimed.labels import Label, LabelRegistry
+from unimed.loss_weights import LossWeights
 from unimed.networks.layers import upsample_to
 from unimed.sequence import EOS_ID, TokenDecodeError, TokenSequence
-from unimed.tasks.task import Task
-from unimed.transforms import resize_to_image
-from unimed.tasks.spec import ParsedObject, TaskSpec, TrainingItem
-
-if TYPE_CHECKING:
-    from unimed.composer import ComposedDecoder
-    from unimed.labels import Label, LabelRegistry
-    from unimed.loss_weights import LossWeights
-    from unimed.networks.unimed import Features, UniMed
-    from unimed.predictor import Prediction
-    from unimed.tokens import TokenCodec, TokenVocabulary
-    from unimed.transforms import GridSpec
+from unimed.task_names import Task
+from unimed.tasks.spec import ComposeOptions, ParsedObject, TaskModel, TaskPrediction, TaskSpec, TrainingItem
+from unimed.transforms import GridSpec, resize_to_image
+from unimed.vocabulary import TokenVocabulary
 
 __all__ = ["SegmentationAnnotation", "SegmentationSpec", "segmentation_tokens", "segmentation_entropy",
            "segmentation_loss"]
@@ -49,7 +43,7 @@ class SegmentationAnnotation:
     scores: dict[str, float] | None = None
 
 
-def segmentation_tokens(vocab: "TokenVocabulary", mask_logits: torch.Tensor, labels: Sequence["Label"]) -> TokenSequence:
+def segmentation_tokens(vocab: TokenVocabulary, mask_logits: torch.Tensor, labels: Sequence[Label]) -> TokenSequence:
     """``mask_logits`` ``(1 + L, ...)``: background then one channel per label, at the resolution
     the label map should have."""
     if mask_logits.shape[0] != 1 + len(labels):
@@ -89,7 +83,7 @@ def segmentation_entropy(mask_logits: torch.Tensor, region_threshold: float = 0.
     return float(entropy[region].mean()) if bool(region.any()) else 0.0
 
 
-def segmentation_loss(mask_logits: torch.Tensor, target: torch.Tensor, w: "LossWeights") -> dict[str, torch.Tensor]:
+def segmentation_loss(mask_logits: torch.Tensor, target: torch.Tensor, w: LossWeights) -> dict[str, torch.Tensor]:
     """``mask_logits`` ``(B, P, x, y, z)`` at any resolution; ``target`` ``(B, X, Y, Z)`` long of
     channel indices (0 background, ``i`` the ``i``-th label token). Logits are upsampled to the
     target's size. Padding channels of a batch must carry a large negative logit."""
@@ -117,8 +111,7 @@ class SegmentationSpec(TaskSpec):
     argument_kind = "mask"
     output_file = "label_map"
 
-    def encode(self, ann: SegmentationAnnotation, codec: "TokenCodec") -> TokenSequence:
-        vocab = codec.vocab
+    def encode(self, ann: SegmentationAnnotation, vocab: TokenVocabulary) -> TokenSequence:
         label_map = np.asarray(ann.label_map)
         if label_map.ndim == 0:
             raise ValueError("label_map must have at least one spatial dimension")
@@ -131,7 +124,7 @@ class SegmentationSpec(TaskSpec):
                 label = vocab.registry.by_id(value)
             except ValueError:
                 raise ValueError(f"label_map value {value} is not a label id of the registry") from None
-            labels.append(codec.label_for(label.name, self.task))
+            labels.append(vocab.label_for(label.name, self.task))
         if len(labels) > vocab.num_mask_refs:
             raise ValueError(f"label_map has {len(labels)} labels but only {vocab.num_mask_refs} mask references")
         scores = None
@@ -149,8 +142,7 @@ class SegmentationSpec(TaskSpec):
         return TokenSequence(ids, masks=masks, scores=scores, shape=tuple(label_map.shape))
 
     def decode(self, seq: TokenSequence, objects: list[ParsedObject], scores: list[float] | None,
-               codec: "TokenCodec") -> SegmentationAnnotation:
-        vocab = codec.vocab
+               vocab: TokenVocabulary) -> SegmentationAnnotation:
         masks, shape = _checked_masks(seq.masks or [], seq.shape)
         for obj in objects:
             q = vocab.mask_index_of(obj.args[0])
@@ -167,11 +159,11 @@ class SegmentationSpec(TaskSpec):
     def truncated(self, label: str, obj: ParsedObject, got: int, at: int) -> str:
         return f"position {at}: truncated segment: {label} at position {obj.pos} has no mask reference"
 
-    def compose(self, outputs: Mapping[str, torch.Tensor], labels: Sequence["Label"], grid: "GridSpec",
-                composer: "ComposedDecoder") -> TokenSequence:
-        return segmentation_tokens(composer.vocab, resize_to_image(outputs["mask_logits"], grid), labels)
+    def compose(self, outputs: Mapping[str, torch.Tensor], labels: Sequence[Label], grid: GridSpec,
+                vocab: TokenVocabulary, options: ComposeOptions) -> TokenSequence:
+        return segmentation_tokens(vocab, resize_to_image(outputs["mask_logits"], grid), labels)
 
-    def uncertainty(self, outputs: Mapping[str, torch.Tensor], labels: Sequence["Label"], registry: "LabelRegistry",
+    def uncertainty(self, outputs: Mapping[str, torch.Tensor], labels: Sequence[Label], registry: LabelRegistry,
                     *, top_fraction: float, region_threshold: float) -> float:
         return segmentation_entropy(outputs["mask_logits"], region_threshold)
 
@@ -181,8 +173,8 @@ class SegmentationSpec(TaskSpec):
     def target_labels(self, items: Sequence[TrainingItem]) -> list[str]:
         return sorted({name for it in items for name in it.seg_labels})
 
-    def loss(self, model: "UniMed", feats: "Features", items: Sequence[TrainingItem],
-             weights: "LossWeights") -> dict[str, torch.Tensor]:
+    def loss(self, model: TaskModel, feats: Any, items: Sequence[TrainingItem],
+             weights: LossWeights) -> dict[str, torch.Tensor]:
         ids, pad = model.prompt([(self.task, list(it.seg_labels)) for it in items])
         out = model.decode(feats, ids, pad)
         targets = []
@@ -194,10 +186,10 @@ class SegmentationSpec(TaskSpec):
         logits = out["mask_logits"].masked_fill(pad[:, :, None, None, None], -1e4)
         return segmentation_loss(logits, torch.stack(targets).to(logits.device), weights)
 
-    def result_fields(self, pred: "Prediction", registry: "LabelRegistry") -> dict[str, Any]:
+    def result_fields(self, pred: TaskPrediction, registry: LabelRegistry) -> dict[str, Any]:
         return {"label_names": {lab.name: lab.id for lab in pred.labels}, "scores": pred.annotation.scores or {}}
 
-    def report(self, pred: "Prediction", source: str) -> tuple[list[str], dict[str, Any]]:
+    def report(self, pred: TaskPrediction, source: str) -> tuple[list[str], dict[str, Any]]:
         lm = pred.label_map()
         lines = [f"segmentation of {source}: shape {lm.shape}"]
         for lab in pred.labels:
