@@ -482,7 +482,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 # -- argument parsing ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from unimed.datasets import DATASETS, shared_datasets
-    from unimed.tasks.task import Task
+    from unimed.task_names import Task
 
     parser = argparse.ArgumentParser(description=__doc__)  # prog: main.py, or unimed as installed
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
