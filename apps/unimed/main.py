@@ -19,6 +19,7 @@ from lib.activelearning.scoring import model_tag, stored_score
 from lib.configs.unimed import UniMedTaskConfig
 from lib.endpoints.train_route import register_train_route
 from lib.infers.unimed import InferRequestError, UniMedInferTask
+from lib.log_redaction import install_log_redaction
 from trainers.train_request import TrainRequest
 from unimed import __version__
 from unimed.dicom.seg import SegError
@@ -49,6 +50,7 @@ class UniMedApp(MONAILabelApp):
     """
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
+        install_log_redaction()
         self.model_dir = os.path.join(app_dir, "model")
         self.task_config = UniMedTaskConfig()
         self.task_config.init("unimed", self.model_dir, conf, None)
@@ -97,6 +99,22 @@ class UniMedApp(MONAILabelApp):
 
         register_results_page(server, self.datastore)
         register_train_route(server, lambda: list(self._trainers), lambda params: TrainRequest.parse(params, strict=True))
+        self._secure_server(server)
+
+    def _secure_server(self, server) -> None:
+        """Login answers, checked model replacement, CORS for configured origins only, and no
+        patient identifiers in the log (see the modules imported here)."""
+        from lib.endpoints.auth_route import register_auth_route
+        from lib.endpoints.cors import restrict_cors
+        from lib.endpoints.model_route import register_model_routes
+        from unimed.model_store import ModelStore
+
+        register_auth_route(server)
+        store = ModelStore(os.path.dirname(os.path.abspath(self.task_config.path)),
+                           os.path.basename(self.task_config.path))
+        register_model_routes(server, lambda: list(self._infers), self.task_config.service, store)
+        restrict_cors(server, self.conf.get("cors_origins", ""))
+        install_log_redaction()
 
     def info(self):
         meta = super().info()
