@@ -382,3 +382,19 @@ def test_no_patient_id_in_the_log_after_a_pacs_label_save(pacs_server, pacs, sam
     served_lines = [line for line in served.splitlines() if f"] [{pid}] [" in line]
     assert any("Saving Label" in line for line in served_lines)
     assert not [line for line in served_lines if patient in line or study in line]
+
+
+def test_keep_published_stores_a_shipped_checkpoint_once(tmp_path):
+    """An upload keeps the file served before it as a version, so that DELETE can return to it."""
+    from unimed.checkpoint import save_checkpoint
+    from unimed.model_store import ModelStore
+    from unimed.networks.unimed import unimed_tiny
+
+    store = ModelStore(tmp_path)
+    assert store.keep_published() is None  # nothing published
+    save_checkpoint(unimed_tiny(), store.published, {"version": 3, "kind": "pretrain"})
+    kept = store.keep_published()
+    assert kept.number == 3 and kept.path.exists() and kept.meta["kind"] == "pretrain"
+    assert store.keep_published() == kept and [v.number for v in store.versions()] == [3]
+    assert store.publish(unimed_tiny(), {"kind": "upload"}).number == 4
+    assert store.rollback(3).number == 3 and store.current_version() == 3

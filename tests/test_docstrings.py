@@ -13,11 +13,11 @@ MODULES = [
     "unimed.transforms", "unimed.checkpoint", "unimed.predictor", "unimed.service", "unimed.uncertainty",
     "unimed.selection", "unimed.dicom.series", "unimed.dicom.seg", "unimed.writers",
     "benchmarks.machine", "benchmarks.timing", "benchmarks.report", "benchmarks.stock",
-    "servers.child_process", "trainers.ssl", "benchmarks.al_simulation", "trainers.train_request",
+    "servers.child_process", "servers.users", "servers.auth_realm", "trainers.ssl", "benchmarks.al_simulation", "trainers.train_request",
 ]
 
 #: modules of the MONAI Label app (its package ``lib``, importable with the app folder on the path)
-APP_MODULES = ["lib.datastore.dicomweb"]
+APP_MODULES = ["lib.datastore.dicomweb", "lib.log_redaction", "lib.endpoints.cors", "lib.endpoints.routes"]
 
 
 def _check(name: str) -> None:

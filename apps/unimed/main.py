@@ -47,6 +47,13 @@ class UniMedApp(MONAILabelApp):
     With ``--studies http(s)://.../dicom-web`` the datastore is a PACS: every series of the
     modalities in conf ``dicomweb_modalities`` (default ``CT,MR``) is an image, and a final
     label goes back to the PACS as a DICOM SEG (see :mod:`lib.datastore.dicomweb`).
+
+    On a network (README "On a network"): with MONAI Label's auth settings, tokens are verified
+    and roles checked (:mod:`lib.endpoints.auth_route`); a model upload must load before it is
+    served and a delete never leaves untrained weights (:mod:`lib.endpoints.model_route`); web
+    pages of other origins may call the server only when listed in conf ``cors_origins``
+    (comma-separated, :mod:`lib.endpoints.cors`); the log holds no patient identifiers
+    (:mod:`lib.log_redaction`).
     """
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
