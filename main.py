@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -54,14 +53,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _check_host(args: argparse.Namespace) -> None:
-    """Refuse a host other than loopback without --auth, unless --insecure."""
+    """Refuse a host other than loopback without a login (--auth, or MONAI_LABEL_AUTH_ENABLE for
+    an outside realm such as Keycloak), unless --insecure."""
     import ipaddress
 
     try:
         loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
     except ValueError:
         loopback = False
-    if loopback or args.auth:
+    outside_realm = os.environ.get("MONAI_LABEL_AUTH_ENABLE", "").strip().lower() in ("1", "true", "yes", "on")
+    if loopback or args.auth or outside_realm:
         return
     if not args.insecure:
         raise CommandError(f"--host {args.host} is reachable from the network: add --auth (users: main.py users add), "

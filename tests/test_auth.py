@@ -126,8 +126,9 @@ def test_realm_tokens_carry_the_roles_monailabel_checks(tmp_path):
     with LocalRealm(store, env={}) as realm:
         assert realm.issue("rita", "wrong-password") is None
         claims = realm.claims(realm.issue("rita", "reviewer-password-1"))
+        token = realm.issue("rita", "reviewer-password-1")
         with pytest.raises(jwt.InvalidSignatureError):  # a key made up elsewhere does not pass
-            LocalRealm(store, key_path=tmp_path / "other.pem", env={}).claims(realm.issue("rita", "reviewer-password-1"))
+            LocalRealm(store, key_path=tmp_path / "other.pem", env={}).claims(token)
     assert claims["preferred_username"] == "rita"
     assert claims["realm_access"]["roles"] == ["monailabel-reviewer", "monailabel-annotator", "monailabel-user"]
     assert claims["exp"] > time.time() + 3600
