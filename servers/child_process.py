@@ -68,15 +68,20 @@ def run_in_foreground(cmd: Sequence[str], env: Mapping[str, str] | None = None, 
     """
     if grace <= 0:
         raise ValueError(f"grace must be positive, got {grace}")
-    proc = subprocess.Popen(list(cmd), env=None if env is None else dict(env), start_new_session=True)
     stopping: list[int] = []
+    started: list[subprocess.Popen] = []
 
     def forward(signum, frame) -> None:
         stopping.append(signum)
-        _signal_group(proc, signal.SIGTERM)
+        if started:
+            _signal_group(started[0], signal.SIGTERM)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        proc = subprocess.Popen(list(cmd), env=None if env is None else dict(env), start_new_session=True)
+        started.append(proc)
+        if stopping:  # a signal came while it started
+            _signal_group(proc, signal.SIGTERM)
         deadline = None
         while proc.poll() is None:
             if stopping and deadline is None:
@@ -94,7 +99,7 @@ def run_in_foreground(cmd: Sequence[str], env: Mapping[str, str] | None = None, 
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        if proc.poll() is None:  # an exception on the way out: leave nothing running
+        if started and proc.poll() is None:  # an exception on the way out: leave nothing running
             _signal_group(proc, signal.SIGKILL)
             proc.wait()
 

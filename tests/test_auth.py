@@ -135,8 +135,10 @@ def test_realm_tokens_carry_the_roles_monailabel_checks(tmp_path):
     assert stat.S_IMODE((tmp_path / "signing_key.pem").stat().st_mode) == 0o600
 
 
-def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(tmp_path):
-    """run_in_foreground: a signal to this process stops the whole group, SIGKILL after the grace."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(tmp_path, signum):
+    """run_in_foreground: SIGTERM or SIGINT (Ctrl-C) to this process stops the whole group,
+    SIGKILL after the grace."""
     script = ("import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
               f"open({str(tmp_path / 'pid')!r}, 'w').write(str(subprocess.Popen([sys.executable, '-c', "
               "'import time; time.sleep(120)']).pid)); time.sleep(120)")
@@ -149,7 +151,7 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(tmp_path):
         time.sleep(0.2)
     grandchild = int((tmp_path / "pid").read_text())
     started = time.time()
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     assert proc.wait(30) == 7  # the command ended by SIGKILL
     assert time.time() - started < 15
     time.sleep(0.5)
