@@ -234,6 +234,7 @@ def test_anonymous_requests_get_401(auth_server):
     assert _status(auth_server["url"] + "/datastore/?output=all")[0] == 401
     assert _status(auth_server["url"] + "/model/unimed", "DELETE")[0] == 401
     assert _status(auth_server["url"] + "/logs/")[0] == 401
+    assert _status(auth_server["url"] + "/unimed/images")[0] == 401  # the app's own image listing
 
 
 @pytest.mark.slow
