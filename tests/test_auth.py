@@ -235,6 +235,7 @@ def test_anonymous_requests_get_401(auth_server):
     assert _status(auth_server["url"] + "/model/unimed", "DELETE")[0] == 401
     assert _status(auth_server["url"] + "/logs/")[0] == 401
     assert _status(auth_server["url"] + "/unimed/images")[0] == 401  # the app's own image listing
+    assert _status(auth_server["url"] + "/reload", "POST")[0] == 401
 
 
 @pytest.mark.slow
@@ -262,6 +263,7 @@ def test_annotator_infers_and_saves_but_cannot_train_replace_delete_or_read_logs
     assert _status(auth_server["url"] + "/model/unimed", "DELETE", bearer)[0] == 403
     assert _status(auth_server["url"] + "/model/unimed", "PUT", bearer)[0] == 403
     assert _status(auth_server["url"] + "/logs/", headers=bearer)[0] == 403
+    assert _status(auth_server["url"] + "/reload", "POST", bearer)[0] == 403
 
 
 def _put_model(server, client, payload: bytes):

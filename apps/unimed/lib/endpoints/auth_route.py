@@ -57,13 +57,14 @@ logger = logging.getLogger(__name__)
 
 def register_auth_route(fastapi_app) -> None:
     """With auth enabled: make MONAI Label verify tokens with :func:`user_from_token`, and put
-    the token route in front of MONAI Label's."""
+    the token route, and ``POST /reload`` for admins only, in front of MONAI Label's."""
     import requests
     from fastapi import Depends, HTTPException
     from fastapi.security import OAuth2PasswordRequestForm
     from monailabel.config import settings
     from monailabel.endpoints.user import auth
     from monailabel.endpoints.user.auth import token_uri
+    from monailabel.interfaces.utils.app import clear_cache
 
     if not settings.MONAI_LABEL_AUTH_ENABLE:
         return
@@ -83,4 +84,9 @@ def register_auth_route(fastapi_app) -> None:
             raise HTTPException(502, f"the login service answered {response.status_code}")
         return response.json()
 
+    def reload_app(user: auth.User = Depends(auth.RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))):
+        clear_cache()
+        return {}
+
     add_route_first(fastapi_app, f"{settings.MONAI_LABEL_API_STR}/auth/token", access_token, ["POST"])
+    add_route_first(fastapi_app, "/reload", reload_app, ["POST"])  # MONAI Label's re-creates the app for anyone
