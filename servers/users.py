@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -34,8 +35,13 @@ ROLE_INCLUDES = {role: ROLES[i:] for i, role in enumerate(ROLES)}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _MIN_PASSWORD = 8
 _MAX_PASSWORD_BYTES = 72  # bcrypt reads no further
-#: checked against when the user is unknown, so that a wrong name takes as long as a wrong password
-_DUMMY_HASH = bcrypt.hashpw(b"unimed-no-such-user", bcrypt.gensalt(rounds=12))
+_ROUNDS = 12  # bcrypt's work factor: about 0.25 s a check on one free core
+
+
+@functools.lru_cache(maxsize=1)
+def _dummy_hash() -> bytes:
+    """Checked against when the user is unknown, so that a wrong name takes as long as a wrong password."""
+    return bcrypt.hashpw(b"unimed-no-such-user", bcrypt.gensalt(rounds=_ROUNDS))
 
 
 class UserStore:
@@ -68,7 +74,7 @@ class UserStore:
             raise ValueError(f"the password must have at least {_MIN_PASSWORD} characters and at most "
                              f"{_MAX_PASSWORD_BYTES} bytes, got {len(password)} characters")
         users = self._read()
-        users[name] = {"role": role, "password_hash": bcrypt.hashpw(secret, bcrypt.gensalt(rounds=12)).decode()}
+        users[name] = {"role": role, "password_hash": bcrypt.hashpw(secret, bcrypt.gensalt(rounds=_ROUNDS)).decode()}
         self._write(users)
 
     def remove(self, name: str) -> None:
@@ -88,7 +94,7 @@ class UserStore:
         entry = self._read().get(name)
         secret = password.encode("utf-8")[:_MAX_PASSWORD_BYTES]
         if entry is None:
-            bcrypt.checkpw(secret, _DUMMY_HASH)
+            bcrypt.checkpw(secret, _dummy_hash())
             return None
         return entry["role"] if bcrypt.checkpw(secret, entry["password_hash"].encode()) else None
 
