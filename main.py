@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ APP_DIR = REPO / "apps" / "unimed"
 DEFAULT_CHECKPOINT = APP_DIR / "model" / "unimed.pt"
 SAMPLE_DATASTORE = REPO / "sample_datastore"
 RUNTIME_DATASTORE = REPO / "runtime" / "datastore"
+DEFAULT_USERS = REPO / "runtime" / "auth" / "users.json"
 
 
 class CommandError(Exception):
@@ -28,6 +28,7 @@ class CommandError(Exception):
 # -- serve -----------------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
     """Start the MONAI Label server with the UniMed app."""
+    _check_host(args)
     studies = args.studies
     if studies is None:
         studies = RUNTIME_DATASTORE
@@ -41,9 +42,90 @@ def cmd_serve(args: argparse.Namespace) -> int:
            "--host", args.host, "--port", str(args.port)]
     for key, value in args.conf or []:
         cmd += ["--conf", key, value]
+    if args.cors_origin:
+        cmd += ["--conf", "cors_origins", ",".join(args.cors_origin)]
     env = dict(os.environ, MONAI_LABEL_TRACKING_ENABLED="false")
-    print(" ".join(cmd), flush=True)
-    return subprocess.call(cmd, env=env)
+    with _login_realm(args, env):
+        print(" ".join(cmd), flush=True)
+        from servers.child_process import run_in_foreground
+
+        return run_in_foreground(cmd, env)
+
+
+def _check_host(args: argparse.Namespace) -> None:
+    """Refuse a host other than loopback without a login (--auth, or MONAI_LABEL_AUTH_ENABLE for
+    an outside realm such as Keycloak), unless --insecure."""
+    import ipaddress
+
+    try:
+        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = False
+    outside_realm = os.environ.get("MONAI_LABEL_AUTH_ENABLE", "").strip().lower() in ("1", "true", "yes", "on")
+    if loopback or args.auth or outside_realm:
+        return
+    if not args.insecure:
+        raise CommandError(f"--host {args.host} is reachable from the network: add --auth (users: main.py users add), "
+                           "or --insecure to serve it to anyone who can reach it")
+    print(f"warning: --insecure: anyone who can reach {args.host}:{args.port} can read images, save labels and "
+          "replace the model", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _login_realm(args: argparse.Namespace, env: dict[str, str]):
+    """With --auth: the embedded login realm on loopback, and the MONAI Label settings that make
+    the server verify its tokens (set in ``env``); without it, nothing."""
+    if not args.auth:
+        yield None
+        return
+    from servers.auth_realm import LocalRealm
+    from servers.users import UserStore
+
+    users = UserStore(args.users)
+    try:
+        known = users.users()
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    if "admin" not in known.values():
+        raise CommandError(f"--auth: {args.users} has no admin; add one: main.py users add NAME --role admin "
+                           f"--users {args.users}")
+    with LocalRealm(users, env=env) as realm:
+        env.update(MONAI_LABEL_AUTH_ENABLE="true", MONAI_LABEL_AUTH_REALM_URI=realm.uri)
+        print(f"login: {len(known)} user(s) from {args.users}; tokens from {realm.uri} (loopback only)", flush=True)
+        yield realm
+
+
+# -- users -----------------------------------------------------------------------------------------
+def cmd_users(args: argparse.Namespace) -> int:
+    """Manage the users of ``serve --auth``: add (password read from stdin), remove, list."""
+    import getpass
+
+    from servers.users import UserStore
+
+    store = UserStore(args.users)
+    if args.action in ("add", "remove") and not args.name:
+        raise CommandError(f"users {args.action}: give the user's NAME")
+    if args.action == "add" and args.role is None:
+        raise CommandError("users add: give --role (admin, reviewer, annotator or user)")
+    try:
+        if args.action == "add":
+            if sys.stdin.isatty():
+                password = getpass.getpass(f"password for {args.name}: ")
+                if getpass.getpass("again: ") != password:
+                    raise CommandError("the two passwords differ")
+            else:
+                password = sys.stdin.readline().rstrip("\r\n")
+            store.add(args.name, args.role, password)
+            print(f"user {args.name} ({args.role}) saved in {store.path}")
+        elif args.action == "remove":
+            store.remove(args.name)
+            print(f"user {args.name} removed from {store.path}")
+        else:
+            for name, role in sorted(store.users().items()):
+                print(f"{name:24s} {role}")
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    return 0
 
 
 # -- pacs ------------------------------------------------------------------------------------------
@@ -495,7 +577,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--conf", nargs=2, action="append", metavar=("KEY", "VALUE"), help="app config, repeatable")
+    p.add_argument("--auth", action="store_true", help="log in with a user name and password (users from --users); "
+                   "roles decide who may save labels, train and replace the model")
+    p.add_argument("--users", default=str(DEFAULT_USERS), help="the users file of --auth (default: %(default)s)")
+    p.add_argument("--insecure", action="store_true", help="allow a --host other than loopback without --auth")
+    p.add_argument("--cors-origin", action="append", metavar="URL", help="a web origin (e.g. https://ohif.example.org) "
+                   "whose pages may call the server; repeatable; default: none (same origin only)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("users", help="manage the users of serve --auth", description=cmd_users.__doc__)
+    p.add_argument("action", choices=["add", "remove", "list"])
+    p.add_argument("name", nargs="?", help="user name (add, remove)")
+    p.add_argument("--role", choices=["admin", "reviewer", "annotator", "user"], default=None,
+                   help="add: admin (everything), reviewer (train, replace the model), annotator (infer, save "
+                        "labels), user (infer, read)")
+    p.add_argument("--users", default=str(DEFAULT_USERS), help="the users file (default: %(default)s)")
+    p.set_defaults(func=cmd_users)
 
     p = sub.add_parser("pacs", help="start a local Orthanc PACS (DICOMweb) with test studies", description=cmd_pacs.__doc__)
     p.add_argument("--dir", default=str(REPO / "runtime" / "orthanc"), help="Orthanc's configuration and database")

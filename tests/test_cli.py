@@ -14,7 +14,7 @@ def run(repo, *args):
     return subprocess.run([sys.executable, str(repo / "main.py"), *args], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("command", ["serve", "infer", "info", "pacs"])
+@pytest.mark.parametrize("command", ["serve", "infer", "info", "pacs", "users"])
 def test_every_command_has_help(repo, command):
     out = run(repo, command, "--help")
     assert out.returncode == 0 and "usage: main.py " + command in out.stdout

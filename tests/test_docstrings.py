@@ -14,11 +14,11 @@ MODULES = [
     "unimed.selection", "unimed.dicom.series", "unimed.dicom.seg", "unimed.writers",
     "unimed.tasks.spec", "unimed.tasks.segmentation", "unimed.tasks.classification", "unimed.boxes",
     "benchmarks.machine", "benchmarks.timing", "benchmarks.report", "benchmarks.stock",
-    "servers.child_process", "trainers.ssl", "benchmarks.al_simulation", "trainers.train_request",
+    "servers.child_process", "servers.users", "servers.auth_realm", "trainers.ssl", "benchmarks.al_simulation", "trainers.train_request",
 ]
 
 #: modules of the MONAI Label app (its package ``lib``, importable with the app folder on the path)
-APP_MODULES = ["lib.datastore.dicomweb"]
+APP_MODULES = ["lib.datastore.dicomweb", "lib.log_redaction", "lib.endpoints.cors", "lib.endpoints.routes"]
 
 
 def _check(name: str) -> None:

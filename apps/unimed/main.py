@@ -19,6 +19,7 @@ from lib.activelearning.scoring import model_tag, stored_score
 from lib.configs.unimed import UniMedTaskConfig
 from lib.endpoints.train_route import register_train_route
 from lib.infers.unimed import InferRequestError, UniMedInferTask
+from lib.log_redaction import install_log_redaction
 from trainers.train_request import TrainRequest
 from unimed import __version__
 from unimed.dicom.seg import SegError
@@ -46,9 +47,17 @@ class UniMedApp(MONAILabelApp):
     With ``--studies http(s)://.../dicom-web`` the datastore is a PACS: every series of the
     modalities in conf ``dicomweb_modalities`` (default ``CT,MR``) is an image, and a final
     label goes back to the PACS as a DICOM SEG (see :mod:`lib.datastore.dicomweb`).
+
+    On a network (README "On a network"): with MONAI Label's auth settings, tokens are verified
+    and roles checked (:mod:`lib.endpoints.auth_route`); a model upload must load before it is
+    served and a delete never leaves untrained weights (:mod:`lib.endpoints.model_route`); web
+    pages of other origins may call the server only when listed in conf ``cors_origins``
+    (comma-separated, :mod:`lib.endpoints.cors`); the log holds no patient identifiers
+    (:mod:`lib.log_redaction`).
     """
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
+        install_log_redaction()
         self.model_dir = os.path.join(app_dir, "model")
         self.task_config = UniMedTaskConfig()
         self.task_config.init("unimed", self.model_dir, conf, None)
@@ -97,6 +106,22 @@ class UniMedApp(MONAILabelApp):
 
         register_results_page(server, self.datastore)
         register_train_route(server, lambda: list(self._trainers), lambda params: TrainRequest.parse(params, strict=True))
+        self._secure_server(server)
+
+    def _secure_server(self, server) -> None:
+        """Login answers, checked model replacement, CORS for configured origins only, and no
+        patient identifiers in the log (see the modules imported here)."""
+        from lib.endpoints.auth_route import register_auth_route
+        from lib.endpoints.cors import restrict_cors
+        from lib.endpoints.model_route import register_model_routes
+        from unimed.model_store import ModelStore
+
+        register_auth_route(server)
+        store = ModelStore(os.path.dirname(os.path.abspath(self.task_config.path)),
+                           os.path.basename(self.task_config.path))
+        register_model_routes(server, lambda: list(self._infers), self.task_config.service, store)
+        restrict_cors(server, self.conf.get("cors_origins", ""))
+        install_log_redaction()
 
     def info(self):
         meta = super().info()

@@ -93,6 +93,29 @@ class ModelStore:
         self._replace_published(path)
         return ModelVersion(number, path, meta)
 
+    def keep_published(self) -> ModelVersion | None:
+        """Store the published checkpoint as its own version if it is not stored yet (a file
+        published by hand or shipped), so that a later rollback can return to it.
+
+        Returns:
+            the stored version, or None when nothing readable with a version number is published.
+        """
+        try:
+            _, meta = load_checkpoint(self.published)
+        except CheckpointError:
+            return None
+        number = meta.get("version")
+        if not isinstance(number, int) or number < 1:
+            return None
+        for v in self.versions():
+            if v.number == number:
+                return v
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        path = self.versions_dir / f"v{number:04d}.pt"
+        shutil.copyfile(self.published, path)
+        _write_json_atomic(path.with_suffix(".json"), meta)
+        return ModelVersion(number, path, meta)
+
     def rollback(self, number: int) -> ModelVersion:
         """Publish an earlier version again (the file is checked before it is published).
 

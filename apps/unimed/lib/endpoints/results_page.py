@@ -18,15 +18,19 @@ PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 def register_results_page(fastapi_app, datastore: Callable[[], object], prefix: str = "/unimed") -> None:
-    """Add ``GET {prefix}/`` (the page) and ``GET {prefix}/images`` (``[{"id", "picture"}]``).
+    """Add ``GET {prefix}/`` (the page) and ``GET {prefix}/images`` (``[{"id", "picture"}]``; for
+    MONAI Label's ``user`` role when auth is on, as the datastore's own listing).
 
     Args:
         fastapi_app: the server's FastAPI application (``monailabel.app.app``).
         datastore: returns the app's datastore when called.
         prefix: where the page lives.
     """
+    from fastapi import Depends
     from fastapi.responses import HTMLResponse
+    from monailabel.config import settings
     from monailabel.datastore.local import LocalDatastore
+    from monailabel.endpoints.user.auth import RBAC
 
     def page() -> HTMLResponse:
         return HTMLResponse(PAGE.read_text())
@@ -40,4 +44,5 @@ def register_results_page(fastapi_app, datastore: Callable[[], object], prefix: 
     if any(getattr(route, "path", None) == f"{prefix}/" for route in fastapi_app.routes):
         return
     fastapi_app.add_api_route(f"{prefix}/", page, methods=["GET"], include_in_schema=False)
-    fastapi_app.add_api_route(f"{prefix}/images", images, methods=["GET"], include_in_schema=False)
+    fastapi_app.add_api_route(f"{prefix}/images", images, methods=["GET"], include_in_schema=False,
+                              dependencies=[Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))])  # as /datastore

@@ -4,7 +4,7 @@ MONAI Label's own route hands the body straight to its task queue: a bad value i
 200, and the run then ends in ERROR minutes later (or a nested body is silently ignored). This
 route answers first, in front of MONAI Label's: 404 for a model that does not train, 422 with
 the parameter's name for a bad body; a good request goes on to MONAI Label's ``run_model``
-unchanged, under the same admin role.
+unchanged, for reviewers and admins (MONAI Label's own: admins only).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def register_train_route(fastapi_app, trainers: Callable[[], list[str]], check: 
         params: Optional[dict] = None,
         run_sync: Optional[bool] = False,
         enqueue: Optional[bool] = False,
-        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
+        user: User = Depends(RBAC([settings.MONAI_LABEL_AUTH_ROLE_ADMIN, settings.MONAI_LABEL_AUTH_ROLE_REVIEWER])),
     ):
         known = trainers()
         if model not in known:

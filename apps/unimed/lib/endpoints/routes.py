@@ -1,0 +1,31 @@
+"""Putting an app route in front of MONAI Label's route for the same path and method."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+__all__ = ["add_route_first"]
+
+
+def add_route_first(fastapi_app, path: str, endpoint: Callable, methods: list[str]) -> bool:
+    """Add ``endpoint`` for ``path`` and ``methods`` so that it is matched before any route the
+    server already has (FastAPI matches routes in order); once per endpoint function.
+
+    Returns:
+        False when a route with the same path, methods and endpoint name is already first in line
+        (a second app instance in the same process), else True.
+
+    Example:
+        >>> from fastapi import FastAPI
+        >>> app = FastAPI()
+        >>> add_route_first(app, "/x", lambda: 1, ["GET"])
+        True
+    """
+    for route in fastapi_app.router.routes:
+        if (getattr(route, "path", None) == path and getattr(route, "methods", None) == set(methods)
+                and getattr(getattr(route, "endpoint", None), "__qualname__", None) == endpoint.__qualname__
+                and getattr(route.endpoint, "__module__", None) == endpoint.__module__):
+            return False
+    fastapi_app.add_api_route(path, endpoint, methods=methods, include_in_schema=False)
+    fastapi_app.router.routes.insert(0, fastapi_app.router.routes.pop())
+    return True
