@@ -14,10 +14,12 @@ MODULES = [
     "unimed.selection", "unimed.dicom.series", "unimed.dicom.seg", "unimed.writers",
     "benchmarks.machine", "benchmarks.timing", "benchmarks.report", "benchmarks.stock",
     "servers.child_process", "trainers.ssl", "benchmarks.al_simulation", "trainers.train_request",
+    "unimed.datasets.datastore",
 ]
 
 #: modules of the MONAI Label app (its package ``lib``, importable with the app folder on the path)
-APP_MODULES = ["lib.datastore.dicomweb"]
+APP_MODULES = ["lib.datastore.dicomweb", "lib.datastore.errors", "lib.datastore.names", "lib.datastore.files",
+               "lib.datastore.local", "lib.safe_text", "lib.endpoints.datastore_routes"]
 
 
 def _check(name: str) -> None:

@@ -7,7 +7,6 @@ import os
 import threading
 
 from fastapi import HTTPException
-from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.activelearning.first import First
@@ -19,6 +18,7 @@ from lib.activelearning.scoring import model_tag, stored_score
 from lib.configs.unimed import UniMedTaskConfig
 from lib.endpoints.train_route import register_train_route
 from lib.infers.unimed import InferRequestError, UniMedInferTask
+from lib.safe_text import scrub_paths
 from trainers.train_request import TrainRequest
 from unimed import __version__
 from unimed.dicom.seg import SegError
@@ -75,7 +75,11 @@ class UniMedApp(MONAILabelApp):
             modalities = self.conf.get("dicomweb_modalities", "CT,MR")
             logger.info(f"DICOMweb datastore {self.studies}, modalities {modalities}")
             return UniMedDICOMwebDatastore.from_settings(self.studies, modalities.split(","))
-        return LocalDatastore(self.studies, extensions=[f"*{s}" for s in IMAGE_SUFFIXES], auto_reload=True)
+        from lib.datastore.local import UniMedLocalDatastore
+        from lib.safe_text import install_log_escaping
+
+        install_log_escaping()  # ids come from requests: a newline in one must not forge a log line
+        return UniMedLocalDatastore(self.studies, extensions=[f"*{s}" for s in IMAGE_SUFFIXES], auto_reload=True)
 
     def init_infers(self):
         return self.task_config.infer()
@@ -93,9 +97,13 @@ class UniMedApp(MONAILabelApp):
         super().on_init_complete()
         from monailabel.app import app as server  # the running server's FastAPI application
 
+        from lib.datastore.local import UniMedLocalDatastore
+        from lib.endpoints.datastore_routes import register_datastore_routes
         from lib.endpoints.results_page import register_results_page
 
         register_results_page(server, self.datastore)
+        if isinstance(self.datastore(), UniMedLocalDatastore):
+            register_datastore_routes(server, lambda: self)
         register_train_route(server, lambda: list(self._trainers), lambda params: TrainRequest.parse(params, strict=True))
 
     def info(self):
@@ -160,9 +168,9 @@ class UniMedApp(MONAILabelApp):
                 task.validate(request)
             return super().infer(request, datastore)
         except (UnknownTaskError, UnknownLabelError, InferRequestError, OutputError) as exc:
-            raise HTTPException(400, str(exc)) from exc
+            raise HTTPException(400, scrub_paths(str(exc))) from exc
         except (ImageLoadError, DicomSeriesError, SegError) as exc:
-            raise HTTPException(422, str(exc)) from exc
+            raise HTTPException(422, scrub_paths(str(exc))) from exc
         except HTTPException:
             raise
         except Exception as exc:
