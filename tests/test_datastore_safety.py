@@ -166,6 +166,24 @@ def test_a_corrupt_json_without_backup_is_rebuilt_from_the_files(ds, tmp_path):
     assert list(root.glob("datastore_v2.json.corrupt-*")), "the corrupt file is kept aside for inspection"
 
 
+def test_a_json_replaced_by_another_process_is_reloaded(ds, tmp_path):
+    """Training and scoring run in other processes and write the JSON by an atomic rename; the
+    server's watcher must follow renames, not only in-place modifications."""
+    root = make_store(tmp_path / "store")
+    served = ds["local"].UniMedLocalDatastore(root, auto_reload=True)
+    try:
+        other = open_store(ds, root)
+        other.update_image_info("flat", {"score": 7})
+        other.save_label("other", str(write_nifti(tmp_path / "l.nii.gz", label_for((8, 8, 4)))), "final", {})
+        deadline = time.time() + 10
+        while time.time() < deadline and not (served.get_image_info("flat").get("score") == 7
+                                              and "other" in served.get_labeled_images()):
+            time.sleep(0.05)
+        assert served.get_image_info("flat").get("score") == 7 and "other" in served.get_labeled_images()
+    finally:
+        served._observer.stop()
+
+
 def test_unsafe_entries_of_an_old_json_are_ignored(ds, tmp_path):
     root = make_store(tmp_path / "store")
     open_store(ds, root)
@@ -360,8 +378,12 @@ def test_a_corpus_of_hostile_requests_gets_4xx_and_touches_nothing_outside(hosti
         if res.status_code != status or message not in str(detail) or str(studies) in str(detail):
             failures.append((method, path, params, res.status_code, res.text[:300]))
         assert requests.get(f"{url}/info/", timeout=30).status_code == 200, "the server stopped serving"
+    after = snapshot(sentinel)
+    touched = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    print(f"\nhostile corpus: {len(corpus)} requests, {len(corpus) - len(failures)} answered with the expected 4xx, "
+          f"{len(touched)} entries outside the datastore created, changed or deleted")
     assert failures == []
-    assert snapshot(sentinel) == before, "something outside the datastore was created, changed or deleted"
+    assert touched == [], "something outside the datastore was created, changed or deleted"
     assert snapshot(hostile["tmpdir"], root_mtime=False) == tmp_before, "an upload was left in the server's temp folder"
     assert not any((studies / ".uploads").iterdir()), "an upload was left in the datastore"
     assert saved.read_bytes() == good, "a refused label replaced the saved one"
@@ -391,7 +413,7 @@ def stat_mode(path: Path) -> int:
 # -- kill -9 during label saves -------------------------------------------------------------------
 @pytest.mark.slow
 def test_kill_9_during_label_saves_loses_no_acknowledged_label(tmp_path, sample, repo):
-    """``UNIMED_KILL_ROUNDS`` rounds (default 8, ~2 min on 2 busy cores; the acceptance figure
+    """``UNIMED_KILL_ROUNDS`` rounds (default 6, ~2 min on 2 busy cores; the acceptance figure
     is taken with 20): start the server, save labels from two threads,
     SIGKILL the server and its children at a random moment, then check the JSON on disk is valid
     and holds every acknowledged label with its content; the next start serves them."""
@@ -400,7 +422,7 @@ def test_kill_9_during_label_saves_loses_no_acknowledged_label(tmp_path, sample,
 
     from servers.monailabel_server import ServerProcess
 
-    rounds = int(os.environ.get("UNIMED_KILL_ROUNDS", "8"))
+    rounds = int(os.environ.get("UNIMED_KILL_ROUNDS", "6"))
     rng = random.Random(17)
     studies = tmp_path / "studies"
     studies.mkdir()

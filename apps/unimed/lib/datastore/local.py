@@ -113,6 +113,17 @@ class UniMedLocalDatastore(LocalDatastore):
         recover_config(root / CONFIG_NAME)
         super().__init__(str(root), extensions=list(extensions or [f"*{s}" for s in IMAGE_SUFFIXES]),
                          auto_reload=auto_reload)
+        if getattr(self, "_handler", None) is not None:
+            # an atomic write is a rename: MONAI Label's watcher only follows created, deleted and modified files
+            self._handler.on_moved = self._on_moved_event
+
+    def _on_moved_event(self, event) -> None:
+        """A file renamed into place: the JSON written by another process (training, scoring) is
+        reloaded, an image or label triggers a refresh."""
+        if os.fsdecode(event.dest_path) == self._datastore_config_path:
+            self._init_from_datastore_file()
+        else:
+            self._on_any_event(event)
 
     @staticmethod
     def _label_folders(root: Path) -> list[Path]:
@@ -227,7 +238,7 @@ class UniMedLocalDatastore(LocalDatastore):
         Raises:
             DatastoreRequestError: 400 bad id, 415 unknown suffix, 422 unreadable image.
         """
-        stem, ext = self._to_id(os.path.basename(image_filename))
+        stem, _ = self._to_id(os.path.basename(image_filename))
         ext = self._upload_suffix(os.path.basename(image_filename), "the image")
         image_id = check_name(image_id if image_id else stem)
         check_image(image_filename)
