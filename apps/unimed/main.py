@@ -175,7 +175,7 @@ class UniMedApp(MONAILabelApp):
             raise
         except Exception as exc:
             logger.exception("inference failed")
-            raise HTTPException(500, f"inference failed: {type(exc).__name__}: {exc}") from exc
+            raise HTTPException(500, f"inference failed: {type(exc).__name__}: {scrub_paths(str(exc))}") from exc
 
 
 def _use_unimed_seg_writer(label_to_seg) -> None:
