@@ -14,11 +14,14 @@ MODULES = [
     "unimed.selection", "unimed.dicom.series", "unimed.dicom.seg", "unimed.writers",
     "unimed.tasks.spec", "unimed.tasks.segmentation", "unimed.tasks.classification", "unimed.boxes",
     "benchmarks.machine", "benchmarks.timing", "benchmarks.report", "benchmarks.stock",
-    "servers.child_process", "servers.users", "servers.auth_realm", "trainers.ssl", "benchmarks.al_simulation", "trainers.train_request",
+    "servers.child_process", "servers.users", "servers.auth_realm", "trainers.ssl", "benchmarks.al_simulation",
+    "trainers.train_request", "unimed.datasets.datastore",
 ]
 
 #: modules of the MONAI Label app (its package ``lib``, importable with the app folder on the path)
-APP_MODULES = ["lib.datastore.dicomweb", "lib.log_redaction", "lib.endpoints.cors", "lib.endpoints.routes"]
+APP_MODULES = ["lib.datastore.dicomweb", "lib.log_redaction", "lib.endpoints.cors", "lib.endpoints.routes",
+               "lib.datastore.errors", "lib.datastore.names", "lib.datastore.files", "lib.datastore.local",
+               "lib.safe_text", "lib.endpoints.datastore_routes"]
 
 
 def _check(name: str) -> None:

@@ -7,7 +7,6 @@ import os
 import threading
 
 from fastapi import HTTPException
-from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.activelearning.first import First
@@ -20,6 +19,7 @@ from lib.configs.unimed import UniMedTaskConfig
 from lib.endpoints.train_route import register_train_route
 from lib.infers.unimed import InferRequestError, UniMedInferTask
 from lib.log_redaction import install_log_redaction
+from lib.safe_text import scrub_paths
 from trainers.train_request import TrainRequest
 from unimed import __version__
 from unimed.dicom.seg import SegError
@@ -84,7 +84,11 @@ class UniMedApp(MONAILabelApp):
             modalities = self.conf.get("dicomweb_modalities", "CT,MR")
             logger.info(f"DICOMweb datastore {self.studies}, modalities {modalities}")
             return UniMedDICOMwebDatastore.from_settings(self.studies, modalities.split(","))
-        return LocalDatastore(self.studies, extensions=[f"*{s}" for s in IMAGE_SUFFIXES], auto_reload=True)
+        from lib.datastore.local import UniMedLocalDatastore
+        from lib.safe_text import install_log_escaping
+
+        install_log_escaping()  # ids come from requests: a newline in one must not forge a log line
+        return UniMedLocalDatastore(self.studies, extensions=[f"*{s}" for s in IMAGE_SUFFIXES], auto_reload=True)
 
     def init_infers(self):
         return self.task_config.infer()
@@ -102,9 +106,13 @@ class UniMedApp(MONAILabelApp):
         super().on_init_complete()
         from monailabel.app import app as server  # the running server's FastAPI application
 
+        from lib.datastore.local import UniMedLocalDatastore
+        from lib.endpoints.datastore_routes import register_datastore_routes
         from lib.endpoints.results_page import register_results_page
 
         register_results_page(server, self.datastore)
+        if isinstance(self.datastore(), UniMedLocalDatastore):
+            register_datastore_routes(server, lambda: self)
         register_train_route(server, lambda: list(self._trainers), lambda params: TrainRequest.parse(params, strict=True))
         self._secure_server(server)
 
@@ -185,14 +193,14 @@ class UniMedApp(MONAILabelApp):
                 task.validate(request)
             return super().infer(request, datastore)
         except (UnknownTaskError, UnknownLabelError, InferRequestError, OutputError) as exc:
-            raise HTTPException(400, str(exc)) from exc
+            raise HTTPException(400, scrub_paths(str(exc))) from exc
         except (ImageLoadError, DicomSeriesError, SegError) as exc:
-            raise HTTPException(422, str(exc)) from exc
+            raise HTTPException(422, scrub_paths(str(exc))) from exc
         except HTTPException:
             raise
         except Exception as exc:
             logger.exception("inference failed")
-            raise HTTPException(500, f"inference failed: {type(exc).__name__}: {exc}") from exc
+            raise HTTPException(500, f"inference failed: {type(exc).__name__}: {scrub_paths(str(exc))}") from exc
 
 
 def _use_unimed_seg_writer(label_to_seg) -> None:

@@ -6,6 +6,7 @@ Scored by Dice per label (:func:`evaluate_datastore`); :data:`SPEC` registers th
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,7 +21,9 @@ from unimed.metrics import dice, mean_or_none
 from unimed.tasks import Task
 from unimed.transforms import IMAGE_SUFFIXES, ImageLoadError, image_affine, load_image
 
-__all__ = ["read_datastore", "read_labelled", "evaluate_datastore", "SPEC", "image_stem"]
+__all__ = ["read_datastore", "read_labelled", "read_label", "check_label_map", "evaluate_datastore", "SPEC", "image_stem"]
+
+logger = logging.getLogger(__name__)
 
 
 def image_stem(name: str) -> str:
@@ -60,32 +63,59 @@ def _label_file(folder: Path, image: Path) -> Path | None:
     return hits[0] if hits else None
 
 
-def read_label(path: Path, spatial_shape: tuple[int, ...], registry: LabelRegistry) -> tuple[np.ndarray, tuple[str, ...]]:
-    """A final label map as registry ids (uint8) and the names of the labels present in it.
+def check_label_map(values: np.ndarray, spatial_shape: tuple[int, ...], registry: LabelRegistry) -> tuple[np.ndarray, tuple[str, ...]]:
+    """A label map's values as registry ids (uint8) and the names of the labels present in it.
+
+    Args:
+        values: the label map, spatial axes only (no channel axis).
+        spatial_shape: the image's spatial shape.
+        registry: the label space whose ids the values must be.
 
     Raises:
-        DatasetError: unreadable, not one channel, another shape than the image's, or a value
-            that is not a registry id.
+        DatasetError: another number of axes or another shape than the image's, a value that
+            is not an integer, or one that is not a registry id (0 is background). The message
+            names no file.
+
+    Example:
+        >>> check_label_map(np.array([[0, 2], [2, 0]]), (2, 2), LabelRegistry())[1]
+        ('edema',)
     """
-    label = _load(path)
-    if label.shape[0] != 1:
-        raise DatasetError(f"{path}: a label map must have one channel, got {label.shape[0]}")
-    values = np.asarray(label[0].detach().cpu().numpy())
-    if values.shape != spatial_shape:
-        raise DatasetError(f"{path}: label shape {values.shape} differs from the image's {spatial_shape}")
-    if not np.array_equal(values, np.rint(values)):
-        raise DatasetError(f"{path}: label values must be integers")
+    values = np.asarray(values)
+    if values.ndim != len(spatial_shape):
+        raise DatasetError(f"a {values.ndim}D label map cannot label a {len(spatial_shape)}D image "
+                           f"(label shape {values.shape}, image shape {tuple(spatial_shape)})")
+    if values.shape != tuple(spatial_shape):
+        raise DatasetError(f"label shape {values.shape} differs from the image's {tuple(spatial_shape)}")
+    if not np.all(np.isfinite(values)) or not np.array_equal(values, np.rint(values)):
+        raise DatasetError("label values must be integers (registry label ids, 0 for background)")
     present = np.unique(values).astype(np.int64)
     names = []
     for value in present[present != 0]:
         try:
             names.append(registry.by_id(int(value)).name)
         except UnknownLabelError:
-            raise DatasetError(f"{path}: label value {value} is not a registry label id") from None
+            known = ", ".join(f"{lab.id} {lab.name}" for lab in registry)
+            raise DatasetError(f"label value {value} is not a registry label id; known ids: 0 background, {known}") from None
     return values.astype(np.uint8), tuple(names)
 
 
-def read_datastore(folder: str | Path) -> tuple[list[Sample], list[Sample]]:
+def read_label(path: Path, spatial_shape: tuple[int, ...], registry: LabelRegistry) -> tuple[np.ndarray, tuple[str, ...]]:
+    """A final label map as registry ids (uint8) and the names of the labels present in it.
+
+    Raises:
+        DatasetError: unreadable, not one channel, or :func:`check_label_map`'s errors; the
+            message starts with the path.
+    """
+    label = _load(path)
+    if label.shape[0] != 1:
+        raise DatasetError(f"{path}: a label map must have one channel, got {label.shape[0]}")
+    try:
+        return check_label_map(np.asarray(label[0].detach().cpu().numpy()), spatial_shape, registry)
+    except DatasetError as exc:
+        raise DatasetError(f"{path}: {exc}") from None
+
+
+def read_datastore(folder: str | Path, skipped: list[tuple[str, str]] | None = None) -> tuple[list[Sample], list[Sample]]:
     """Read a MONAI Label local datastore folder.
 
     Images are the top-level files with an image suffix (see
@@ -97,13 +127,16 @@ def read_datastore(folder: str | Path) -> tuple[list[Sample], list[Sample]]:
 
     Args:
         folder: the datastore folder.
+        skipped: when a list, an image that cannot be read, or whose label is bad, is left
+            out and ``(image name, reason)`` appended to it (and logged) instead of raising.
 
     Returns:
         ``(labelled, unlabelled)`` samples.
 
     Raises:
-        DatasetError: the folder is missing, an image or label cannot be read, a label's shape
-            differs from its image's, or a label value is not a registry id.
+        DatasetError: the folder is missing; unless ``skipped`` is given, an image or label
+            cannot be read, a label's shape differs from its image's, or a label value is not
+            a registry id.
 
     Example:
         >>> labelled, unlabelled = read_datastore("sample_datastore")  # doctest: +SKIP
@@ -114,31 +147,37 @@ def read_datastore(folder: str | Path) -> tuple[list[Sample], list[Sample]]:
     registry = LabelRegistry()
     labelled, unlabelled = [], []
     for path in sorted(p for p in folder.iterdir() if _is_image(p)):
-        image = _load(path)
-        sample = Sample(
-            image=torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image),
-            affine=image_affine(image),
-            dataset="datastore",
-            name=image_stem(path.name),
-        )
-        label_path = _label_file(folder, path)
-        if label_path is None:
-            unlabelled.append(sample)
+        try:
+            image = _load(path)
+            sample = Sample(
+                image=torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image),
+                affine=image_affine(image),
+                dataset="datastore",
+                name=image_stem(path.name),
+            )
+            label_path = _label_file(folder, path)
+            if label_path is not None:
+                sample.label_map, sample.seg_labels = read_label(label_path, sample.spatial_shape, registry)
+        except DatasetError as exc:
+            if skipped is None:
+                raise
+            logger.warning("skipping %s: %s", path.name, exc)
+            skipped.append((path.name, str(exc)))
             continue
-        sample.label_map, sample.seg_labels = read_label(label_path, sample.spatial_shape, registry)
-        labelled.append(sample)
+        (unlabelled if label_path is None else labelled).append(sample)
     return labelled, unlabelled
 
 
 def read_labelled(folder: str | Path, split: str | None = None) -> list[Sample]:
-    """The labelled samples of :func:`read_datastore`; a datastore has no splits.
+    """The labelled samples of :func:`read_datastore`; a datastore has no splits. An image or
+    label that cannot be used is skipped with a warning in the log (training goes on without it).
 
     Raises:
-        DatasetError: a split other than None, and :func:`read_datastore`'s errors.
+        DatasetError: a split other than None, or no such folder.
     """
     if split is not None:
         raise DatasetError(f"{folder}: a datastore has no splits (its labelled images are read), got split {split!r}")
-    return read_datastore(folder)[0]
+    return read_datastore(folder, skipped=[])[0]
 
 
 def _segmentable_labels(samples: Sequence[Sample]) -> list[str]:

@@ -19,6 +19,7 @@ from typing import Any
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 
+from lib.safe_text import escape_control, scrub_paths
 from trainers.config import MixEntry, TrainConfig
 from trainers.data import Source, to_grid_item
 from trainers.joint import JointTrainer, StepReport, seed_everything
@@ -30,28 +31,44 @@ from unimed.datasets.sample import Sample
 from unimed.labels import LabelRegistry
 from unimed.model_store import ModelStore
 from unimed.networks.unimed import unimed_small
-from unimed.transforms import image_affine, load_image
+from unimed.transforms import ImageLoadError, image_affine, load_image
 
 __all__ = ["UniMedTrainTask", "datastore_samples"]
 
 logger = logging.getLogger(__name__)
 
 
-def datastore_samples(datastore: Datastore) -> tuple[list[Sample], list[Sample]]:
-    """``(labelled, unlabelled)`` samples of a MONAI Label datastore (final labels only)."""
+def datastore_samples(datastore: Datastore, skipped: list[dict[str, str]] | None = None) -> tuple[list[Sample], list[Sample]]:
+    """``(labelled, unlabelled)`` samples of a MONAI Label datastore (final labels only).
+
+    An image that cannot be read, or whose label cannot be used, is left out with a warning in
+    the log; when ``skipped`` is a list, ``{"image", "reason"}`` is appended to it (the run
+    reports them). One bad file never stops training on the others.
+    """
     registry = LabelRegistry()
     labelled, unlabelled = [], []
+
+    def skip(image: str, exc: Exception) -> None:
+        reason = scrub_paths(str(exc))
+        logger.warning("skipping image %s: %s", escape_control(image), escape_control(reason))
+        if skipped is not None:
+            skipped.append({"image": image, "reason": reason})
+
     for item in datastore.datalist():
-        image = load_image(item["image"])
+        name = Path(item["image"]).name
         try:
+            image = load_image(item["image"])
             label_map, names = read_label(Path(item["label"]), tuple(image.shape[1:]), registry)
-        except DatasetError as exc:  # one bad label must not stop training on the others
-            logger.warning("skipping %s: %s", item["image"], exc)
+        except (ImageLoadError, DatasetError) as exc:
+            skip(name, exc)
             continue
-        labelled.append(Sample(image, image_affine(image), "datastore", Path(item["image"]).name,
-                               label_map=label_map, seg_labels=names))
+        labelled.append(Sample(image, image_affine(image), "datastore", name, label_map=label_map, seg_labels=names))
     for image_id in datastore.get_unlabeled_images(DefaultLabelTag.FINAL):
-        image = load_image(datastore.get_image_uri(image_id))
+        try:
+            image = load_image(datastore.get_image_uri(image_id))
+        except ImageLoadError as exc:
+            skip(image_id, exc)
+            continue
         unlabelled.append(Sample(image, image_affine(image), "datastore", image_id))
     return labelled, unlabelled
 
@@ -84,9 +101,11 @@ class UniMedTrainTask(TrainTask):
         epochs = params.max_epochs
         seed_everything(params.seed)
         labels_until = time.time()  # labels saved from now on are new to the version this run publishes
-        labelled, unlabelled = datastore_samples(datastore)
+        skipped: list[dict[str, str]] = []
+        labelled, unlabelled = datastore_samples(datastore, skipped)
         if not labelled:
-            raise ValueError("the datastore has no final labels to train on; save a label first")
+            why = f" ({len(skipped)} image(s) skipped: see the log)" if skipped else ""
+            raise ValueError(f"the datastore has no usable final labels to train on{why}; save a label first")
         try:
             model, meta = load_checkpoint(self.store.published)
             start_from = meta.get("version")
@@ -99,8 +118,8 @@ class UniMedTrainTask(TrainTask):
         labelled_src = Source("datastore", [to_grid_item(s) for s in labelled], ("segmentation",))
         unlabelled_src = Source("unlabelled", [to_grid_item(s) for s in unlabelled], (), every=2) if unlabelled else None
         trainer = JointTrainer(model, [labelled_src], config, unlabelled_src)
-        logger.info("training on %d labelled and %d unlabelled images, %d epochs, from version %s",
-                    len(labelled), len(unlabelled), epochs, start_from)
+        logger.info("training on %d labelled and %d unlabelled images (%d skipped), %d epochs, from version %s",
+                    len(labelled), len(unlabelled), len(skipped), epochs, start_from)
         t0 = time.time()
 
         def report(rep: StepReport) -> None:
@@ -118,6 +137,7 @@ class UniMedTrainTask(TrainTask):
             "version": version.number, "steps": trainer.step_count, "epochs": epochs,
             "seconds": round(time.time() - t0, 1), "final_loss": history[-1].loss if history else None,
             "labelled": len(labelled), "unlabelled": len(unlabelled), "trained_at": version.meta["trained_at"],
+            "skipped": skipped,
         }
         self.stats_file.write_text(json.dumps(stats, indent=2))
         logger.info("published model version %d", version.number)
