@@ -24,6 +24,7 @@ from unimed import __version__
 from unimed.dicom.seg import SegError
 from unimed.dicom.series import DicomSeriesError
 from unimed.labels import UnknownLabelError
+from unimed.large_images import VoxelLimitError
 from unimed.tasks import UnknownTaskError
 from unimed.transforms import IMAGE_SUFFIXES, ImageLoadError
 from unimed.writers import OutputError
@@ -36,7 +37,9 @@ class UniMedApp(MONAILabelApp):
 
     Bad requests get a 4xx whose message names the problem: an unknown model or image id
     (404), an unknown task or label or malformed params (400), an image that cannot be read
-    (422).
+    (422), an image above conf ``max_voxels`` (413, before its pixels are read). Inference runs
+    off the event loop, conf ``max_concurrent_infers`` (default 1) at a time, so ``/info``
+    answers while images are inferred.
 
     Active learning: strategies ``random``, ``first``, ``uncertainty``, ``uncertainty_sampled``
     and ``diversity``; the scoring method ``unimed_uncertainty`` runs in the background. Saving
@@ -93,9 +96,11 @@ class UniMedApp(MONAILabelApp):
         super().on_init_complete()
         from monailabel.app import app as server  # the running server's FastAPI application
 
+        from lib.endpoints.infer_route import register_threaded_infer_route
         from lib.endpoints.results_page import register_results_page
 
         register_results_page(server, self.datastore)
+        register_threaded_infer_route(server, int(self.conf.get("max_concurrent_infers", 1)))
         register_train_route(server, lambda: list(self._trainers), lambda params: TrainRequest.parse(params, strict=True))
 
     def info(self):
@@ -161,6 +166,8 @@ class UniMedApp(MONAILabelApp):
             return super().infer(request, datastore)
         except (UnknownTaskError, UnknownLabelError, InferRequestError, OutputError) as exc:
             raise HTTPException(400, str(exc)) from exc
+        except VoxelLimitError as exc:
+            raise HTTPException(413, str(exc)) from exc
         except (ImageLoadError, DicomSeriesError, SegError) as exc:
             raise HTTPException(422, str(exc)) from exc
         except HTTPException:

@@ -20,7 +20,8 @@ from unimed.labels import Label
 from unimed.networks.unimed import Features, UniMed
 from unimed.tasks import Task
 from unimed.tokens import ClassificationAnnotation, DetectionAnnotation, SegmentationAnnotation
-from unimed.transforms import GridSpec, resize_to_image, to_model_grid
+from unimed.large_images import compose_segmentation
+from unimed.transforms import GridSpec, to_model_grid
 
 __all__ = ["Predictor", "Prediction"]
 
@@ -181,8 +182,7 @@ class Predictor:
         out = {k: v[0].cpu() for k, v in self.model.decode(feats, ids, pad).items()}  # composed on the CPU
         t2 = time.perf_counter()
         if task is Task.SEGMENTATION:
-            logits = resize_to_image(out["mask_logits"], spec)
-            ann = self.composer.segmentation(logits, resolved)
+            ann = compose_segmentation(self.composer, out["mask_logits"], spec, resolved)  # slabs when large
         elif task is Task.DETECTION:
             ann = self.composer.detection(out["class_logits"], out["boxes"], resolved, flat_depth=spec.shape[2] == 1)
         else:

@@ -1,0 +1,63 @@
+"""``POST /infer/{model}`` off the event loop, a bounded number at a time.
+
+MONAI Label declares its infer route ``async`` and runs the whole inference inside it, so
+while one image is inferred the server's event loop answers nothing: ``GET /info`` (a
+health check) waits behind every queued inference. The route registered here has the same
+path, parameters, access role and answers (it calls MONAI Label's own ``run_inference``),
+but is a plain function, which FastAPI runs in its thread pool; a semaphore lets at most
+``max_concurrent`` inferences run at once, so memory stays that of ``max_concurrent`` images.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Optional
+
+from fastapi import BackgroundTasks, Depends, FastAPI, File, Form, UploadFile
+from monailabel.config import settings
+from monailabel.endpoints.user.auth import RBAC, User
+
+__all__ = ["register_threaded_infer_route"]
+
+PATH = "/infer/{model}"
+
+
+def register_threaded_infer_route(server: FastAPI, max_concurrent: int = 1) -> None:
+    """Replace MONAI Label's ``POST /infer/{model}`` with one run in the thread pool.
+
+    Args:
+        server: the running MONAI Label FastAPI application.
+        max_concurrent: inferences run at once; the others wait their turn in their threads.
+
+    Raises:
+        ValueError: ``max_concurrent`` is not positive.
+
+    Example:
+        >>> register_threaded_infer_route(server, max_concurrent=1)  # doctest: +SKIP
+    """
+    if max_concurrent < 1:
+        raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
+    import monailabel.endpoints.infer as endpoint
+    from monailabel.endpoints.infer import ResultType
+
+    gate = threading.BoundedSemaphore(max_concurrent)
+
+    def api_run_inference(
+        background_tasks: BackgroundTasks,
+        model: str,
+        image: str = "",
+        session_id: str = "",
+        params: str = Form("{}"),
+        file: UploadFile = File(None),
+        label: UploadFile = File(None),
+        output: Optional[ResultType] = None,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+    ):
+        with gate:
+            # looked up on the module at each call: the app may replace the module's DICOM SEG converter
+            return endpoint.run_inference(background_tasks, model, image, session_id, params, file, label, output)
+
+    # ahead of MONAI Label's route, which then never matches (it stays in the API docs: same contract)
+    server.add_api_route(PATH, api_run_inference, methods=["POST"], include_in_schema=False)
+    route = server.router.routes.pop()
+    server.router.routes.insert(0, route)
