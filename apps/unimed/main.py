@@ -188,6 +188,9 @@ def _use_unimed_seg_writer(label_to_seg) -> None:
 
     def nifti_to_dicom_seg(series_dir, label, label_info, file_ext="*", use_itk=True) -> str:
         names = [info["name"] for info in label_info or [] if isinstance(info, dict) and info.get("name")]
-        return label_to_seg(series_dir, label, names)
+        try:
+            return label_to_seg(series_dir, label, names)
+        except (SegError, DicomSeriesError) as exc:  # called after the app's infer: map its errors here
+            raise HTTPException(422, str(exc)) from exc
 
     endpoint.nifti_to_dicom_seg = nifti_to_dicom_seg
