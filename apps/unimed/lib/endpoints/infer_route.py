@@ -4,18 +4,20 @@ MONAI Label declares its infer route ``async`` and runs the whole inference insi
 while one image is inferred the server's event loop answers nothing: ``GET /info`` (a
 health check) waits behind every queued inference. The route registered here has the same
 path, parameters, access role and answers (it calls MONAI Label's own ``run_inference``),
-but is a plain function, which FastAPI runs in its thread pool; a semaphore lets at most
-``max_concurrent`` inferences run at once, so memory stays that of ``max_concurrent`` images.
+but runs it in the thread pool, at most ``max_concurrent`` at once: memory stays that of
+``max_concurrent`` images, and a request waiting its turn waits on the event loop, holding
+no thread that other endpoints need.
 """
 
 from __future__ import annotations
 
-import threading
+import asyncio
 from typing import Optional
 
 from fastapi import BackgroundTasks, Depends, FastAPI, File, Form, UploadFile
 from monailabel.config import settings
 from monailabel.endpoints.user.auth import RBAC, User
+from starlette.concurrency import run_in_threadpool
 
 __all__ = ["register_threaded_infer_route"]
 
@@ -23,11 +25,11 @@ PATH = "/infer/{model}"
 
 
 def register_threaded_infer_route(server: FastAPI, max_concurrent: int = 1) -> None:
-    """Replace MONAI Label's ``POST /infer/{model}`` with one run in the thread pool.
+    """Replace MONAI Label's ``POST /infer/{model}`` with one run in the thread pool, gated.
 
     Args:
         server: the running MONAI Label FastAPI application.
-        max_concurrent: inferences run at once; the others wait their turn in their threads.
+        max_concurrent: inferences run at once; the others wait their turn.
 
     Raises:
         ValueError: ``max_concurrent`` is not positive.
@@ -40,9 +42,9 @@ def register_threaded_infer_route(server: FastAPI, max_concurrent: int = 1) -> N
     import monailabel.endpoints.infer as endpoint
     from monailabel.endpoints.infer import ResultType
 
-    gate = threading.BoundedSemaphore(max_concurrent)
+    gate = asyncio.Semaphore(max_concurrent)
 
-    def api_run_inference(
+    async def api_run_inference(
         background_tasks: BackgroundTasks,
         model: str,
         image: str = "",
@@ -53,9 +55,10 @@ def register_threaded_infer_route(server: FastAPI, max_concurrent: int = 1) -> N
         output: Optional[ResultType] = None,
         user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
     ):
-        with gate:
+        async with gate:
             # looked up on the module at each call: the app may replace the module's DICOM SEG converter
-            return endpoint.run_inference(background_tasks, model, image, session_id, params, file, label, output)
+            return await run_in_threadpool(endpoint.run_inference, background_tasks, model, image, session_id, params,
+                                           file, label, output)
 
     # ahead of MONAI Label's route, which then never matches (it stays in the API docs: same contract)
     server.add_api_route(PATH, api_run_inference, methods=["POST"], include_in_schema=False)
