@@ -69,6 +69,9 @@ def test_voxel_limit_reads_the_header_only(tmp_path):
     with pytest.raises(ValueError, match="positive"):
         check_voxel_limit(path, 0)
     assert header_voxel_count(tmp_path / "missing.nii.gz") is None
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a NIfTI")
+    (tmp_path / "broken.nrrd").write_bytes(b"not an NRRD")
+    assert header_voxel_count(tmp_path / "broken.nii.gz") is None and header_voxel_count(tmp_path / "broken.nrrd") is None
 
 
 def test_voxel_limit_of_a_dicom_series(shared_data):

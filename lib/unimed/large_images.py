@@ -65,7 +65,7 @@ def header_voxel_count(path: str | Path) -> int | None:
         reader.SetFileName(str(path))
         reader.ReadImageInformation()
         return math.prod(reader.GetSize()) * reader.GetNumberOfComponents()
-    except (OSError, RuntimeError, ValueError, EOFError):  # unreadable header: the loader says why
+    except Exception:  # readers raise many types for an unreadable header; the loader then says why
         return None
 
 
