@@ -94,45 +94,26 @@ def cmd_pacs(args: argparse.Namespace) -> int:
 def cmd_infer(args: argparse.Namespace) -> int:
     """Run one task on one image file, no server needed."""
     from unimed.labels import parse_labels
-    from unimed.writers import write_label_map
     from unimed.service import ModelService
+    from unimed.tasks import TASKS
     from unimed.transforms import load_image
+    from unimed.writers import write_label_map
 
     service = ModelService(args.checkpoint)
     if not service.info()["trained"]:
         print(f"warning: {service.info()['problem']}; the answer comes from UNTRAINED weights", file=sys.stderr)
     pred = service.predictor().predict(load_image(args.image), args.task, parse_labels(args.labels))
-    ann = pred.annotation
-    if pred.task.value == "segmentation":
-        lm = pred.label_map()
-        print(f"segmentation of {args.image}: shape {lm.shape}")
-        for lab in pred.labels:
-            print(f"  {lab.name:22s} id {lab.id:3d}  voxels {int((lm == lab.id).sum()):>10d}")
-        if args.out:
-            shutil.move(write_label_map(pred), args.out)
-            print(f"label map written to {args.out}")
-        result = {"labels": {lab.name: lab.id for lab in pred.labels}, "scores": ann.scores}
-    elif pred.task.value == "detection":
-        world, vox = pred.boxes_world(), pred.boxes_voxel()
-        print(f"{len(ann.labels)} boxes in {args.image} (world LPS mm: centre, size; voxels: x0 y0 z0 x1 y1 z1)")
-        for name, s, w, v in zip(ann.labels, ann.scores, world, vox):
-            print(f"  {name:18s} {s:.3f}  centre {fmt(w[:3])}  size {fmt(w[3:])}  voxels {fmt(v)}")
-        result = {"box": world.round(3).tolist(), "box_voxel": vox.round(2).tolist(), "label": ann.labels,
-                  "score": ann.scores}
-    else:
-        print(f"classification of {args.image}:")
-        for name, s in zip(ann.labels, ann.scores):
-            print(f"  {name:22s} {s:.3f}")
-        result = {"prediction": [{"label": n, "score": s} for n, s in zip(ann.labels, ann.scores)]}
-    if args.out and pred.task.value != "segmentation":
+    spec = TASKS[pred.task]
+    lines, result = spec.report(pred, args.image)
+    print("\n".join(lines))
+    if args.out and spec.output_file == "label_map":
+        shutil.move(write_label_map(pred), args.out)
+        print(f"label map written to {args.out}")
+    elif args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
         print(f"result written to {args.out}")
     print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in pred.seconds.items()))
     return 0
-
-
-def fmt(values) -> str:
-    return "[" + ", ".join(f"{v:.1f}" for v in values) + "]"
 
 
 # -- info ------------------------------------------------------------------------------------------
@@ -501,6 +482,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 # -- argument parsing ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from unimed.datasets import DATASETS, shared_datasets
+    from unimed.task_names import Task
 
     parser = argparse.ArgumentParser(description=__doc__)  # prog: main.py, or unimed as installed
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -524,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pacs)
 
     p = sub.add_parser("infer", help="run one task on one image file", description=cmd_infer.__doc__)
-    p.add_argument("--task", required=True, choices=["segmentation", "detection", "classification"])
+    p.add_argument("--task", required=True, choices=[task.value for task in Task])
     p.add_argument("--image", required=True, help="NIfTI, NRRD, DICOM folder, JPEG or PNG")
     p.add_argument("--labels", default=None, help="comma-separated label names (default: all of the task's)")
     p.add_argument("--out", default=None, help="write the label map (segmentation) or the JSON result here")

@@ -36,7 +36,7 @@ from unimed.evaluation import evaluate_samples
 from unimed.networks.unimed import UniMed
 from unimed.predictor import Predictor
 from unimed.selection import select_diverse, select_sampled, select_uncertain
-from unimed.tasks import Task
+from unimed.tasks import TASKS, Task
 from unimed.uncertainty import ImageScore, score_image
 
 __all__ = ["STRATEGIES", "PRIMARY_METRIC", "SimulationConfig", "StartModel", "simulate", "run_seed", "simulate_seeds",
@@ -128,13 +128,12 @@ def _subset(samples: list[Sample], size: int | None, seed: int) -> list[Sample]:
 
 
 def _score_task(samples: Sequence[Sample]) -> tuple[Task, list[str]]:
-    """The task whose outputs rank the pool: segmentation where masks exist, else classification."""
-    first = samples[0]
-    if first.label_map is not None:
-        return Task.SEGMENTATION, sorted({n for s in samples for n in s.seg_labels})
-    if first.class_labels is not None:
-        return Task.CLASSIFICATION, sorted(first.class_labels)
-    return Task.DETECTION, sorted({n for s in samples for n in s.det_labels})
+    """The task whose outputs rank the pool: the first task (in registry order: segmentation where
+    masks exist) whose ground truth the first sample carries, and the labels the pool holds."""
+    for task, spec in TASKS.items():
+        if spec.has_targets(samples[:1]):
+            return task, spec.target_labels(samples)
+    raise ValueError(f"{samples[0].name}: a sample with no annotation of any task")
 
 
 def _pick(strategy: str, scores: list[ImageScore] | None, labelled: list[int], unlabelled: list[int], k: int,

@@ -8,10 +8,11 @@ import importlib
 import pytest
 
 MODULES = [
-    "unimed.tasks", "unimed.labels", "unimed.tokens", "unimed.networks.layers", "unimed.networks.backbone",
+    "unimed.task_names", "unimed.labels", "unimed.vocabulary", "unimed.tokens", "unimed.networks.layers", "unimed.networks.backbone",
     "unimed.networks.pixel_decoder", "unimed.networks.decoder", "unimed.networks.unimed", "unimed.composer",
     "unimed.transforms", "unimed.checkpoint", "unimed.predictor", "unimed.service", "unimed.uncertainty",
     "unimed.selection", "unimed.dicom.series", "unimed.dicom.seg", "unimed.writers",
+    "unimed.tasks.spec", "unimed.tasks.segmentation", "unimed.tasks.classification", "unimed.boxes",
     "benchmarks.machine", "benchmarks.timing", "benchmarks.report", "benchmarks.stock",
     "servers.child_process", "trainers.ssl", "benchmarks.al_simulation", "trainers.train_request",
 ]

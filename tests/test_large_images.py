@@ -14,8 +14,9 @@ import torch
 
 from unimed.composer import ComposedDecoder
 from unimed.dicom.series import read_series, series_geometry
-from unimed.large_images import VoxelLimitError, check_voxel_limit, compose_segmentation, header_voxel_count
+from unimed.large_images import VoxelLimitError, check_voxel_limit, header_voxel_count, segmentation_tokens_at_image
 from unimed.networks.unimed import unimed_tiny
+from unimed.tasks.segmentation import segmentation_tokens
 from unimed.transforms import GridSpec, normalize_intensity, resize_to_image, resize_to_image_slabs
 
 
@@ -38,16 +39,21 @@ def test_slab_bytes_must_be_positive():
         list(resize_to_image_slabs(torch.zeros(2, 4, 4, 4), spec, max_bytes=0))
 
 
-def test_slab_composition_gives_the_whole_label_map_and_scores():
+def test_slab_composition_gives_the_whole_masks_and_scores():
     torch.manual_seed(1)
     model = unimed_tiny()
-    composer = ComposedDecoder(model.vocab)
     labels = [model.registry.get(n) for n in ("necrosis", "edema", "enhancing_tumor")]
     logits = torch.randn(4, 16, 16, 12) * 3
     spec = GridSpec(shape=(40, 36, 30), spatial_ndim=3, affine=np.eye(4), grid=(16, 16, 12))
-    whole = compose_segmentation(composer, logits, spec, labels, max_whole_bytes=2**30)
-    slabbed = compose_segmentation(composer, logits, spec, labels, max_whole_bytes=0, slab_bytes=4 * 4 * 40 * 36 * 4)
-    assert whole.label_map.dtype == slabbed.label_map.dtype == np.uint8
+
+    def compose(**sizes):
+        seq = segmentation_tokens_at_image(lambda x: segmentation_tokens(model.vocab, x, labels), model.vocab,
+                                           logits, spec, labels, **sizes)
+        return seq, ComposedDecoder(model.vocab).decode(seq)
+
+    whole_seq, whole = compose(max_whole_bytes=2**30)
+    slab_seq, slabbed = compose(max_whole_bytes=0, slab_bytes=4 * 4 * 40 * 36 * 4)
+    assert whole_seq.ids == slab_seq.ids and slab_seq.shape == (40, 36, 30)
     assert (whole.label_map != slabbed.label_map).mean() < 1e-4  # float rounding may flip a tie
     assert whole.scores.keys() == slabbed.scores.keys() and len(whole.scores) == 3
     for name, score in whole.scores.items():

@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from unimed.composer import ComposedDecoder, box_iou, nms
-from unimed.labels import LabelRegistry
+from unimed.boxes import box_iou, nms
+from unimed.composer import ComposedDecoder
+from unimed.labels import Label, LabelRegistry
 from unimed.networks.unimed import unimed_tiny
 from unimed.predictor import Prediction, Predictor
 from unimed.tasks import Task
+from unimed.tasks.detection import detection_tokens
+from unimed.tasks.segmentation import segmentation_tokens
 from unimed.tokens import DetectionAnnotation, TokenVocabulary
 from unimed.transforms import GridSpec
 
@@ -58,7 +61,7 @@ def test_segmentation_tokens_pick_the_winning_channel(composer):
     logits = torch.zeros(3, 4, 4, 1)
     logits[1, :2] = 5.0  # necrosis wins the first two rows
     logits[2, 3] = 5.0  # edema wins the last row
-    seq = composer.segmentation_tokens(logits, labels)
+    seq = segmentation_tokens(composer.vocab, logits, labels)
     assert [composer.vocab.token_str(i) for i in seq.ids] == [
         "<seg>", "<label:necrosis>", "<mask:0>", "<label:edema>", "<mask:1>", "<eos>"]
     lm = composer.decode(seq).label_map[..., 0]
@@ -76,7 +79,7 @@ def test_detection_keeps_confident_boxes_and_suppresses_duplicates(composer):
     logits[3, reg.class_index("necrosis")] = 10.0  # not asked for
     boxes = torch.tensor([[0.1, 0.1, 0.0, 0.3, 0.3, 1.0], [0.11, 0.1, 0.0, 0.3, 0.31, 1.0],
                           [0.6, 0.6, 0.0, 0.7, 0.7, 1.0], [0.5, 0.5, 0.0, 0.9, 0.9, 1.0]])
-    ann = composer.detection(logits, boxes, labels, flat_depth=True)
+    ann = composer.decode(detection_tokens(composer.vocab, logits, boxes, labels, composer.options, flat_depth=True))
     assert ann.labels == ["red_blood_cell", "platelet"]
     assert np.allclose(ann.boxes[0], [0.1, 0.1, 0.0, 0.3, 0.3, 1.0], atol=1 / 64)
     assert ann.scores[0] > ann.scores[1] > 0.5
@@ -89,6 +92,53 @@ def test_box_iou_and_nms():
     assert iou[0, 2] == 0
     assert nms(a, torch.tensor([0.9, 0.8, 0.7]), 0.3).tolist() == [0, 2]
     assert nms(a, torch.tensor([0.9, 0.8, 0.7]), 0.5).tolist() == [0, 1, 2]
+
+
+def test_box_overlaps_equal_the_plain_formulas_on_random_boxes():
+    """MONAI's IoU, GIoU and NMS (through unimed.boxes) give what the hand-written corner-box
+    formulas gave, on normalised boxes down to 1e-6 volume and on inverted (empty) boxes."""
+    from unimed.boxes import generalized_box_iou, paired_generalized_box_iou
+
+    def plain(a, b):
+        lo, hi = torch.maximum(a[:, None, :3], b[None, :, :3]), torch.minimum(a[:, None, 3:], b[None, :, 3:])
+        inter = (hi - lo).clamp(min=0).prod(-1)
+        vol = lambda x: (x[:, 3:] - x[:, :3]).clamp(min=0).prod(-1)  # noqa: E731
+        union = vol(a)[:, None] + vol(b)[None, :] - inter
+        hull = (torch.maximum(a[:, None, 3:], b[None, :, 3:]) - torch.minimum(a[:, None, :3], b[None, :, :3])).prod(-1)
+        iou = inter / union.clamp(min=1e-12)
+        return iou, iou - (hull - union) / hull.clamp(min=1e-12)
+
+    def plain_nms(boxes, scores, threshold):
+        keep, suppressed, iou = [], torch.zeros(len(boxes), dtype=torch.bool), plain(boxes, boxes)[0]
+        for i in scores.argsort(descending=True).tolist():
+            if not suppressed[i]:
+                keep.append(i)
+                suppressed |= iou[i] > threshold
+        return keep
+
+    g = torch.Generator().manual_seed(0)
+    for size in (0.3, 0.01):
+        for _ in range(50):
+            lo_a, lo_b = torch.rand(8, 3, generator=g), torch.rand(6, 3, generator=g)
+            a = torch.cat([lo_a, lo_a + size * torch.rand(8, 3, generator=g)], 1)
+            b = torch.cat([lo_b, lo_b + size * torch.rand(6, 3, generator=g)], 1)
+            b[0] = a[0]
+            iou, giou = plain(a, b)
+            assert torch.allclose(box_iou(a, b), iou, rtol=1e-6, atol=1e-7)
+            assert torch.allclose(generalized_box_iou(a, b), giou, rtol=1e-6, atol=1e-7)
+            assert torch.allclose(paired_generalized_box_iou(a[:6], b), giou.diagonal(), rtol=1e-6, atol=1e-7)
+            scores = torch.rand(8, generator=g)
+            for threshold in (0.1, 0.5):
+                assert nms(a, scores, threshold).tolist() == plain_nms(a, scores, threshold)
+    inverted = torch.tensor([[0.5, 0.5, 0.5, 0.4, 0.6, 0.6]])
+    assert box_iou(inverted, torch.tensor([[0.0, 0, 0, 1, 1, 1]])).item() == 0.0
+
+
+def test_resolved_labels_are_not_parsed_again(predictor, monkeypatch):
+    labels = [predictor.model.registry.get("edema")]
+    monkeypatch.setattr(predictor.model.registry, "resolve", lambda *a: pytest.fail("labels parsed again"))
+    task, resolved = predictor.resolve(Task.SEGMENTATION, labels)
+    assert task is Task.SEGMENTATION and resolved == labels and isinstance(resolved[0], Label)
 
 
 def test_world_boxes_follow_the_affine():

@@ -23,10 +23,9 @@ import torch.distributed as dist
 
 from trainers.config import TrainConfig
 from trainers.data import GridItem, Source, collate
-from trainers.losses import classification_loss, detection_loss, proposal_loss, segmentation_loss
 from trainers.ssl import make_ssl
 from unimed.networks.unimed import UniMed
-from unimed.tasks import Task
+from unimed.tasks import TASKS, Task
 
 __all__ = ["JointTrainer", "StepReport", "seed_everything", "check_device", "init_distributed", "is_main_process",
            "replicas_agree"]
@@ -167,65 +166,14 @@ class JointTrainer:
 
     # -- losses --------------------------------------------------------------------------------
     def batch_losses(self, items: list[GridItem], tasks: Sequence[str], channels: int | None) -> dict[str, torch.Tensor]:
-        """Losses of one batch of one source: one backbone pass, one decode per task."""
-        model, w = self.model, self.config.loss
-        feats = model.encode(collate(items, channels).to(self.device))
+        """Losses of one batch of one source: one backbone pass, one decode per task whose
+        ground truth every item carries."""
+        feats = self.model.encode(collate(items, channels).to(self.device))
         losses: dict[str, torch.Tensor] = {}
-        for task in map(Task.parse, tasks):
-            if task is Task.SEGMENTATION and all(it.label_map is not None for it in items):
-                losses.update(self._seg(feats, items, w))
-            elif task is Task.DETECTION and all(it.boxes is not None for it in items):
-                losses.update(self._det(feats, items, w))
-            elif task is Task.CLASSIFICATION and all(it.class_labels for it in items):
-                losses.update(self._cls(feats, items, w))
+        for spec in (TASKS[Task.parse(task)] for task in tasks):
+            if spec.has_targets(items):
+                losses.update(spec.loss(self.model, feats, items, self.config.loss))
         return losses
-
-    def _seg(self, feats, items, w):
-        model = self.model
-        ids, pad = model.prompt([(Task.SEGMENTATION, list(it.seg_labels)) for it in items])
-        out = model.decode(feats, ids, pad)
-        targets = []
-        for it in items:
-            lut = torch.zeros(256, dtype=torch.long)
-            for ch, name in enumerate(it.seg_labels, start=1):
-                lut[model.registry.get(name).id] = ch
-            targets.append(lut[it.label_map.clamp(0, 255)])
-        logits = out["mask_logits"].masked_fill(pad[:, :, None, None, None], -1e4)
-        return segmentation_loss(logits, torch.stack(targets).to(logits.device), w)
-
-    def _det(self, feats, items, w):
-        model = self.model
-        ids, pad = model.prompt([(Task.DETECTION, list(it.det_labels)) for it in items])
-        out = model.decode(feats, ids, pad)
-        k = len(model.registry)
-        allowed = torch.zeros(len(items), k + 1, dtype=torch.bool)
-        allowed[:, 0] = True
-        targets = []
-        for i, it in enumerate(items):
-            for name in it.det_labels:
-                allowed[i, model.registry.class_index(name)] = True
-            cls = torch.tensor([model.registry.class_index(n) for n in it.box_labels], dtype=torch.long)
-            boxes = it.boxes.clone()
-            if it.image.shape[-1] == 1:
-                boxes[:, 2], boxes[:, 5] = 0.0, 1.0
-            targets.append((cls.to(self.device), boxes.to(self.device)))
-        allowed = allowed.to(self.device)
-        losses = detection_loss(out["class_logits"], out["box_logits"], out["boxes"], targets, allowed,
-                                model.config.num_bins, w)
-        losses.update(proposal_loss(out["heat_logits"], out["extents"], targets, allowed[:, 1:], w))
-        return losses
-
-    def _cls(self, feats, items, w):
-        model = self.model
-        names = [sorted(it.class_labels) for it in items]
-        ids, pad = model.prompt([(Task.CLASSIFICATION, n) for n in names])
-        out = model.decode(feats, ids, pad)
-        targets = torch.zeros(ids.shape, dtype=torch.long)
-        valid = torch.zeros(ids.shape, dtype=torch.bool)
-        for i, (it, n) in enumerate(zip(items, names)):
-            for j, name in enumerate(n, start=1):
-                targets[i, j], valid[i, j] = int(it.class_labels[name]), True
-        return classification_loss(out["presence_logits"], targets.to(self.device), valid.to(self.device), w)
 
     # -- the loop ------------------------------------------------------------------------------
     def step(self, time_fraction: float = 0.0) -> StepReport:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from unimed.tasks import Task
+from unimed.task_names import Task
 
 __all__ = ["Code", "Label", "LabelRegistry", "UnknownLabelError", "DEFAULT_LABELS", "parse_labels"]
 

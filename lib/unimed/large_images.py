@@ -2,25 +2,26 @@
 pixels are read, and a segmentation composed at the image's resolution one slab at a time.
 
 A 512x512x600 CT has 157 million voxels; six segmentation channels of it in float32 would
-take 3.8 GB, their softmax as much again. :func:`compose_segmentation` keeps the full-size
-answer as a ``uint8`` label map and holds the float channels of one slab only.
+take 3.8 GB, their softmax as much again. :func:`segmentation_tokens_at_image` keeps the
+full-size answer as boolean masks and holds the float channels of one slab only.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from unimed.composer import ComposedDecoder
 from unimed.labels import Label
-from unimed.tokens import SegmentationAnnotation
+from unimed.sequence import TokenSequence
 from unimed.transforms import GridSpec, resize_to_image, resize_to_image_slabs
+from unimed.vocabulary import TokenVocabulary
 
-__all__ = ["DEFAULT_MAX_VOXELS", "WHOLE_BYTES", "SLAB_BYTES", "VoxelLimitError", "header_voxel_count", "check_voxel_limit", "compose_segmentation"]
+__all__ = ["DEFAULT_MAX_VOXELS", "WHOLE_BYTES", "SLAB_BYTES", "VoxelLimitError", "header_voxel_count", "check_voxel_limit",
+           "segmentation_tokens_at_image"]
 
 #: default largest image (voxels times channels) a server takes: admits a 512x512x1000 CT
 DEFAULT_MAX_VOXELS = 512 * 512 * 1000
@@ -108,44 +109,67 @@ def check_voxel_limit(path: str | Path, max_voxels: int) -> int | None:
     return count
 
 
-def compose_segmentation(
-    composer: ComposedDecoder,
+def segmentation_tokens_at_image(
+    tokens_of: Callable[[torch.Tensor], TokenSequence],
+    vocab: TokenVocabulary,
     mask_logits: torch.Tensor,
     spec: GridSpec,
     labels: Sequence[Label],
     max_whole_bytes: int = WHOLE_BYTES,
     slab_bytes: int = SLAB_BYTES,
-) -> SegmentationAnnotation:
-    """The segmentation at the image's resolution from model-grid ``mask_logits`` ``(1 + L, ...)``.
+) -> TokenSequence:
+    """The segmentation tokens at the image's resolution from model-grid ``mask_logits``.
 
-    When the full-size float32 logits fit in ``max_whole_bytes`` they are resized whole (as
-    :func:`~unimed.transforms.resize_to_image`); otherwise slab by slab (``slab_bytes`` of
-    logits each) along the last axis, each slab composed on its own and the label maps joined.
-    A label's score, the mean probability over its voxels, is then the voxel-weighted mean of
-    the slabs' scores; slab and whole results agree to float rounding.
+    Args:
+        tokens_of: the task's own composition of image-resolution logits into tokens
+            (:func:`unimed.tasks.segmentation.segmentation_tokens` with its vocabulary and
+            labels): one mask payload per label present, in ``labels`` order, with one score each
+            (the mean probability over the label's voxels).
+        vocab: the token vocabulary ``tokens_of`` writes with.
+        mask_logits: ``(1 + L, ...)``, background then one channel per label, on the model grid.
+        spec: the image's geometry.
+        labels: the labels of the channels.
+        max_whole_bytes: full-size float32 logits up to this size are resized and composed
+            whole (as :func:`~unimed.transforms.resize_to_image`); larger ones slab by slab along
+            the last axis, the masks joined and a label's score the voxel-weighted mean of its
+            slabs' scores (slab and whole results agree to float rounding).
+        slab_bytes: float32 logits per slab.
 
     Example:
         >>> from unimed.networks.unimed import unimed_tiny
+        >>> from unimed.tasks.segmentation import segmentation_tokens
         >>> model = unimed_tiny()
         >>> labs = [model.registry.get("edema")]
         >>> spec = GridSpec(shape=(32, 32, 40), spatial_ndim=3, affine=np.eye(4), grid=(16, 16, 16))
-        >>> ann = compose_segmentation(ComposedDecoder(model.vocab), torch.rand(2, 16, 16, 16), spec, labs, 2**14, 2**14)
-        >>> ann.label_map.shape, ann.label_map.dtype
-        ((32, 32, 40), dtype('uint8'))
+        >>> seq = segmentation_tokens_at_image(lambda x: segmentation_tokens(model.vocab, x, labs), model.vocab,
+        ...                                    torch.rand(2, 16, 16, 16), spec, labs, 2**14, 2**14)
+        >>> seq.shape
+        (32, 32, 40)
     """
     full_bytes = 4 * mask_logits.shape[0] * math.prod(spec.shape)
     if spec.spatial_ndim == 2 or spec.shape[2] == 1 or full_bytes <= max_whole_bytes:
-        return composer.segmentation(resize_to_image(mask_logits, spec), labels)
-    label_map = np.zeros(spec.shape, dtype=np.uint8)
-    ids = {lab.name: lab.id for lab in labels}
-    weighted: dict[str, float] = {}
-    counts: dict[str, int] = {}
+        return tokens_of(resize_to_image(mask_logits, spec))
+    label_tokens = [vocab.label_token(lab) for lab in labels]
+    masks: dict[int, np.ndarray] = {}
+    weighted: dict[int, float] = {}
+    counts: dict[int, int] = {}
+    ends = None
     for z0, z1, logits in resize_to_image_slabs(mask_logits, spec, slab_bytes):
-        part = composer.segmentation(logits, labels)
-        label_map[..., z0:z1] = part.label_map
-        for name, score in (part.scores or {}).items():
-            n = int(np.count_nonzero(part.label_map == ids[name]))
-            weighted[name] = weighted.get(name, 0.0) + score * n
-            counts[name] = counts.get(name, 0) + n
-    scores = {name: weighted[name] / counts[name] for name in ids if counts.get(name)}
-    return SegmentationAnnotation(label_map, scores=scores)
+        part = tokens_of(logits)
+        ends = part.ids[0], part.ids[-1]
+        present = [i for i, token in enumerate(label_tokens) if token in part.ids]  # the payloads' order
+        for mask, score, i in zip(part.masks or [], part.scores or [], present):
+            mask = np.asarray(mask, dtype=bool)
+            if i not in masks:
+                masks[i] = np.zeros(spec.shape, dtype=bool)
+            masks[i][..., z0:z1] = mask
+            n = int(np.count_nonzero(mask))
+            weighted[i] = weighted.get(i, 0.0) + score * n
+            counts[i] = counts.get(i, 0) + n
+    ids, joined, scores = [ends[0]], [], []
+    for i in sorted(masks):
+        ids += [label_tokens[i], vocab.mask_token(len(joined))]
+        joined.append(masks[i])
+        scores.append(weighted[i] / counts[i])
+    ids.append(ends[1])
+    return TokenSequence(ids=ids, masks=joined, scores=scores, shape=tuple(spec.shape))

@@ -1,8 +1,9 @@
 """Evaluation metrics on numpy arrays: Dice, BraTS regions, ROC AUC, accuracy, box IoU and
-Pascal VOC average precision. No I/O, no torch.
+Pascal VOC average precision. No I/O.
 
 Boxes are ``[x0, y0, x1, y1]`` (2D) or ``[x0, y0, z0, x1, y1, z1]`` (3D) in continuous
-coordinates: a box's size is ``x1 - x0`` (no VOC-devkit ``+ 1``).
+coordinates: a box's size is ``x1 - x0`` (no VOC-devkit ``+ 1``); IoU is MONAI's
+(:mod:`unimed.boxes`), computed in float32.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
+from monai.transforms.utils import generate_spatial_bounding_box
 
+from unimed import boxes as _boxes_overlap
 from unimed.labels import LabelRegistry
 
 __all__ = ["mean_or_none", "dice", "brats_regions", "roc_auc", "accuracy", "box_iou", "voc_ap", "mean_ap", "mask_box"]
@@ -124,20 +127,14 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
     Example:
         >>> box_iou(np.array([[0, 0, 2, 2]]), np.array([[1, 0, 3, 2], [0, 0, 2, 2]]))
-        array([[0.33333333, 1.        ]])
+        array([[0.33333334, 1.        ]])
     """
     a, b = _boxes(a, "a"), _boxes(b, "b")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"boxes must have the same dimensionality, got {a.shape[1]} and {b.shape[1]} coordinates")
-    d = a.shape[1] // 2
-    lo = np.maximum(a[:, None, :d], b[None, :, :d])
-    hi = np.minimum(a[:, None, d:], b[None, :, d:])
-    inter = np.clip(hi - lo, 0, None).prod(-1)
-    vol_a = np.clip(a[:, d:] - a[:, :d], 0, None).prod(-1)
-    vol_b = np.clip(b[:, d:] - b[:, :d], 0, None).prod(-1)
-    union = vol_a[:, None] + vol_b[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    return _boxes_overlap.box_iou(a, b)
 
 
 def voc_ap(
@@ -234,10 +231,10 @@ def mask_box(mask: np.ndarray) -> np.ndarray:
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim not in (2, 3):
         raise ValueError(f"mask must be 2D or 3D, got shape {mask.shape}")
-    idx = np.nonzero(mask)
-    if idx[0].size == 0:
+    if not mask.any():
         raise ValueError("mask_box needs a non-empty mask")
+    start, end = generate_spatial_bounding_box(mask[None])  # MONAI's: voxel indices, end exclusive
     box = np.array([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
-    for axis, (where, n) in enumerate(zip(idx, mask.shape)):
-        box[axis], box[axis + 3] = where.min() / n, (where.max() + 1) / n
+    for axis, n in enumerate(mask.shape):
+        box[axis], box[axis + 3] = start[axis] / n, end[axis] / n
     return box

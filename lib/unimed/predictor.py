@@ -19,8 +19,7 @@ from unimed.composer import ComposedDecoder
 from unimed.labels import Label
 from unimed.networks.unimed import Features, UniMed
 from unimed.tasks import Task
-from unimed.tokens import ClassificationAnnotation, DetectionAnnotation, SegmentationAnnotation
-from unimed.large_images import compose_segmentation
+from unimed.tokens import Annotation
 from unimed.transforms import GridSpec, to_model_grid
 
 __all__ = ["Predictor", "Prediction"]
@@ -41,7 +40,7 @@ class Prediction:
 
     task: Task
     labels: list[Label]
-    annotation: SegmentationAnnotation | DetectionAnnotation | ClassificationAnnotation
+    annotation: Annotation
     spec: GridSpec
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -153,12 +152,26 @@ class Predictor:
         )
         return Features(pixel=pixel, memory=[m16, m8], dense=dense, embedding=emb.mean(dim=(2, 3, 4)))
 
+    def resolve(self, task: Task | str, labels: Sequence[str | Label] | None) -> tuple[Task, list[Label]]:
+        """A request's task and labels as :class:`Task` and :class:`Label` objects.
+
+        Values that are already resolved (a :class:`Task`; a list of :class:`Label`) pass as they
+        are, so a caller that checked a request once (the infer task) is not parsed again.
+
+        Raises:
+            UnknownTaskError, UnknownLabelError: an unknown task or label.
+        """
+        task = Task.parse(task)
+        if labels and all(isinstance(lab, Label) for lab in labels):
+            return task, list(labels)
+        return task, self.model.registry.resolve(list(labels) if labels else None, task)
+
     @torch.inference_mode()
     def predict(
         self,
         image: torch.Tensor,
         task: Task | str,
-        labels: Sequence[str] | None = None,
+        labels: Sequence[str | Label] | None = None,
         *,
         key: Hashable | None = None,
     ) -> Prediction:
@@ -166,27 +179,22 @@ class Predictor:
 
         Args:
             image: the image; a MetaTensor's affine places boxes in the world.
-            task: ``segmentation``, ``detection`` or ``classification`` (or ``seg``, ``det``, ``cls``).
-            labels: label names or aliases; None or empty for every label of the task.
+            task: a :class:`Task`, or its name or alias (``segmentation`` or ``seg``, ...).
+            labels: resolved :class:`Label` objects (used as given, see :meth:`resolve`), or label
+                names or aliases; None or empty for every label of the task.
             key: cache key of the image (e.g. path and modification time).
 
         Raises:
             UnknownTaskError, UnknownLabelError: the request names an unknown task or label.
         """
-        task = Task.parse(task)
-        resolved = self.model.registry.resolve(list(labels) if labels else None, task)
+        task, resolved = self.resolve(task, labels)
         t0 = time.perf_counter()
         feats, spec = self.features(image, key)
         t1 = time.perf_counter()
         ids, pad = self.model.prompt([(task, resolved)])
         out = {k: v[0].cpu() for k, v in self.model.decode(feats, ids, pad).items()}  # composed on the CPU
         t2 = time.perf_counter()
-        if task is Task.SEGMENTATION:
-            ann = compose_segmentation(self.composer, out["mask_logits"], spec, resolved)  # slabs when large
-        elif task is Task.DETECTION:
-            ann = self.composer.detection(out["class_logits"], out["boxes"], resolved, flat_depth=spec.shape[2] == 1)
-        else:
-            ann = self.composer.classification(out["presence_logits"][1:], resolved)
+        ann = self.composer.answer(task, out, resolved, spec)
         t3 = time.perf_counter()
         seconds = {"encode": t1 - t0, "decode": t2 - t1, "compose": t3 - t2}
         return Prediction(task=task, labels=resolved, annotation=ann, spec=spec, seconds=seconds)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unimed.networks.unimed import SIZE_DIVISOR
+from unimed.networks.layers import SIZE_DIVISOR
 
 __all__ = ["ImageLoadError", "GridSpec", "load_image", "image_affine", "normalize_intensity", "to_model_grid", "resize_to_image",
            "resize_to_image_slabs"]

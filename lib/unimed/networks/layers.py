@@ -13,7 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Conv", "ConvNormAct", "ResBlock", "upsample_to", "position_encoding"]
+__all__ = ["SIZE_DIVISOR", "Conv", "ConvNormAct", "ResBlock", "upsample_to", "position_encoding"]
+
+#: input spatial sizes of the network must be multiples of this, its deepest stride (or 1, for the
+#: depth of a 2D image)
+SIZE_DIVISOR = 16
 
 
 class Conv(nn.Conv3d):

@@ -19,19 +19,17 @@ from torch import nn
 from unimed.labels import Label, LabelRegistry
 from unimed.networks.backbone import Backbone
 from unimed.networks.decoder import DecomposedDecoder
-from unimed.networks.layers import position_encoding
+from unimed.networks.layers import SIZE_DIVISOR, position_encoding
 from unimed.networks.pixel_decoder import PixelDecoder
 from unimed.networks.proposals import ProposalHead, select_proposals
-from unimed.tasks import Task
-from unimed.tokens import TokenVocabulary
+from unimed.task_names import Task
+from unimed.vocabulary import TokenVocabulary
 
 __all__ = ["UniMedConfig", "UniMed", "Features", "unimed_small", "unimed_tiny"]
 
 #: spatial strides of the pixel embedding and of the decoder's memory levels
 PIXEL_STRIDE = 2
 MEMORY_STRIDES = (16, 8)
-#: input spatial sizes must be multiples of this (or 1, for the depth of a 2D image)
-SIZE_DIVISOR = 16
 
 
 @dataclass

@@ -48,13 +48,9 @@ class UniMedTaskConfig(TaskConfig):
     def infer(self) -> dict[str, InferTask]:
         return {
             self.name: UniMedInferTask(self.service, None, "UniMed: any task, chosen by params {'task', 'labels'}",
-                                                max_voxels=self.max_voxels),
-            f"{self.name}_seg": UniMedInferTask(self.service, Task.SEGMENTATION, "UniMed segmentation",
-                                                max_voxels=self.max_voxels),
-            f"{self.name}_det": UniMedInferTask(self.service, Task.DETECTION, "UniMed detection (boxes)",
-                                                max_voxels=self.max_voxels),
-            f"{self.name}_cls": UniMedInferTask(self.service, Task.CLASSIFICATION, "UniMed classification",
-                                                max_voxels=self.max_voxels),
+                                       max_voxels=self.max_voxels),
+            **{f"{self.name}_{task.token}": UniMedInferTask(self.service, task, f"UniMed {task.value}",
+                                                            max_voxels=self.max_voxels) for task in Task},
         }
 
     def trainer(self) -> Optional[TrainTask]:

@@ -16,37 +16,42 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.utils.others.detection import create_slicer_detection_json
 
-from unimed.labels import LabelRegistry, parse_labels
+from unimed.labels import Label, LabelRegistry, parse_labels
 from unimed.large_images import DEFAULT_MAX_VOXELS, check_voxel_limit
 from unimed.predictor import Prediction
 from unimed.service import ModelService
-from unimed.tasks import Task
+from unimed.tasks import TASKS, Task
 from unimed.transforms import load_image
-from unimed.writers import check_label_extension, write_dicom_seg, write_label_map
+from unimed.writers import OutputError, check_label_extension, write_dicom_seg, write_label_map
 
-__all__ = ["UniMedInferTask", "InferRequestError", "OUTPUTS"]
+__all__ = ["UniMedInferTask", "InferRequestError", "ResolvedRequest", "OUTPUTS"]
 
 #: values of the ``output`` param: the default label image, or a DICOM SEG
 OUTPUTS = ("image", "dicom_seg")
 
-logger = logging.getLogger(__name__)
+#: the request key under which :meth:`UniMedInferTask.validate` leaves its :class:`ResolvedRequest`
+RESOLVED_KEY = "unimed_resolved"
 
-_INFER_TYPE = {
-    Task.SEGMENTATION: InferType.SEGMENTATION,
-    Task.DETECTION: InferType.DETECTION,
-    Task.CLASSIFICATION: InferType.CLASSIFICATION,
-}
+logger = logging.getLogger(__name__)
 
 
 class InferRequestError(ValueError):
     """A request whose params are malformed (the message says which and why)."""
+
+
+@dataclass(frozen=True)
+class ResolvedRequest:
+    """A request's task and labels, parsed and checked once at the edge."""
+
+    task: Task
+    labels: list[Label]
 
 
 class _LoadImage:
@@ -83,7 +88,7 @@ class UniMedInferTask(BasicInferTask):
         super().__init__(
             path=str(service.path),
             network=None,
-            type=_INFER_TYPE[task] if task else InferType.OTHERS,
+            type=task.value if task else InferType.OTHERS,  # InferType's strings are the task names
             labels={lab.name: lab.id for lab in labels},
             dimension=3,
             description=description,
@@ -115,19 +120,30 @@ class UniMedInferTask(BasicInferTask):
             raise InferRequestError(f"model serves {self.task.value} only; use 'unimed' for task {asked!r}")
         return self.task
 
-    def validate(self, request: dict) -> tuple[Task, list[str] | None]:
-        """Check a request's params before any work; raises ValueError subclasses naming the problem."""
+    def validate(self, request: dict) -> ResolvedRequest:
+        """Check a request's params before any work, and resolve its task and labels once.
+
+        The result is also left in ``request`` (under :data:`RESOLVED_KEY`), where
+        :meth:`run_inferer` takes it instead of parsing the params again.
+
+        Raises:
+            InferRequestError, UnknownTaskError, UnknownLabelError: the params name the problem.
+        """
         task = self.request_task(request)
         output = request.get("output") or "image"
         if output not in OUTPUTS:
             raise InferRequestError(f"'output' must be one of {', '.join(OUTPUTS)}, got {output!r}")
-        if output == "dicom_seg" and task is not Task.SEGMENTATION:
+        writes_label_map = TASKS[task].output_file == "label_map"
+        if output == "dicom_seg" and not writes_label_map:
             raise InferRequestError(f"output 'dicom_seg' is for segmentation; task {task.value!r} has no label image")
-        if task is Task.SEGMENTATION and output == "image":  # the only answer written with it
-            check_label_extension(request.get("result_extension") or ".nii.gz")
-        labels = parse_labels(request.get("labels"))
-        self.service.model.registry.resolve(labels, task)
-        return task, labels
+        if writes_label_map and output == "image":  # the only answer written with it
+            try:
+                check_label_extension(request.get("result_extension") or ".nii.gz")
+            except OutputError as exc:
+                raise InferRequestError(str(exc)) from exc
+        labels = self.service.model.registry.resolve(parse_labels(request.get("labels")), task)
+        request[RESOLVED_KEY] = resolved = ResolvedRequest(task, labels)
+        return resolved
 
     # -- the BasicInferTask pipeline -------------------------------------------------------------
     def pre_transforms(self, data=None) -> Sequence[Callable]:
@@ -140,10 +156,10 @@ class UniMedInferTask(BasicInferTask):
         return []
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cpu") -> dict[str, Any]:
-        task, labels = self.validate(data)
+        resolved = data.get(RESOLVED_KEY) or self.validate(data)
         path = data["image_path"]
         key = (path, os.stat(path).st_mtime_ns) if isinstance(path, str) and os.path.exists(path) else None
-        data["prediction"] = self.service.predictor().predict(data["image"], task, labels, key=key)
+        data["prediction"] = self.service.predictor().predict(data["image"], resolved.task, resolved.labels, key=key)
         data["image"] = None  # the pixels are not needed past here: free them before the answer is written
         return data
 
@@ -152,40 +168,26 @@ class UniMedInferTask(BasicInferTask):
 
     def writer(self, data: dict[str, Any], extension=None, dtype=None) -> tuple[Any, Any]:
         pred: Prediction = data["prediction"]
+        spec = TASKS[pred.task]
         # MONAI Label overwrites "label_names" with all of the model's labels; "asked_labels" are this answer's
         result = {"task": pred.task.value, "model_version": self.service.info().get("version"), "seconds": pred.seconds,
                   "asked_labels": [lab.name for lab in pred.labels]}
-        if pred.task is Task.SEGMENTATION:
-            if data.get("output") == "dicom_seg":
-                return write_dicom_seg(pred, str(data.get("image_path", ""))), {**result, "output": "dicom_seg"}
-            path = write_label_map(pred, data.get("result_extension") or ".nii.gz")
-            return path, {**result, "label_names": {lab.name: lab.id for lab in pred.labels},
-                          "scores": pred.annotation.scores or {}}
-        if pred.task is Task.DETECTION:
-            return write_detection(pred, data, result)
-        ann = pred.annotation
-        reg = self.service.model.registry
-        result["prediction"] = [
-            {"idx": reg.get(name).id, "label": name, "score": round(float(s), 6)} for name, s in zip(ann.labels, ann.scores)
-        ]
+        try:
+            if data.get("output") == "dicom_seg":  # validate allows it for label-map tasks only
+                return write_dicom_seg(pred, data.get("image_path", "")), {**result, "output": "dicom_seg"}
+            result.update(spec.result_fields(pred, self.service.model.registry))
+            if spec.output_file == "label_map":
+                return write_label_map(pred, data.get("result_extension") or ".nii.gz"), result
+        except OutputError as exc:
+            raise InferRequestError(str(exc)) from exc
+        if spec.output_file == "roi_markup" and data.get("result_write_to_file", True):
+            return write_roi_markup(result, data), result  # written even when empty: clients expect the file
         return None, result
 
 
-def write_detection(pred: Prediction, data: dict[str, Any], result: dict[str, Any]) -> tuple[Any, dict]:
-    """Detection JSON (world LPS ``[cx, cy, cz, sx, sy, sz]`` boxes) and a Slicer ROI markup file."""
-    ann = pred.annotation
-    boxes = np.round(pred.boxes_world(), 3).tolist()
-    result.update(
-        box=boxes,
-        label=list(ann.labels),
-        score=[round(float(s), 6) for s in ann.scores or []],
-        box_format="cccwhd",
-        coordinate_system="LPS",
-        box_voxel=np.round(pred.boxes_voxel(), 2).tolist(),
+def write_roi_markup(result: dict[str, Any], data: dict[str, Any]) -> str:
+    """A Slicer ROI markup file of a detection answer's world boxes and labels (MONAI Label's writer)."""
+    markup, _ = create_slicer_detection_json(
+        {"box": result["box"], "label": result["label"], "image": str(data.get("image_path", "image"))}
     )
-    markup = None
-    if data.get("result_write_to_file", True):  # written even when empty: clients expect the file
-        markup, _ = create_slicer_detection_json(
-            {"box": boxes, "label": list(ann.labels), "image": str(data.get("image_path", "image"))}
-        )
-    return markup, result
+    return markup

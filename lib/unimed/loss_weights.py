@@ -1,0 +1,28 @@
+"""Weights of the loss terms of joint training; they live in the training config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["LossWeights"]
+
+
+@dataclass
+class LossWeights:
+    """Weights of every loss term; lives in the training config."""
+
+    seg_ce: float = 1.0
+    seg_dice: float = 1.0
+    det_class: float = 1.0
+    det_l1: float = 5.0
+    det_giou: float = 2.0
+    det_token: float = 0.5
+    det_heat: float = 1.0
+    det_extent_l1: float = 5.0
+    det_extent_giou: float = 2.0
+    no_object: float = 0.1
+    cls: float = 1.0
+    ssl: float = 1.0
+    match_class: float = 1.0
+    match_l1: float = 5.0
+    match_giou: float = 2.0
