@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 from typing import Optional
 
+import monailabel.endpoints.infer as endpoint
 from fastapi import BackgroundTasks, Depends, FastAPI, File, Form, UploadFile
 from monailabel.config import settings
+from monailabel.endpoints.infer import ResultType  # module level: the route's annotations are resolved by name
 from monailabel.endpoints.user.auth import RBAC, User
 from starlette.concurrency import run_in_threadpool
 
@@ -39,9 +41,6 @@ def register_threaded_infer_route(server: FastAPI, max_concurrent: int = 1) -> N
     """
     if max_concurrent < 1:
         raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
-    import monailabel.endpoints.infer as endpoint
-    from monailabel.endpoints.infer import ResultType
-
     gate = asyncio.Semaphore(max_concurrent)
 
     async def api_run_inference(
