@@ -107,9 +107,10 @@ def _speed(s: dict[str, Any]) -> list[str]:
 
 def _server(s: dict[str, Any]) -> list[str]:
     lines = [f"Real server on loopback, image `{s['image']}`, requests cycling over {', '.join(s['models'])}.", ""]
-    rows = [[str(lvl["clients"]), str(lvl["requests"]), _num(lvl["p50"]), _num(lvl["p95"]), _num(lvl["throughput_rps"])]
+    rows = [[str(lvl["clients"]), str(lvl["requests"]), _num(lvl["p50"]), _num(lvl["p95"]), _num(lvl["throughput_rps"]),
+             _num(lvl["info"]["p95"]) if lvl.get("info") else "-"]
             for lvl in s["levels"]]
-    lines += _table(["clients", "requests", "p50 s", "p95 s", "requests/s"], rows)
+    lines += _table(["clients", "requests", "p50 s", "p95 s", "requests/s", "`GET /info` p95 s"], rows)
     cold = s.get("three_tasks_cold")
     if cold:
         lines += ["", f"All three tasks of the volume over HTTP with a cold feature cache: median "

@@ -5,7 +5,9 @@ the 3D Slicer plugin calls) sending ``requests_per_client`` requests, cycling ov
 per-task models on one image, so most requests find the image's features cached (the
 viewer's case: one study, several tasks). Separately, the three tasks of the image are sent
 one after the other with a cold cache (the image's modification time is bumped first, which
-the server's cache key includes): what a clinician waits for on opening a study.
+the server's cache key includes): what a clinician waits for on opening a study. While each
+level runs, a probe asks ``GET /info`` every ``info_interval`` seconds, as a health check would:
+its latency shows whether the light endpoints stay responsive under load.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class ServerLoadConfig:
         requests_per_client: requests each client sends per level.
         cold_repeats: runs of the cold three-task sequence (0: skip it).
         models: the models cycled over.
+        info_interval: seconds between ``GET /info`` probes during each level (0: no probe).
     """
 
     app_dir: Path
@@ -50,6 +53,7 @@ class ServerLoadConfig:
     requests_per_client: int = 3
     cold_repeats: int = 3
     models: tuple[str, ...] = MODELS
+    info_interval: float = 0.25
 
     def __post_init__(self) -> None:
         if not self.clients or min(self.clients) < 1:
@@ -60,6 +64,8 @@ class ServerLoadConfig:
             raise ValueError(f"cold_repeats must be >= 0, got {self.cold_repeats}")
         if not self.models:
             raise ValueError("models must name at least one model")
+        if self.info_interval < 0:
+            raise ValueError(f"info_interval must be >= 0, got {self.info_interval}")
 
 
 def _one_level(url: str, config: ServerLoadConfig, clients: int, tmp: Path) -> dict[str, Any]:
@@ -86,18 +92,43 @@ def _one_level(url: str, config: ServerLoadConfig, clients: int, tmp: Path) -> d
             with lock:
                 latencies.append(elapsed)
 
+    info_latencies: list[float] = []
+    done = threading.Event()
+
+    def probe_info() -> None:
+        api = MONAILabelClient(url, tmpdir=str(tmp))
+        while not done.wait(config.info_interval):
+            t = time.perf_counter()
+            try:
+                api.info()
+            except Exception as exc:  # noqa: BLE001 - a failed probe is a result, reported below
+                with lock:
+                    errors.append(f"/info: {exc}")
+                continue
+            info_latencies.append(time.perf_counter() - t)
+
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    prober = threading.Thread(target=probe_info) if config.info_interval > 0 else None
     t0 = time.perf_counter()
     for t in threads:
         t.start()
+    if prober is not None:
+        prober.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    done.set()
+    if prober is not None:
+        prober.join()
     if not latencies:
         raise RuntimeError(f"every request at {clients} clients failed: {errors[:3]}")
     s = summarize(latencies)
-    return {"clients": clients, "requests": len(latencies), "errors": errors, "p50": s["p50"], "p95": s["p95"],
-            "max": s["max"], "wall_seconds": wall, "throughput_rps": len(latencies) / wall}
+    level = {"clients": clients, "requests": len(latencies), "errors": errors, "p50": s["p50"], "p95": s["p95"],
+             "max": s["max"], "wall_seconds": wall, "throughput_rps": len(latencies) / wall}
+    if info_latencies:
+        i = summarize(info_latencies)
+        level["info"] = {"probes": i["n"], "p50": i["p50"], "p95": i["p95"], "max": i["max"]}
+    return level
 
 
 def _cold_three_tasks(url: str, config: ServerLoadConfig, image_file: Path, tmp: Path) -> dict[str, Any]:
@@ -123,7 +154,8 @@ def benchmark_server(config: ServerLoadConfig, progress: bool = False) -> dict[s
     """Start a server on a copy of ``config.studies`` and measure it.
 
     Returns:
-        ``{"image", "models", "levels": [{"clients", "requests", "p50", "p95", ...}], "three_tasks_cold"}``.
+        ``{"image", "models", "levels": [{"clients", "requests", "p50", "p95", ..., "info"}], "three_tasks_cold"}``;
+        a level's ``info`` holds the ``GET /info`` probes' count, p50, p95 and max (seconds).
 
     Raises:
         ValueError: the image is not in the datastore.

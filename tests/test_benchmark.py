@@ -234,12 +234,16 @@ def test_server_benchmark_on_loopback(repo, sample, checkpoint):
     from benchmarks.server_load import ServerLoadConfig, benchmark_server
 
     config = ServerLoadConfig(app_dir=repo / "apps" / "unimed", studies=sample, checkpoint=checkpoint,
-                              image="lung_patch_000", clients=(1, 3), requests_per_client=2, cold_repeats=1)
+                              image="lung_patch_000", clients=(1, 3), requests_per_client=2, cold_repeats=1,
+                              info_interval=0.02)
     result = json.loads(json.dumps(benchmark_server(config)))
     assert [lvl["clients"] for lvl in result["levels"]] == [1, 3]
     for lvl, clients in zip(result["levels"], (1, 3)):
         assert lvl["requests"] == 2 * clients and not lvl["errors"]
         assert 0 < lvl["p50"] <= lvl["p95"] <= lvl["max"]
+        if lvl.get("info"):  # GET /info probed while the clients inferred
+            assert lvl["info"]["probes"] >= 1 and 0 < lvl["info"]["p50"] <= lvl["info"]["max"]
+    assert result["levels"][-1]["info"]["probes"] >= 1
     cold = result["three_tasks_cold"]
     assert cold["seconds"]["n"] == 1 and set(cold["per_model_median"]) == {"unimed_seg", "unimed_det", "unimed_cls"}
     md = to_markdown({"server": result})

@@ -25,6 +25,7 @@ from unimed import __version__
 from unimed.dicom.seg import SegError
 from unimed.dicom.series import DicomSeriesError
 from unimed.labels import UnknownLabelError
+from unimed.large_images import VoxelLimitError
 from unimed.tasks import UnknownTaskError
 from unimed.transforms import IMAGE_SUFFIXES, ImageLoadError
 from unimed.writers import OutputError
@@ -37,7 +38,9 @@ class UniMedApp(MONAILabelApp):
 
     Bad requests get a 4xx whose message names the problem: an unknown model or image id
     (404), an unknown task or label or malformed params (400), an image that cannot be read
-    (422).
+    (422), an image above conf ``max_voxels`` (413, before its pixels are read). Inference runs
+    off the event loop, conf ``max_concurrent_infers`` (default 1) at a time, so ``/info``
+    answers while images are inferred.
 
     Active learning: strategies ``random``, ``first``, ``uncertainty``, ``uncertainty_sampled``
     and ``diversity``; the scoring method ``unimed_uncertainty`` runs in the background. Saving
@@ -108,11 +111,13 @@ class UniMedApp(MONAILabelApp):
 
         from lib.datastore.local import UniMedLocalDatastore
         from lib.endpoints.datastore_routes import register_datastore_routes
+        from lib.endpoints.infer_route import register_threaded_infer_route
         from lib.endpoints.results_page import register_results_page
 
         register_results_page(server, self.datastore)
         if isinstance(self.datastore(), UniMedLocalDatastore):
             register_datastore_routes(server, lambda: self)
+        register_threaded_infer_route(server, int(self.conf.get("max_concurrent_infers", 1)))
         register_train_route(server, lambda: list(self._trainers), lambda params: TrainRequest.parse(params, strict=True))
         self._secure_server(server)
 
@@ -194,6 +199,8 @@ class UniMedApp(MONAILabelApp):
             return super().infer(request, datastore)
         except (UnknownTaskError, UnknownLabelError, InferRequestError, OutputError) as exc:
             raise HTTPException(400, scrub_paths(str(exc))) from exc
+        except VoxelLimitError as exc:
+            raise HTTPException(413, scrub_paths(str(exc))) from exc
         except (ImageLoadError, DicomSeriesError, SegError) as exc:
             raise HTTPException(422, scrub_paths(str(exc))) from exc
         except HTTPException:
@@ -214,6 +221,9 @@ def _use_unimed_seg_writer(label_to_seg) -> None:
 
     def nifti_to_dicom_seg(series_dir, label, label_info, file_ext="*", use_itk=True) -> str:
         names = [info["name"] for info in label_info or [] if isinstance(info, dict) and info.get("name")]
-        return label_to_seg(series_dir, label, names)
+        try:
+            return label_to_seg(series_dir, label, names)
+        except (SegError, DicomSeriesError) as exc:  # called after the app's infer: map its errors here
+            raise HTTPException(422, str(exc)) from exc
 
     endpoint.nifti_to_dicom_seg = nifti_to_dicom_seg

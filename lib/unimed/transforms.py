@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -19,7 +20,8 @@ import torch.nn.functional as F
 
 from unimed.networks.layers import SIZE_DIVISOR
 
-__all__ = ["ImageLoadError", "GridSpec", "load_image", "image_affine", "normalize_intensity", "to_model_grid", "resize_to_image"]
+__all__ = ["ImageLoadError", "GridSpec", "load_image", "image_affine", "normalize_intensity", "to_model_grid", "resize_to_image",
+           "resize_to_image_slabs"]
 
 #: file types a datastore or the command line can hand to UniMed
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
@@ -51,21 +53,28 @@ class GridSpec:
         return self.shape[: self.spatial_ndim]
 
 
-@functools.lru_cache(maxsize=1)
-def _image_loader():
-    """One MONAI ``LoadImage`` per process: building it tries every reader, and MONAI's optional
+@functools.lru_cache(maxsize=2)
+def _image_loader(keep_dtype: bool = False):
+    """One MONAI ``LoadImage`` per process and dtype policy: building it tries every reader, and MONAI's optional
     GPU DICOM reader logs a warning each time it finds nvImageCodec missing (this project does not install it).
     Calling it mutates no state, so threads may share it."""
     from monai.transforms import LoadImage
 
+    if keep_dtype:
+        return LoadImage(image_only=True, ensure_channel_first=True, dtype=None)
     return LoadImage(image_only=True, ensure_channel_first=True)
 
 
-def load_image(path: str | Path) -> torch.Tensor:
+def load_image(path: str | Path, *, keep_dtype: bool = False) -> torch.Tensor:
     """Read an image as a channel-first MONAI ``MetaTensor`` ``(C, X, Y[, Z])`` with its affine.
 
     NIfTI, NRRD, MetaImage, a DICOM series folder and 2D JPEG/PNG/TIFF are read. A 4D NIfTI is
     read as channels.
+
+    Args:
+        path: the image file or DICOM series folder.
+        keep_dtype: keep the file's pixel type (a CT's int16 takes half of float32) instead of
+            float32; :func:`to_model_grid` takes either and gives the same grid.
 
     Raises:
         ImageLoadError: the file is missing or cannot be read as an image.
@@ -74,7 +83,7 @@ def load_image(path: str | Path) -> torch.Tensor:
     if not path.exists():
         raise ImageLoadError(f"image not found: {path}")
     try:
-        image = _image_loader()(str(path))
+        image = _image_loader(keep_dtype)(str(path))
     except Exception as exc:  # readers raise many types; the caller needs one
         raise ImageLoadError(f"cannot read {path.name} as an image: {exc}") from exc
     if image.ndim not in (3, 4) or min(image.shape) < 1:
@@ -92,17 +101,19 @@ def normalize_intensity(image: torch.Tensor) -> torch.Tensor:
         >>> bool(abs(x.mean()) < 1e-6)
         True
     """
+    # one float32 copy of the image, normalised in place: a 512^3 volume costs 512 MiB here, not 2 GiB
     out = torch.empty(image.shape, dtype=torch.float32)
     for c in range(image.shape[0]):
-        ch = torch.as_tensor(image[c]).float()
-        if not torch.isfinite(ch).all():
+        ch = out[c]
+        ch.copy_(torch.as_tensor(image[c]))
+        if not torch.isfinite(torch.stack(torch.aminmax(ch))).all():  # NaN propagates; no full-size mask
             raise ImageLoadError("image contains NaN or infinite values")
         flat = ch.reshape(-1)
         sample = flat[:: max(1, flat.numel() // 1_000_000)]
         lo, hi = torch.quantile(sample, torch.tensor([0.005, 0.995]))
-        ch = ch.clamp(lo, hi)
+        ch.clamp_(lo, hi)
         std = ch.std()
-        out[c] = (ch - ch.mean()) / (std if std > 1e-6 else 1.0)
+        ch.sub_(ch.mean()).div_(std if std > 1e-6 else 1.0)
     return out
 
 
@@ -177,3 +188,47 @@ def _resize(x: torch.Tensor, size: tuple[int, int, int], antialias: bool = False
 def resize_to_image(logits: torch.Tensor, spec: GridSpec) -> torch.Tensor:
     """Resize ``(K, ...)`` channels from any grid back to the image's spatial shape ``(K, X, Y, Z)``."""
     return _resize(logits.unsqueeze(0).float(), spec.shape)[0]
+
+
+def resize_to_image_slabs(
+    logits: torch.Tensor, spec: GridSpec, max_bytes: int = 256 * 2**20
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Resize ``(K, gx, gy, gz)`` channels to the image's shape one slab of the last axis at a time.
+
+    Each slab ``(K, X, Y, z1 - z0)`` holds at most ``max_bytes`` of float32 (at least one slice),
+    so a large volume never has all ``K`` channels at full size at once. The interpolation is
+    trilinear with half-pixel centres, as :func:`resize_to_image`: linear along the last axis
+    first, then bilinear in each slice; the values agree with :func:`resize_to_image` to float
+    rounding (about 1e-6), not bit for bit.
+
+    Yields:
+        ``(z0, z1, slab)`` for consecutive slabs covering ``0 .. Z``.
+
+    Raises:
+        ValueError: ``logits`` is not ``(K, gx, gy, gz)`` or ``max_bytes`` is not positive.
+
+    Example:
+        >>> spec = GridSpec(shape=(8, 8, 6), spatial_ndim=3, affine=np.eye(4), grid=(4, 4, 3))
+        >>> [(z0, z1) for z0, z1, _ in resize_to_image_slabs(torch.rand(2, 4, 4, 3), spec, max_bytes=2 * 64 * 4 * 4)]
+        [(0, 4), (4, 6)]
+    """
+    if logits.ndim != 4:
+        raise ValueError(f"logits must be (K, gx, gy, gz), got shape {tuple(logits.shape)}")
+    if max_bytes <= 0:
+        raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+    x = logits.float()
+    k, depth_in = x.shape[0], x.shape[-1]
+    sx, sy, sz = spec.shape
+    step = max(1, max_bytes // (4 * k * sx * sy))
+    scale = torch.tensor(depth_in / sz, dtype=torch.float32)
+    for z0 in range(0, sz, step):
+        z1 = min(z0 + step, sz)
+        src = (scale * (torch.arange(z0, z1, dtype=torch.float32) + 0.5) - 0.5).clamp(min=0)
+        lower = src.long().clamp(max=depth_in - 1)
+        upper = (lower + 1).clamp(max=depth_in - 1)
+        w_upper = (src - lower).clamp(0, 1)
+        planes = x[..., lower] * (1 - w_upper) + x[..., upper] * w_upper  # (K, gx, gy, n)
+        planes = planes.permute(3, 0, 1, 2)  # slices as a batch
+        if tuple(planes.shape[2:]) != (sx, sy):
+            planes = F.interpolate(planes, size=(sx, sy), mode="bilinear", align_corners=False)
+        yield z0, z1, planes.permute(1, 2, 3, 0)

@@ -9,6 +9,7 @@ frames' positions from the source images, so the SEG shares the series' frame of
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,6 +167,7 @@ def write_seg(
     registry = registry or LabelRegistry()
     datasets = read_series(source) if isinstance(source, (str, Path)) else list(source)
     geometry = series_geometry(datasets)
+    datasets = complete_source_headers(datasets, geometry)
     on_series = resample_to_series(np.asarray(label_map), affine, geometry)
     present = [int(v) for v in np.unique(on_series) if v != 0]
     described = list(labels) if labels is not None else [registry.by_id(v) for v in present]
@@ -182,27 +184,75 @@ def write_seg(
     algorithm = hd.AlgorithmIdentificationSequence(name="UniMed", family=_concept(_AI), version=algorithm_version)
     series_uid = stable_uid("seg", str(datasets[0].SeriesInstanceUID), hashlib.sha1(frames.tobytes()).hexdigest(),
                             ",".join(lab.name for lab in described))
-    seg = hd.seg.Segmentation(
-        source_images=datasets,
-        pixel_array=frames,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[_segment_description(number[lab.id], lab, algorithm) for lab in described],
-        series_instance_uid=series_uid,
-        series_number=series_number,
-        sop_instance_uid=stable_uid(series_uid, "1"),
-        instance_number=1,
-        manufacturer="UniMed Label",
-        manufacturer_model_name="UniMed",
-        software_versions=algorithm_version,
-        device_serial_number="0",
-        series_description=series_description,
-        content_label="UNIMED",
-        content_description="UniMed segmentation",
-        omit_empty_frames=bool(present),
-    )
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=datasets,
+            pixel_array=frames,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[_segment_description(number[lab.id], lab, algorithm) for lab in described],
+            series_instance_uid=series_uid,
+            series_number=series_number,
+            sop_instance_uid=stable_uid(series_uid, "1"),
+            instance_number=1,
+            manufacturer="UniMed Label",
+            manufacturer_model_name="UniMed",
+            software_versions=algorithm_version,
+            device_serial_number="0",
+            series_description=series_description,
+            content_label="UNIMED",
+            content_description="UniMed segmentation",
+            omit_empty_frames=bool(present),
+        )
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:  # highdicom names what the series lacks
+        raise SegError(f"the source series cannot be the reference of a DICOM SEG: {type(exc).__name__}: {exc}") from exc
     out_path = Path(out_path)
     seg.save_as(out_path)
     return out_path
+
+
+#: identifiers of the source images a SEG references; they cannot be derived from the pixels
+_SEG_REFERENCES = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+def complete_source_headers(datasets: Sequence[Dataset], geometry: SeriesGeometry) -> list[Dataset]:
+    """The series' datasets with what a DICOM SEG needs and can be derived filled in.
+
+    A series without ``FrameOfReferenceUID`` gets one derived deterministically from its
+    SeriesInstanceUID (so every SEG of the series shares it); one without ``SliceThickness`` gets
+    the spacing between its slices; SOP class and instance UIDs missing from a dataset are
+    taken from its file meta. Datasets that lack nothing are returned as they are; the others
+    are copies (the caller's stay untouched).
+
+    Raises:
+        SegError: the series lacks an identifier a SEG references and that cannot be derived
+            (study, series or SOP instance UID), named in the message.
+
+    Example:
+        >>> # complete_source_headers(read_series(folder), series_geometry(read_series(folder)))
+    """
+    frame_uid = next((str(ds.FrameOfReferenceUID) for ds in datasets if ds.get("FrameOfReferenceUID")), None)
+    frame_uid = frame_uid or stable_uid(str(datasets[0].get("SeriesInstanceUID", "")), "frame")
+    spacing = float(np.linalg.norm(geometry.affine[:3, 2]))
+    out = []
+    for ds in datasets:
+        meta = getattr(ds, "file_meta", None) or Dataset()
+        derived = {
+            "FrameOfReferenceUID": frame_uid,
+            "SliceThickness": f"{spacing:.6g}",
+            "SOPClassUID": meta.get("MediaStorageSOPClassUID"),
+            "SOPInstanceUID": meta.get("MediaStorageSOPInstanceUID"),
+        }
+        todo = {k: v for k, v in derived.items() if not ds.get(k) and v}
+        if todo:
+            ds = copy.deepcopy(ds)
+            for keyword, value in todo.items():
+                setattr(ds, keyword, value)
+        out.append(ds)
+    lacking = [k for k in _SEG_REFERENCES if any(not ds.get(k) for ds in out)]
+    if lacking:
+        raise SegError(f"the source series lacks {', '.join(lacking)}: a DICOM SEG must reference them "
+                       "(assign the series identifiers before asking for a SEG)")
+    return out
 
 
 # -- reading ---------------------------------------------------------------------------------------

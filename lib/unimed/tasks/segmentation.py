@@ -17,12 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from unimed.labels import Label, LabelRegistry
+from unimed.large_images import segmentation_tokens_at_image
 from unimed.loss_weights import LossWeights
 from unimed.networks.layers import upsample_to
 from unimed.sequence import EOS_ID, TokenDecodeError, TokenSequence
 from unimed.task_names import Task
 from unimed.tasks.spec import ComposeOptions, ParsedObject, TaskModel, TaskPrediction, TaskSpec, TrainingItem
-from unimed.transforms import GridSpec, resize_to_image
+from unimed.transforms import GridSpec
 from unimed.vocabulary import TokenVocabulary
 
 __all__ = ["SegmentationAnnotation", "SegmentationSpec", "segmentation_tokens", "segmentation_entropy",
@@ -161,7 +162,9 @@ class SegmentationSpec(TaskSpec):
 
     def compose(self, outputs: Mapping[str, torch.Tensor], labels: Sequence[Label], grid: GridSpec,
                 vocab: TokenVocabulary, options: ComposeOptions) -> TokenSequence:
-        return segmentation_tokens(vocab, resize_to_image(outputs["mask_logits"], grid), labels)
+        # slab by slab when the image is large: memory stays bounded (identical to a whole resize when small)
+        return segmentation_tokens_at_image(lambda logits: segmentation_tokens(vocab, logits, labels), vocab,
+                                            outputs["mask_logits"], grid, labels)
 
     def uncertainty(self, outputs: Mapping[str, torch.Tensor], labels: Sequence[Label], registry: LabelRegistry,
                     *, top_fraction: float, region_threshold: float) -> float:

@@ -9,6 +9,8 @@ version, so after the first pass only new images and new versions cost anything.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from typing import Any, Sequence
 
@@ -26,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 #: the image-info key the score lives under
 SCORE_KEY = "unimed_al"
+#: niceness added to a background scoring process: the server's inferences get the cores first
+BACKGROUND_NICE = 15
+
 #: passes over the datastore one scoring run makes at most (one per version published meanwhile)
 _MAX_PASSES = 5
 
@@ -40,6 +45,27 @@ def stored_score(datastore: Datastore, image_id: str) -> dict[str, Any] | None:
     """The stored score of an image: ``{"uncertainty", "embedding", "model", "task", "ts"}``."""
     value = datastore.get_image_info(image_id).get(SCORE_KEY)
     return value if isinstance(value, dict) and "uncertainty" in value else None
+
+
+def yield_cpu_to_server() -> bool:
+    """In MONAI Label's background-task process (``python -m monailabel.interfaces.utils.app``),
+    lower this process's CPU priority by :data:`BACKGROUND_NICE` and keep torch to one thread,
+    so that scoring takes only the cores the server's inferences leave idle. Elsewhere (a
+    scoring run inside the server, a test) it changes nothing. Returns whether it did.
+
+    Example:
+        >>> yield_cpu_to_server()  # not a MONAI Label background task
+        False
+    """
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is None or spec.name != "monailabel.interfaces.utils.app":
+        return False
+    import torch
+
+    os.nice(BACKGROUND_NICE)
+    torch.set_num_threads(1)
+    logger.info("background scoring: niceness +%d, one torch thread", BACKGROUND_NICE)
+    return True
 
 
 class UncertaintyScoring(ScoringMethod):
@@ -73,6 +99,7 @@ class UncertaintyScoring(ScoringMethod):
         super().__init__(f"UniMed {self.task.value} output entropy and backbone embedding of each image, per model version")
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        yield_cpu_to_server()
         t0 = time.time()
         force = bool(request.get("force", False))
         counts = {"executed": 0, "skipped": 0, "failed": 0}

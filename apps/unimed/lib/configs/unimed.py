@@ -16,6 +16,7 @@ from lib.activelearning.scoring import UncertaintyScoring
 from lib.activelearning.strategies import UncertaintyStrategy
 from lib.infers.unimed import UniMedInferTask
 from lib.trainers.unimed import UniMedTrainTask
+from unimed.large_images import DEFAULT_MAX_VOXELS
 from unimed.service import ModelService
 from unimed.tasks import Task
 
@@ -29,7 +30,9 @@ class UniMedTaskConfig(TaskConfig):
     Conf keys (``--conf KEY VALUE``): ``model_path`` (default ``<app>/model/unimed.pt``; training
     publishes there and keeps numbered versions in ``versions/`` beside it),
     ``max_size_3d`` (longest side of a volume's model grid, default 128), ``al_labels``
-    (comma-separated segmentation labels whose output entropy ranks images; default all).
+    (comma-separated segmentation labels whose output entropy ranks images; default all),
+    ``max_voxels`` (largest image an infer request may send, voxels times channels, checked from
+    the header before the pixels are read; default :data:`unimed.large_images.DEFAULT_MAX_VOXELS`).
     """
 
     def init(self, name: str, model_dir: str, conf: dict[str, str], planner: Any, **kwargs):
@@ -38,11 +41,16 @@ class UniMedTaskConfig(TaskConfig):
         self.model_dir = os.path.dirname(os.path.abspath(self.path))  # versions live beside the published file
         self.service = ModelService(self.path, max_size_3d=int(conf.get("max_size_3d", 128)))
         self.al_labels = [n.strip() for n in conf.get("al_labels", "").split(",") if n.strip()] or None
+        self.max_voxels = int(conf.get("max_voxels", DEFAULT_MAX_VOXELS))
+        if self.max_voxels <= 0:
+            raise ValueError(f"conf max_voxels must be positive, got {self.max_voxels}")
 
     def infer(self) -> dict[str, InferTask]:
         return {
-            self.name: UniMedInferTask(self.service, None, "UniMed: any task, chosen by params {'task', 'labels'}"),
-            **{f"{self.name}_{task.token}": UniMedInferTask(self.service, task, f"UniMed {task.value}") for task in Task},
+            self.name: UniMedInferTask(self.service, None, "UniMed: any task, chosen by params {'task', 'labels'}",
+                                       max_voxels=self.max_voxels),
+            **{f"{self.name}_{task.token}": UniMedInferTask(self.service, task, f"UniMed {task.value}",
+                                                            max_voxels=self.max_voxels) for task in Task},
         }
 
     def trainer(self) -> Optional[TrainTask]:

@@ -24,6 +24,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.utils.others.detection import create_slicer_detection_json
 
 from unimed.labels import Label, LabelRegistry, parse_labels
+from unimed.large_images import DEFAULT_MAX_VOXELS, check_voxel_limit
 from unimed.predictor import Prediction
 from unimed.service import ModelService
 from unimed.tasks import TASKS, Task
@@ -54,12 +55,17 @@ class ResolvedRequest:
 
 
 class _LoadImage:
-    """Pre-transform: read ``data["image"]`` (a path) into a channel-first MetaTensor."""
+    """Pre-transform: read ``data["image"]`` (a path) into a channel-first MetaTensor, after
+    checking the voxel count its header states against ``max_voxels``."""
+
+    def __init__(self, max_voxels: int = DEFAULT_MAX_VOXELS):
+        self.max_voxels = max_voxels
 
     def __call__(self, data: dict) -> dict:
         path = data["image"]
         data["image_path"] = path
-        data["image"] = load_image(path)
+        check_voxel_limit(path, self.max_voxels)
+        data["image"] = load_image(path, keep_dtype=True)  # a CT stays int16: half the memory of float32
         return data
 
 
@@ -71,9 +77,12 @@ class UniMedInferTask(BasicInferTask):
         task: the task this model answers; None for the generic model that reads it from
             the request's ``task`` param.
         description: shown in the viewers' model lists.
+        max_voxels: largest image taken (voxels times channels); a larger one raises
+            :class:`~unimed.large_images.VoxelLimitError` before its pixels are read.
     """
 
-    def __init__(self, service: ModelService, task: Task | None, description: str):
+    def __init__(self, service: ModelService, task: Task | None, description: str,
+                 max_voxels: int = DEFAULT_MAX_VOXELS):
         registry = LabelRegistry()
         labels = registry.for_task(task) if task else list(registry)
         super().__init__(
@@ -87,6 +96,7 @@ class UniMedInferTask(BasicInferTask):
         )
         self.service = service
         self.task = task
+        self.max_voxels = max_voxels
 
     def is_valid(self) -> bool:
         return True  # the service serves untrained weights when no checkpoint exists
@@ -137,7 +147,7 @@ class UniMedInferTask(BasicInferTask):
 
     # -- the BasicInferTask pipeline -------------------------------------------------------------
     def pre_transforms(self, data=None) -> Sequence[Callable]:
-        return [_LoadImage()]
+        return [_LoadImage(self.max_voxels)]
 
     def run_invert_transforms(self, data: dict[str, Any], pre_transforms, names) -> dict[str, Any]:
         return data  # the prediction is already in the image's own space
@@ -150,6 +160,7 @@ class UniMedInferTask(BasicInferTask):
         path = data["image_path"]
         key = (path, os.stat(path).st_mtime_ns) if isinstance(path, str) and os.path.exists(path) else None
         data["prediction"] = self.service.predictor().predict(data["image"], resolved.task, resolved.labels, key=key)
+        data["image"] = None  # the pixels are not needed past here: free them before the answer is written
         return data
 
     def run_detector(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cpu") -> dict[str, Any]:

@@ -1,0 +1,65 @@
+"""``POST /infer/{model}`` off the event loop, a bounded number at a time.
+
+MONAI Label declares its infer route ``async`` and runs the whole inference inside it, so
+while one image is inferred the server's event loop answers nothing: ``GET /info`` (a
+health check) waits behind every queued inference. The route registered here has the same
+path, parameters, access role and answers (it calls MONAI Label's own ``run_inference``),
+but runs it in the thread pool, at most ``max_concurrent`` at once: memory stays that of
+``max_concurrent`` images, and a request waiting its turn waits on the event loop, holding
+no thread that other endpoints need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Optional
+
+import monailabel.endpoints.infer as endpoint
+from fastapi import BackgroundTasks, Depends, FastAPI, File, Form, UploadFile
+from monailabel.config import settings
+from monailabel.endpoints.infer import ResultType  # module level: the route's annotations are resolved by name
+from monailabel.endpoints.user.auth import RBAC, User
+from starlette.concurrency import run_in_threadpool
+
+__all__ = ["register_threaded_infer_route"]
+
+PATH = "/infer/{model}"
+
+
+def register_threaded_infer_route(server: FastAPI, max_concurrent: int = 1) -> None:
+    """Replace MONAI Label's ``POST /infer/{model}`` with one run in the thread pool, gated.
+
+    Args:
+        server: the running MONAI Label FastAPI application.
+        max_concurrent: inferences run at once; the others wait their turn.
+
+    Raises:
+        ValueError: ``max_concurrent`` is not positive.
+
+    Example:
+        >>> register_threaded_infer_route(server, max_concurrent=1)  # doctest: +SKIP
+    """
+    if max_concurrent < 1:
+        raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
+    gate = asyncio.Semaphore(max_concurrent)
+
+    async def api_run_inference(
+        background_tasks: BackgroundTasks,
+        model: str,
+        image: str = "",
+        session_id: str = "",
+        params: str = Form("{}"),
+        file: UploadFile = File(None),
+        label: UploadFile = File(None),
+        output: Optional[ResultType] = None,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+    ):
+        async with gate:
+            # looked up on the module at each call: the app may replace the module's DICOM SEG converter
+            return await run_in_threadpool(endpoint.run_inference, background_tasks, model, image, session_id, params,
+                                           file, label, output)
+
+    # ahead of MONAI Label's route, which then never matches (it stays in the API docs: same contract)
+    server.add_api_route(PATH, api_run_inference, methods=["POST"], include_in_schema=False)
+    route = server.router.routes.pop()
+    server.router.routes.insert(0, route)
