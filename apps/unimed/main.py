@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from pathlib import Path
 
 from fastapi import HTTPException
 from monailabel.interfaces.app import MONAILabelApp
@@ -17,6 +18,7 @@ from lib.activelearning.retrain import AutoRetrain, labels_since, training_activ
 from lib.activelearning.scoring import model_tag, stored_score
 from lib.configs.unimed import UniMedTaskConfig
 from lib.endpoints.train_route import register_train_route
+from lib.infers.image_access import PrivateUploads, ServerPathPolicy
 from lib.infers.unimed import InferRequestError, UniMedInferTask
 from lib.log_redaction import install_log_redaction
 from lib.safe_text import scrub_paths
@@ -65,6 +67,8 @@ class UniMedApp(MONAILabelApp):
         self.task_config = UniMedTaskConfig()
         self.task_config.init("unimed", self.model_dir, conf, None)
         self.auto_retrain = AutoRetrain.from_conf(conf)
+        self.infer_uploads = PrivateUploads(os.path.join(app_dir, "uploads"))
+        self.server_paths = ServerPathPolicy.from_conf(conf.get("infer_path_roots", ""))
         self._retrain_lock = threading.Lock()
         super().__init__(
             app_dir=app_dir,
@@ -117,7 +121,7 @@ class UniMedApp(MONAILabelApp):
         register_results_page(server, self.datastore)
         if isinstance(self.datastore(), UniMedLocalDatastore):
             register_datastore_routes(server, lambda: self)
-        register_threaded_infer_route(server, int(self.conf.get("max_concurrent_infers", 1)))
+        register_threaded_infer_route(server, int(self.conf.get("max_concurrent_infers", 1)), self.infer_uploads)
         register_train_route(server, lambda: list(self._trainers), lambda params: TrainRequest.parse(params, strict=True))
         self._secure_server(server)
 
@@ -184,15 +188,33 @@ class UniMedApp(MONAILabelApp):
             logger.info("%d new label(s): fine-tuning started (%s)", len(new), res)
             return {**state, "started": res is not None}
 
+    def check_image(self, image, datastore: Datastore, session: dict | None = None) -> None:
+        """An infer request reads a datastore image, the file sent with it (or with its MONAI Label
+        session), or a server path under conf ``infer_path_roots`` (off by default); anything else
+        is a 404 that says the same whether or not such a file exists (see
+        :mod:`lib.infers.image_access`)."""
+        if not isinstance(image, str) or not image.strip():
+            raise HTTPException(400, "'image' must name an image of the datastore (or send the image as the file)")
+        if self.infer_uploads.owns(image) or self.server_paths.allows(image) or self._session_image(image, session):
+            return
+        if os.path.isabs(image) or not datastore.get_image_uri(image):
+            raise HTTPException(404, f"image {image!r} is not in the datastore")
+
+    def _session_image(self, image: str, session: dict | None) -> bool:
+        """Whether ``image`` is the image of the request's MONAI Label session (set by the endpoint
+        from ``session_id``; ``params`` cannot set it)."""
+        store = self.sessions()
+        if not store or not isinstance(session, dict) or session.get("image") != image:
+            return False
+        root = Path(store.store_path).resolve()
+        return root in Path(image).resolve().parents
+
     def infer(self, request, datastore=None):
         model = request.get("model")
         task = self._infers.get(model)
         if task is None:
             raise HTTPException(404, f"unknown model {model!r}; available models: {', '.join(self._infers)}")
-        image = request.get("image")
-        if isinstance(image, str) and not os.path.exists(image):
-            if not (datastore or self.datastore()).get_image_uri(image):
-                raise HTTPException(404, f"image {image!r} is not in the datastore")
+        self.check_image(request.get("image"), datastore or self.datastore(), request.get("session"))
         try:
             if isinstance(task, UniMedInferTask):
                 task.validate(request)

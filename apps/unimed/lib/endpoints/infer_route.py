@@ -12,26 +12,55 @@ no thread that other endpoints need.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Optional
 
 import monailabel.endpoints.infer as endpoint
-from fastapi import BackgroundTasks, Depends, FastAPI, File, Form, UploadFile
+from fastapi import BackgroundTasks, Depends, FastAPI, File, Form, HTTPException, UploadFile
 from monailabel.config import settings
 from monailabel.endpoints.infer import ResultType  # module level: the route's annotations are resolved by name
 from monailabel.endpoints.user.auth import RBAC, User
 from starlette.concurrency import run_in_threadpool
+
+from lib.infers.image_access import REQUEST_KEYS, PrivateUploads
 
 __all__ = ["register_threaded_infer_route"]
 
 PATH = "/infer/{model}"
 
 
-def register_threaded_infer_route(server: FastAPI, max_concurrent: int = 1) -> None:
+def check_params(params: str) -> None:
+    """The request's ``params`` must be a JSON object that does not set what the endpoint sets
+    itself (``image``, ``model``, ``session``, ``label``): an HTTP 400 names the problem.
+
+    Example:
+        >>> check_params('{"image": "/etc/passwd"}')
+        Traceback (most recent call last):
+        ...
+        fastapi.exceptions.HTTPException: 400: params may not set 'image': name the image with ?image=ID or send it as the file
+    """
+    try:
+        value = json.loads(params) if params else {}
+    except json.JSONDecodeError as exc:
+        raise HTTPException(400, f"params is not JSON: {exc.msg} at position {exc.pos}") from exc
+    if not isinstance(value, dict):
+        raise HTTPException(400, f"params must be a JSON object, got {type(value).__name__}")
+    for key in REQUEST_KEYS:
+        if key in value:
+            raise HTTPException(400, f"params may not set {key!r}: name the image with ?image=ID or send it as the file")
+
+
+def register_threaded_infer_route(server: FastAPI, max_concurrent: int = 1, uploads: PrivateUploads | None = None) -> None:
     """Replace MONAI Label's ``POST /infer/{model}`` with one run in the thread pool, gated.
+
+    The route also checks ``params`` (:func:`check_params`), and writes an image sent with the
+    request to ``uploads`` (private, removed when the request ends) instead of the system
+    temporary folder. A label file is refused: UniMed's models take none.
 
     Args:
         server: the running MONAI Label FastAPI application.
         max_concurrent: inferences run at once; the others wait their turn.
+        uploads: where sent images go; without it MONAI Label's own handling applies.
 
     Raises:
         ValueError: ``max_concurrent`` is not positive.
@@ -54,10 +83,23 @@ def register_threaded_infer_route(server: FastAPI, max_concurrent: int = 1) -> N
         output: Optional[ResultType] = None,
         user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
     ):
+        check_params(params)
+        if not file and not image and not session_id:
+            raise HTTPException(400, "no image: name one with ?image=ID, or send it as the file")
+        if label is not None and uploads is not None:
+            raise HTTPException(400, "UniMed's models take no label file with an infer request")
         async with gate:
-            # looked up on the module at each call: the app may replace the module's DICOM SEG converter
-            return await run_in_threadpool(endpoint.run_inference, background_tasks, model, image, session_id, params,
-                                           file, label, output)
+            upload = None
+            if file is not None and uploads is not None:
+                upload = await run_in_threadpool(uploads.save, file.file, file.filename)
+                image, file = str(upload), None
+            try:
+                # looked up on the module at each call: the app may replace the module's DICOM SEG converter
+                return await run_in_threadpool(endpoint.run_inference, background_tasks, model, image, session_id,
+                                               params, file, label, output)
+            finally:
+                if upload is not None:
+                    uploads.remove(upload)
 
     # ahead of MONAI Label's route, which then never matches (it stays in the API docs: same contract)
     server.add_api_route(PATH, api_run_inference, methods=["POST"], include_in_schema=False)
