@@ -33,7 +33,7 @@ from trainers.ssl import check_ssl_loss, make_ssl
 from unimed.datasets import read_dataset
 from unimed.datasets.sample import Sample
 from unimed.evaluation import evaluate_samples
-from unimed.networks.unimed import UniMed
+from unimed.networks.unimednet import UniMed
 from unimed.predictor import Predictor
 from unimed.selection import select_diverse, select_sampled, select_uncertain
 from unimed.tasks import TASKS, Task
@@ -218,7 +218,7 @@ def simulate(
         DatasetError: the reader's errors.
 
     Example:
-        >>> from unimed.networks.unimed import unimed_tiny
+        >>> from unimed.networks.unimednet import unimed_tiny
         >>> cfg = SimulationConfig(dataset="msd_patches", rounds=1, per_round=2, steps_per_round=1, pool_size=6)
         >>> simulate("/data/msd_lung_patches", unimed_tiny(), cfg)["metric"]  # doctest: +SKIP
         'dice'
@@ -410,7 +410,7 @@ class StartModel:
     def build(self, seed: int) -> tuple[UniMed, str]:
         """The model and a name for it."""
         if self.checkpoint == "scratch":
-            from unimed.networks.unimed import unimed_small
+            from unimed.networks.unimednet import unimed_small
 
             torch.manual_seed(seed)
             return unimed_small(), "scratch"

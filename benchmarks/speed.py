@@ -90,7 +90,7 @@ class SpeedBench:
 
     def __init__(self, config: SpeedConfig):
         from unimed.checkpoint import load_checkpoint
-        from unimed.networks.unimed import unimed_small, unimed_tiny
+        from unimed.networks.unimednet import unimed_small, unimed_tiny
         from unimed.predictor import Predictor
         from unimed.transforms import load_image
 

@@ -115,7 +115,7 @@ def _unimed_steps(config: TrainingBenchConfig, batches: list) -> list[float]:
     from trainers.config import TrainConfig
     from trainers.data import Source
     from trainers.joint import JointTrainer
-    from unimed.networks.unimed import unimed_small, unimed_tiny
+    from unimed.networks.unimednet import unimed_small, unimed_tiny
 
     class InOrder(Source):
         """A source that hands out the benchmark's batches in order, unaugmented."""

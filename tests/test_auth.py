@@ -282,7 +282,7 @@ def test_reviewer_replaces_the_model_only_with_a_checkpoint_of_the_same_network(
     import torch
 
     from unimed.checkpoint import save_checkpoint
-    from unimed.networks.unimed import unimed_tiny
+    from unimed.networks.unimednet import unimed_tiny
 
     client = _login(auth_server, "rita")
     before = _served(client)
@@ -394,7 +394,7 @@ def test_keep_published_stores_a_shipped_checkpoint_once(tmp_path):
     """An upload keeps the file served before it as a version, so that DELETE can return to it."""
     from unimed.checkpoint import save_checkpoint
     from unimed.model_store import ModelStore
-    from unimed.networks.unimed import unimed_tiny
+    from unimed.networks.unimednet import unimed_tiny
 
     store = ModelStore(tmp_path)
     assert store.keep_published() is None  # nothing published

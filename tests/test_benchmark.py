@@ -26,7 +26,7 @@ from benchmarks.timing import peak_rss_mib, run_in_fresh_process, summarize
 from benchmarks.training import TrainingBenchConfig, benchmark_training
 from unimed.checkpoint import save_checkpoint
 from unimed.datasets import dataset_spec, read_dataset, shared_datasets
-from unimed.networks.unimed import unimed_tiny
+from unimed.networks.unimednet import unimed_tiny
 
 TINY_STOCK = StockSegmentationConfig(roi_size=16, init_filters=8)
 

@@ -102,7 +102,7 @@ def test_evaluate_writes_the_documented_json(repo, tmp_path):
     import torch
 
     from unimed.checkpoint import save_checkpoint
-    from unimed.networks.unimed import unimed_tiny
+    from unimed.networks.unimednet import unimed_tiny
 
     folder = tmp_path / "patches"
     folder.mkdir()
@@ -153,7 +153,7 @@ def test_dataset_choices_come_from_the_registry(monkeypatch):
 @pytest.mark.slow
 def test_versions_lists_and_rolls_back(repo, tmp_path):
     from unimed.model_store import ModelStore
-    from unimed.networks.unimed import unimed_tiny
+    from unimed.networks.unimednet import unimed_tiny
 
     store = ModelStore(tmp_path)
     store.publish(unimed_tiny(), {"kind": "a"})

@@ -9,7 +9,7 @@ import pytest
 
 MODULES = [
     "unimed.task_names", "unimed.labels", "unimed.vocabulary", "unimed.tokens", "unimed.networks.layers", "unimed.networks.backbone",
-    "unimed.networks.pixel_decoder", "unimed.networks.decoder", "unimed.networks.unimed", "unimed.composer",
+    "unimed.networks.pixel_decoder", "unimed.networks.decoder", "unimed.networks.unimednet", "unimed.composer",
     "unimed.transforms", "unimed.checkpoint", "unimed.predictor", "unimed.service", "unimed.uncertainty",
     "unimed.selection", "unimed.dicom.series", "unimed.dicom.seg", "unimed.writers",
     "unimed.tasks.spec", "unimed.tasks.segmentation", "unimed.tasks.classification", "unimed.boxes",

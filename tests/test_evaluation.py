@@ -16,7 +16,7 @@ from unimed import datasets
 from unimed.datasets import DatasetError, DatasetSpec, Sample, dataset_spec, read_dataset
 from unimed.evaluation import evaluate, format_table
 from unimed.labels import LabelRegistry
-from unimed.networks.unimed import unimed_tiny
+from unimed.networks.unimednet import unimed_tiny
 from unimed.predictor import Prediction, Predictor
 from unimed.tasks import Task
 from unimed.tokens import ClassificationAnnotation, DetectionAnnotation, SegmentationAnnotation

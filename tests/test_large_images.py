@@ -15,7 +15,7 @@ import torch
 from unimed.composer import ComposedDecoder
 from unimed.dicom.series import read_series, series_geometry
 from unimed.large_images import VoxelLimitError, check_voxel_limit, header_voxel_count, segmentation_tokens_at_image
-from unimed.networks.unimed import unimed_tiny
+from unimed.networks.unimednet import unimed_tiny
 from unimed.tasks.segmentation import segmentation_tokens
 from unimed.transforms import GridSpec, normalize_intensity, resize_to_image, resize_to_image_slabs
 

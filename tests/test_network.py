@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from unimed.labels import LabelRegistry
 from unimed.networks.layers import Conv
-from unimed.networks.unimed import UniMed, UniMedConfig, unimed_small, unimed_tiny
+from unimed.networks.unimednet import UniMed, UniMedConfig, unimed_small, unimed_tiny
 from unimed.tasks import Task
 
 

@@ -9,7 +9,7 @@ import torch
 from unimed.boxes import box_iou, nms
 from unimed.composer import ComposedDecoder
 from unimed.labels import Label, LabelRegistry
-from unimed.networks.unimed import unimed_tiny
+from unimed.networks.unimednet import unimed_tiny
 from unimed.predictor import Prediction, Predictor
 from unimed.tasks import Task
 from unimed.tasks.detection import detection_tokens

@@ -19,7 +19,7 @@ from trainers.train_request import TrainRequest, TrainRequestError
 from unimed.checkpoint import load_checkpoint
 from unimed.datasets.sample import Sample
 from unimed.model_store import ModelStore
-from unimed.networks.unimed import unimed_tiny
+from unimed.networks.unimednet import unimed_tiny
 
 
 def test_giou_of_known_boxes():

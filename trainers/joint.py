@@ -24,7 +24,7 @@ import torch.distributed as dist
 from trainers.config import TrainConfig
 from trainers.data import GridItem, Source, collate
 from trainers.ssl import make_ssl
-from unimed.networks.unimed import UniMed
+from unimed.networks.unimednet import UniMed
 from unimed.tasks import TASKS, Task
 
 __all__ = ["JointTrainer", "StepReport", "seed_everything", "check_device", "init_distributed", "is_main_process",

@@ -23,7 +23,7 @@ from trainers.joint import JointTrainer, check_device, init_distributed, is_main
 from unimed.datasets import shared_datasets
 from unimed.datasets.sample import Sample
 from unimed.model_store import ModelStore
-from unimed.networks.unimed import UniMed, unimed_small
+from unimed.networks.unimednet import UniMed, unimed_small
 from unimed.transforms import image_affine, load_image
 
 __all__ = ["DATASETS", "default_config", "build_sources", "pretrain"]

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unimed.networks.layers import Conv, upsample_to
-from unimed.networks.unimed import UniMed
+from unimed.networks.unimednet import UniMed
 from unimed.tasks import Task
 
 __all__ = ["SSL_LOSSES", "MaskedReconstruction", "PseudoLabelConsistency", "block_mask", "check_ssl_loss", "make_ssl"]
@@ -55,7 +55,7 @@ class MaskedReconstruction(nn.Module):
         ratio: share of blocks hidden.
 
     Example:
-        >>> from unimed.networks.unimed import unimed_tiny
+        >>> from unimed.networks.unimednet import unimed_tiny
         >>> net = unimed_tiny()
         >>> ssl = MaskedReconstruction(net.config.mask_dim, block=8)
         >>> bool(ssl(net, torch.randn(2, 1, 16, 16, 16)) > 0)
@@ -106,7 +106,7 @@ class PseudoLabelConsistency(nn.Module):
             ``a = min(d, 1 - 1 / (n + 1))`` after ``n`` updates (so a young teacher follows fast).
 
     Example:
-        >>> from unimed.networks.unimed import unimed_tiny
+        >>> from unimed.networks.unimednet import unimed_tiny
         >>> net = unimed_tiny()
         >>> loss = PseudoLabelConsistency(["lung_tumor"], threshold=0.5, block=8)(net, torch.randn(2, 1, 16, 16, 16))
         >>> bool(loss >= 0)

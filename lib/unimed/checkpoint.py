@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from unimed.networks.unimed import UniMed, UniMedConfig
+from unimed.networks.unimednet import UniMed, UniMedConfig
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "FORMAT"]
 
@@ -29,7 +29,7 @@ def save_checkpoint(model: UniMed, path: str | Path, meta: dict[str, Any] | None
     """Write ``model`` to ``path`` atomically (temporary file, fsync, rename).
 
     Example:
-        >>> from unimed.networks.unimed import unimed_tiny
+        >>> from unimed.networks.unimednet import unimed_tiny
         >>> p = save_checkpoint(unimed_tiny(), Path(tempfile.mkdtemp()) / "m.pt", {"version": 1})
         >>> load_checkpoint(p)[1]["version"]
         1

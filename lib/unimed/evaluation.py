@@ -65,7 +65,7 @@ def evaluate(
             or no annotated sample to score.
 
     Example:
-        >>> from unimed.networks.unimed import unimed_tiny
+        >>> from unimed.networks.unimednet import unimed_tiny
         >>> from unimed.predictor import Predictor
         >>> evaluate("msd_patches", "/data/msd_lung_patches", Predictor(unimed_tiny()), "val")  # doctest: +SKIP
         {'dataset': 'msd_patches', 'split': 'val', 'n': 26, 'metrics': {'dice': ..., 'dice_global': ...}}

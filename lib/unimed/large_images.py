@@ -136,7 +136,7 @@ def segmentation_tokens_at_image(
         slab_bytes: float32 logits per slab.
 
     Example:
-        >>> from unimed.networks.unimed import unimed_tiny
+        >>> from unimed.networks.unimednet import unimed_tiny
         >>> from unimed.tasks.segmentation import segmentation_tokens
         >>> model = unimed_tiny()
         >>> labs = [model.registry.get("edema")]

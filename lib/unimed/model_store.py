@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from unimed.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from unimed.networks.unimed import UniMed
+from unimed.networks.unimednet import UniMed
 
 __all__ = ["ModelStore", "ModelVersion"]
 
@@ -45,7 +45,7 @@ class ModelStore:
         published_name: file name of the published checkpoint.
 
     Example:
-        >>> from unimed.networks.unimed import unimed_tiny
+        >>> from unimed.networks.unimednet import unimed_tiny
         >>> store = ModelStore(tempfile.mkdtemp())
         >>> store.publish(unimed_tiny(), {"note": "first"}).number
         1

@@ -17,7 +17,7 @@ import torch
 
 from unimed.composer import ComposedDecoder
 from unimed.labels import Label
-from unimed.networks.unimed import Features, UniMed
+from unimed.networks.unimednet import Features, UniMed
 from unimed.tasks import Task
 from unimed.tokens import Annotation
 from unimed.transforms import GridSpec, to_model_grid
@@ -85,7 +85,7 @@ class Predictor:
         cache_size: images whose features are kept for the next request.
 
     Example:
-        >>> from unimed.networks.unimed import unimed_tiny
+        >>> from unimed.networks.unimednet import unimed_tiny
         >>> pred = Predictor(unimed_tiny()).predict(torch.rand(1, 40, 30, 20), "segmentation", ["edema"])
         >>> pred.label_map().shape
         (40, 30, 20)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from unimed.checkpoint import CheckpointError, load_checkpoint
-from unimed.networks.unimed import UniMed, unimed_small
+from unimed.networks.unimednet import UniMed, unimed_small
 from unimed.predictor import Predictor
 
 __all__ = ["ModelService"]

@@ -84,7 +84,7 @@ def score_image(
         UnknownTaskError, UnknownLabelError: an unknown task or label.
 
     Example:
-        >>> from unimed.networks.unimed import unimed_tiny
+        >>> from unimed.networks.unimednet import unimed_tiny
         >>> s = score_image(Predictor(unimed_tiny()), torch.rand(1, 32, 32, 16), "segmentation", ["edema"])
         >>> 0.0 <= s.uncertainty <= 1.0, s.embedding.shape
         (True, (16,))

@@ -62,9 +62,9 @@ class NetworkConfig(Protocol):
 
 
 class TaskModel(Protocol):
-    """What a task's loss uses of the network (:class:`unimed.networks.unimed.UniMed` is one).
+    """What a task's loss uses of the network (:class:`unimed.networks.unimednet.UniMed` is one).
 
-    ``features`` are the network's image features (``unimed.networks.unimed.Features``, what
+    ``features`` are the network's image features (``unimed.networks.unimednet.Features``, what
     its ``encode`` gives); a spec only hands them back to :meth:`decode`.
     """
 

@@ -30,7 +30,7 @@ from unimed.datasets.errors import DatasetError
 from unimed.datasets.sample import Sample
 from unimed.labels import LabelRegistry
 from unimed.model_store import ModelStore
-from unimed.networks.unimed import unimed_small
+from unimed.networks.unimednet import unimed_small
 from unimed.transforms import ImageLoadError, image_affine, load_image
 
 __all__ = ["UniMedTrainTask", "datastore_samples"]
