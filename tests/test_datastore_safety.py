@@ -8,6 +8,7 @@ saves to check that no acknowledged label is lost.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
@@ -332,6 +333,13 @@ def test_a_corpus_of_hostile_requests_gets_4xx_and_touches_nothing_outside(hosti
     saved = studies / "labels" / "final" / "lung_patch_001.nii.gz"
     assert saved.read_bytes() == good
 
+    def nifti(name: str, array: np.ndarray) -> bytes:
+        return write_nifti(tmp_path / name, array, np.eye(4)).read_bytes()
+
+    huge_header = nib.Nifti1Header()
+    huge_header.set_data_shape((30000, 30000, 30000))  # 100 TB of voxels claimed, 64 bytes given
+    huge = gzip.compress(huge_header.binaryblock + b"\x00" * 68)
+
     def put_image(params, name="x.nii.gz", data=image):
         return "PUT", "/datastore/image", params, {"file": (name, data)}
 
@@ -349,6 +357,11 @@ def test_a_corpus_of_hostile_requests_gets_4xx_and_touches_nothing_outside(hosti
         (put_image({"image": "garbage"}, data=b"\x1f\x8b not really gzip"), 422, "not a readable image"),
         (put_image({"image": "truncated"}, data=image[: len(image) // 2]), 422, "not a readable image"),
         (put_image({"image": "program"}, name="x.exe"), 415, "image suffix"),
+        (put_image({"image": "empty"}, data=b""), 422, "not a readable image"),
+        (put_image({"image": "four_d"}, data=nifti("t.nii.gz", np.zeros((8, 8, 8, 20), np.float32))), 422, "20 channels"),
+        (put_image({"image": "complex"}, data=nifti("c.nii.gz", np.zeros((8, 8, 8), np.complex64))), 422,
+         "not intensities"),
+        (put_image({"image": "huge"}, data=huge), 422, "not a readable image"),
         (("PUT", "/datastore/image", {"image": "p"}, {"file": ("x.nii.gz", image), "params": (None, "{not json")}),
          400, "not valid JSON"),
         (("DELETE", "/datastore/image", {"id": str(sentinel / "victim.nii.gz")}, None), 400, "path separator"),

@@ -80,3 +80,22 @@ def test_garbage_files_raise_image_load_error(tmp_path, content):
 def test_missing_file(tmp_path):
     with pytest.raises(ImageLoadError, match="not found"):
         load_image(tmp_path / "nope.nii.gz")
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_complex_pixels_are_refused_not_cast(tmp_path, dtype):
+    path = tmp_path / "complex.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), dtype), np.eye(4)), str(path))
+    with pytest.raises(ImageLoadError, match="not intensities"):
+        load_image(path)
+
+
+def test_a_4d_nifti_is_channels_up_to_eight(tmp_path):
+    for volumes, ok in ((3, True), (20, False)):
+        path = tmp_path / f"t{volumes}.nii.gz"
+        nib.save(nib.Nifti1Image(np.zeros((6, 6, 6, volumes), np.float32), np.eye(4)), str(path))
+        if ok:
+            assert tuple(load_image(path).shape) == (3, 6, 6, 6)
+        else:
+            with pytest.raises(ImageLoadError, match="20 channels"):
+                load_image(path)

@@ -82,6 +82,7 @@ def load_image(path: str | Path, *, keep_dtype: bool = False) -> torch.Tensor:
     path = Path(path)
     if not path.exists():
         raise ImageLoadError(f"image not found: {path}")
+    _check_pixel_type(path)
     try:
         image = _image_loader(keep_dtype)(str(path))
     except Exception as exc:  # readers raise many types; the caller needs one
@@ -91,6 +92,21 @@ def load_image(path: str | Path, *, keep_dtype: bool = False) -> torch.Tensor:
     if image.shape[0] > 8:
         raise ImageLoadError(f"{path.name}: {image.shape[0]} channels; UniMed takes 1 to 8")
     return image
+
+
+def _check_pixel_type(path: Path) -> None:
+    """Refuse a NIfTI of complex or structured pixels from its header, before the pixels are
+    read: casting it to intensities would silently drop the imaginary part or the fields."""
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return
+    import nibabel as nib
+
+    try:
+        dtype = nib.load(str(path)).header.get_data_dtype()
+    except Exception:  # unreadable headers are reported by the loader with its own reason
+        return
+    if dtype.kind not in "biuf":
+        raise ImageLoadError(f"{path.name}: pixels of type {dtype} are not intensities; expected integer or real values")
 
 
 def normalize_intensity(image: torch.Tensor) -> torch.Tensor:
