@@ -13,13 +13,16 @@ import torch
 from trainers.config import MixEntry, TrainConfig
 from trainers.data import Source, augment, to_grid_item
 from trainers.joint import JointTrainer, seed_everything
-from trainers.losses import LossWeights, generalized_box_iou, match, segmentation_loss
 from trainers.ssl import MaskedReconstruction, PseudoLabelConsistency, make_ssl
 from trainers.train_request import TrainRequest, TrainRequestError
+from unimed.boxes import generalized_box_iou
 from unimed.checkpoint import load_checkpoint
 from unimed.datasets.sample import Sample
+from unimed.loss_weights import LossWeights
 from unimed.model_store import ModelStore
 from unimed.networks.unimednet import unimed_tiny
+from unimed.tasks.detection import match
+from unimed.tasks.segmentation import segmentation_loss
 
 
 def test_giou_of_known_boxes():

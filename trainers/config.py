@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from trainers.losses import LossWeights
+from unimed.loss_weights import LossWeights
 
 __all__ = ["MixEntry", "TrainConfig"]
 
