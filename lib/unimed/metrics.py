@@ -11,9 +11,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
-from monai.transforms.utils import generate_spatial_bounding_box
 
-from unimed import boxes as _boxes_overlap
 from unimed.labels import LabelRegistry
 
 __all__ = ["mean_or_none", "dice", "brats_regions", "roc_auc", "accuracy", "box_iou", "voc_ap", "mean_ap", "mask_box"]
@@ -134,7 +132,9 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         raise ValueError(f"boxes must have the same dimensionality, got {a.shape[1]} and {b.shape[1]} coordinates")
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
-    return _boxes_overlap.box_iou(a, b)
+    from unimed.boxes import box_iou as overlap  # MONAI's box utilities, imported when boxes are scored
+
+    return overlap(a, b)
 
 
 def voc_ap(
@@ -233,7 +233,9 @@ def mask_box(mask: np.ndarray) -> np.ndarray:
         raise ValueError(f"mask must be 2D or 3D, got shape {mask.shape}")
     if not mask.any():
         raise ValueError("mask_box needs a non-empty mask")
-    start, end = generate_spatial_bounding_box(mask[None])  # MONAI's: voxel indices, end exclusive
+    from monai.transforms.utils import generate_spatial_bounding_box  # imported here: MONAI takes seconds to import
+
+    start, end = generate_spatial_bounding_box(mask[None])  # voxel indices, end exclusive
     box = np.array([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
     for axis, n in enumerate(mask.shape):
         box[axis], box[axis + 3] = start[axis] / n, end[axis] / n

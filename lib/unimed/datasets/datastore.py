@@ -18,7 +18,7 @@ from unimed.datasets.sample import Sample
 from unimed.datasets.spec import DatasetSpec, Predicts
 from unimed.labels import LabelRegistry, UnknownLabelError
 from unimed.metrics import dice, mean_or_none
-from unimed.tasks import Task
+from unimed.task_names import Task
 from unimed.transforms import IMAGE_SUFFIXES, ImageLoadError, image_affine, load_image
 
 __all__ = ["read_datastore", "read_labelled", "read_label", "check_label_map", "evaluate_datastore", "SPEC", "image_stem"]

@@ -29,6 +29,7 @@ def register_results_page(fastapi_app, datastore: Callable[[], object], prefix: 
     from fastapi import Depends
     from fastapi.responses import HTMLResponse
     from monailabel.config import settings
+    from monailabel.datastore.dicom import DICOMWebDatastore
     from monailabel.datastore.local import LocalDatastore
     from monailabel.endpoints.user.auth import RBAC
 
@@ -37,7 +38,8 @@ def register_results_page(fastapi_app, datastore: Callable[[], object], prefix: 
 
     def images() -> list[dict]:
         store = datastore()
-        local = type(store) is LocalDatastore  # a PACS would have to download every series to tell
+        # files on this machine; a PACS (a LocalDatastore subclass) would have to download every series to tell
+        local = isinstance(store, LocalDatastore) and not isinstance(store, DICOMWebDatastore)
         return [{"id": image_id, "picture": local and store.get_image_uri(image_id).lower().endswith(PICTURE_SUFFIXES)}
                 for image_id in store.list_images()]
 
