@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import re
 
+from lib.safe_text import add_to_every_handler
+
 __all__ = ["PatientIdentifierFilter", "install_log_redaction", "redact"]
 
 #: DICOM keywords whose values identify a patient or a study, and their tags (DICOM JSON keys)
@@ -81,12 +83,4 @@ def install_log_redaction() -> int:
     Returns:
         the number of handlers it was added to now.
     """
-    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
-                                       if isinstance(lg, logging.Logger)]
-    added = 0
-    for lg in loggers:
-        for handler in lg.handlers:
-            if not any(isinstance(f, PatientIdentifierFilter) for f in handler.filters):
-                handler.addFilter(PatientIdentifierFilter())
-                added += 1
-    return added
+    return add_to_every_handler(PatientIdentifierFilter)

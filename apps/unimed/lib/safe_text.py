@@ -51,16 +51,20 @@ class EscapeControlCharacters(logging.Filter):
         return True
 
 
-def install_log_escaping() -> int:
-    """Add :class:`EscapeControlCharacters` to every handler of the root logger and of the loggers
-    created so far (MONAI Label's and uvicorn's); returns how many handlers got it. Calling it
-    again adds nothing twice.
-    """
+def add_to_every_handler(filter_type: type[logging.Filter]) -> int:
+    """Put one ``filter_type()`` on every handler of the root logger and of the loggers created
+    so far (MONAI Label's and uvicorn's); returns how many handlers got it now. A handler that
+    has one already gets none, so calling it again after more loggers appear is safe."""
     loggers = [logging.getLogger()] + [lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
     count = 0
     for lg in loggers:
         for handler in lg.handlers:
-            if not any(isinstance(f, EscapeControlCharacters) for f in handler.filters):
-                handler.addFilter(EscapeControlCharacters())
+            if not any(isinstance(f, filter_type) for f in handler.filters):
+                handler.addFilter(filter_type())
                 count += 1
     return count
+
+
+def install_log_escaping() -> int:
+    """Add :class:`EscapeControlCharacters` to every handler (:func:`add_to_every_handler`)."""
+    return add_to_every_handler(EscapeControlCharacters)
