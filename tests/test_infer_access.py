@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def test_a_server_path_under_a_configured_root_is_inferred(server, outside):
     ('{"image": "/etc/passwd"}', "params may not set 'image'"),
     ('{"model": "unimed_det"}', "params may not set 'model'"),
     ("[1, 2]", "params must be a JSON object"),
-    ("{not json", "params is not JSON"),
+    ("{not json", "params is not valid JSON"),
 ])
 def test_params_cannot_redirect_the_request(server, params, message):
     r = post(server, "unimed_seg", "lung_patch_000", params=params)
@@ -75,7 +76,7 @@ def test_a_request_without_an_image_or_with_a_label_file_is_a_400(server):
 
 
 def test_an_upload_is_inferred_and_leaves_no_file_behind(server, sample):
-    app_uploads = Path(__file__).resolve().parents[1] / "apps" / "unimed" / "uploads"
+    app_uploads = Path(__file__).resolve().parents[1] / "apps" / "unimed" / ".uploads"
     before = _temp_listing()
     data = (sample / "lung_patch_000.nii.gz").read_bytes()
     ok = post(server, "unimed_seg", files={"file": ("patch.nii.gz", data, "application/octet-stream")})
@@ -87,16 +88,22 @@ def test_an_upload_is_inferred_and_leaves_no_file_behind(server, sample):
 
 
 def test_private_uploads_are_private_and_cleaned_at_start(tmp_path, app_lib):
+    from lib.datastore.files import UPLOAD_PREFIX, UPLOADS_DIR
     from lib.infers.image_access import PrivateUploads
 
-    folder = tmp_path / "uploads"
+    dead = subprocess.Popen(["true"])  # a server that died mid-request left its upload
+    dead.wait()
+    folder = tmp_path / UPLOADS_DIR
     folder.mkdir()
-    (folder / "leftover.nii.gz").write_bytes(b"x")
-    uploads = PrivateUploads(folder)
-    assert list(folder.iterdir()) == [] and oct(folder.stat().st_mode & 0o777) == "0o700"
-    path = uploads.save(io.BytesIO(b"abc"), "a.nii.gz")
-    assert uploads.owns(str(path)) and not uploads.owns(str(tmp_path / "a.nii.gz"))
-    assert not uploads.owns("a.nii.gz")  # a relative name is never an upload
+    leftover = folder / f"{UPLOAD_PREFIX}{dead.pid}-x.nii.gz"
+    leftover.write_bytes(b"x")
+    uploads = PrivateUploads(tmp_path)
+    assert list(folder.iterdir()) == []
+    with uploads.receive(io.BytesIO(b"abc"), "a.nii.gz") as path:
+        assert oct(folder.stat().st_mode & 0o777) == "0o700" and oct(path.stat().st_mode & 0o777) == "0o600"
+        assert uploads.owns(str(path)) and not uploads.owns(str(tmp_path / "a.nii.gz"))
+        assert not uploads.owns(path.name)  # a relative name is never an upload
+    assert not path.exists()
 
 
 def test_server_path_policy(tmp_path, app_lib):

@@ -67,7 +67,7 @@ class UniMedApp(MONAILabelApp):
         self.task_config = UniMedTaskConfig()
         self.task_config.init("unimed", self.model_dir, conf, None)
         self.auto_retrain = AutoRetrain.from_conf(conf)
-        self.infer_uploads = PrivateUploads(os.path.join(app_dir, "uploads"))
+        self.infer_uploads = PrivateUploads(app_dir)
         self.server_paths = ServerPathPolicy.from_conf(conf.get("infer_path_roots", ""))
         self._retrain_lock = threading.Lock()
         super().__init__(

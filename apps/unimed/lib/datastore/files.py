@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-__all__ = ["PART_PREFIX", "UPLOADS_DIR", "temp_prefix", "write_atomically", "fsync_dir", "private_upload",
+__all__ = ["PART_PREFIX", "UPLOADS_DIR", "UPLOAD_PREFIX", "temp_prefix", "write_atomically", "fsync_dir", "private_upload",
            "remove_leftovers"]
 
 logger = logging.getLogger(__name__)

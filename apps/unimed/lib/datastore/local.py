@@ -85,6 +85,11 @@ def recover_config(config: str | Path) -> str:
     return "rebuilt"
 
 
+def _entry_problem(name: str, ext: str, what: str = "image id") -> str | None:
+    """What makes a datastore entry (an id or tag with its file suffix) unsafe, or None."""
+    return name_problem(name, what) or (None if is_safe_suffix(ext) else f"suffix {shown(ext)}")
+
+
 class UniMedLocalDatastore(LocalDatastore):
     """A folder of images with their labels in ``labels/<tag>/``, as MONAI Label's, but safe.
 
@@ -196,13 +201,13 @@ class UniMedLocalDatastore(LocalDatastore):
     def _init_from_datastore_file(self, throw_exception: bool = False) -> None:
         super()._init_from_datastore_file(throw_exception)
         for image_id, obj in list(self._datastore.objects.items()):
-            problem = name_problem(image_id) or (None if is_safe_suffix(obj.image.ext) else f"suffix {shown(obj.image.ext)}")
+            problem = _entry_problem(image_id, obj.image.ext)
             if problem:
                 self._warn_once(image_id, f"ignoring datastore entry: {problem}")
                 del self._datastore.objects[image_id]
                 continue
             for tag, label in list(obj.labels.items()):
-                problem = name_problem(tag, "label tag") or (None if is_safe_suffix(label.ext) else f"suffix {shown(label.ext)}")
+                problem = _entry_problem(tag, label.ext, "label tag")
                 if problem:
                     self._warn_once(f"{image_id}\0{tag}", f"ignoring a label of {shown(image_id)}: {problem}")
                     del obj.labels[tag]
@@ -212,7 +217,7 @@ class UniMedLocalDatastore(LocalDatastore):
         safe = {}
         for name, file in files.items():
             image_id, ext = self._to_id(name)
-            problem = name_problem(image_id, "file name") or (None if is_safe_suffix(ext) else f"suffix {shown(ext)}")
+            problem = _entry_problem(image_id, ext, "file name")
             if problem:
                 self._warn_once(name, f"ignoring a file of the datastore: {problem}")
             else:

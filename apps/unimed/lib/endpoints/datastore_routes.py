@@ -11,7 +11,6 @@ and let the datastore's 4xx through.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any, Callable, Optional
@@ -21,35 +20,14 @@ from monailabel.config import settings
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.datastore import DefaultLabelTag
 
-from lib.datastore.errors import DatastoreRequestError
 from lib.datastore.local import UniMedLocalDatastore
 from lib.datastore.names import check_name
+from lib.endpoints.routes import add_route_first, parse_params
 from unimed.datasets.datastore import image_stem
 
-__all__ = ["register_datastore_routes", "parse_params"]
+__all__ = ["register_datastore_routes"]
 
 logger = logging.getLogger(__name__)
-
-
-def parse_params(params: str | None, what: str = "params") -> dict[str, Any]:
-    """A form field holding a JSON object.
-
-    Raises:
-        DatastoreRequestError: 400 when it is not JSON or not an object.
-
-    Example:
-        >>> parse_params('{"a": 1}'), parse_params("")
-        ({'a': 1}, {})
-    """
-    if not params:
-        return {}
-    try:
-        value = json.loads(params)
-    except json.JSONDecodeError as exc:
-        raise DatastoreRequestError(400, f"{what} is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise DatastoreRequestError(400, f"{what} must be a JSON object, got {type(value).__name__}")
-    return value
 
 
 def register_datastore_routes(fastapi_app, app_instance: Callable[[], Any]) -> None:
@@ -61,8 +39,6 @@ def register_datastore_routes(fastapi_app, app_instance: Callable[[], Any]) -> N
             :class:`~lib.datastore.local.UniMedLocalDatastore`).
     """
     prefix = f"{settings.MONAI_LABEL_API_STR}/datastore"
-    if any(getattr(getattr(r, "endpoint", None), "__module__", None) == __name__ for r in fastapi_app.router.routes):
-        return
     annotator = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR))
 
     def store() -> UniMedLocalDatastore:
@@ -97,7 +73,7 @@ def register_datastore_routes(fastapi_app, app_instance: Callable[[], Any]) -> N
         res.update({"image": image, "label": label_id})
         return res
 
-    for path, endpoint in ((f"{prefix}/", put_image), (f"{prefix}/image", put_image), (f"{prefix}/label", put_label)):
-        fastapi_app.add_api_route(path, endpoint, methods=["PUT"], include_in_schema=False)
-        fastapi_app.router.routes.insert(0, fastapi_app.router.routes.pop())  # matched before MONAI Label's
-    logger.info("datastore uploads are checked and kept private")
+    added = [add_route_first(fastapi_app, path, endpoint, ["PUT"])
+             for path, endpoint in ((f"{prefix}/", put_image), (f"{prefix}/image", put_image), (f"{prefix}/label", put_label))]
+    if any(added):
+        logger.info("datastore uploads are checked and kept private")

@@ -12,8 +12,7 @@ no thread that other endpoints need.
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import Optional
+from typing import Any, Optional
 
 import monailabel.endpoints.infer as endpoint
 from fastapi import BackgroundTasks, Depends, FastAPI, File, Form, HTTPException, UploadFile
@@ -22,6 +21,7 @@ from monailabel.endpoints.infer import ResultType  # module level: the route's a
 from monailabel.endpoints.user.auth import RBAC, User
 from starlette.concurrency import run_in_threadpool
 
+from lib.endpoints.routes import add_route_first, parse_params
 from lib.infers.image_access import REQUEST_KEYS, PrivateUploads
 
 __all__ = ["register_threaded_infer_route"]
@@ -30,8 +30,9 @@ PATH = "/infer/{model}"
 
 
 def check_params(params: str) -> None:
-    """The request's ``params`` must be a JSON object that does not set what the endpoint sets
-    itself (``image``, ``model``, ``session``, ``label``): an HTTP 400 names the problem.
+    """The request's ``params`` must be a JSON object (:func:`~lib.endpoints.routes.parse_params`)
+    that does not set what the endpoint sets itself (``image``, ``model``, ``session``,
+    ``label``): an HTTP 400 names the problem.
 
     Example:
         >>> check_params('{"image": "/etc/passwd"}')
@@ -39,12 +40,7 @@ def check_params(params: str) -> None:
         ...
         fastapi.exceptions.HTTPException: 400: params may not set 'image': name the image with ?image=ID or send it as the file
     """
-    try:
-        value = json.loads(params) if params else {}
-    except json.JSONDecodeError as exc:
-        raise HTTPException(400, f"params is not JSON: {exc.msg} at position {exc.pos}") from exc
-    if not isinstance(value, dict):
-        raise HTTPException(400, f"params must be a JSON object, got {type(value).__name__}")
+    value = parse_params(params)
     for key in REQUEST_KEYS:
         if key in value:
             raise HTTPException(400, f"params may not set {key!r}: name the image with ?image=ID or send it as the file")
@@ -88,20 +84,17 @@ def register_threaded_infer_route(server: FastAPI, max_concurrent: int = 1, uplo
             raise HTTPException(400, "no image: name one with ?image=ID, or send it as the file")
         if label is not None and uploads is not None:
             raise HTTPException(400, "UniMed's models take no label file with an infer request")
-        async with gate:
-            upload = None
+
+        def run() -> Any:
+            # looked up on the module at each call: the app may replace the module's DICOM SEG converter
             if file is not None and uploads is not None:
-                upload = await run_in_threadpool(uploads.save, file.file, file.filename)
-                image, file = str(upload), None
-            try:
-                # looked up on the module at each call: the app may replace the module's DICOM SEG converter
-                return await run_in_threadpool(endpoint.run_inference, background_tasks, model, image, session_id,
-                                               params, file, label, output)
-            finally:
-                if upload is not None:
-                    uploads.remove(upload)
+                with uploads.receive(file.file, file.filename) as upload:
+                    return endpoint.run_inference(background_tasks, model, str(upload), session_id, params, None, label,
+                                                  output)
+            return endpoint.run_inference(background_tasks, model, image, session_id, params, file, label, output)
+
+        async with gate:
+            return await run_in_threadpool(run)
 
     # ahead of MONAI Label's route, which then never matches (it stays in the API docs: same contract)
-    server.add_api_route(PATH, api_run_inference, methods=["POST"], include_in_schema=False)
-    route = server.router.routes.pop()
-    server.router.routes.insert(0, route)
+    add_route_first(server, PATH, api_run_inference, ["POST"])

@@ -1,10 +1,14 @@
-"""Putting an app route in front of MONAI Label's route for the same path and method."""
+"""What the app's routes in front of MONAI Label's share: putting a route first in line, and
+reading a form field of JSON parameters."""
 
 from __future__ import annotations
 
-from typing import Callable
+import json
+from typing import Any, Callable
 
-__all__ = ["add_route_first"]
+from fastapi import HTTPException
+
+__all__ = ["add_route_first", "parse_params"]
 
 
 def add_route_first(fastapi_app, path: str, endpoint: Callable, methods: list[str]) -> bool:
@@ -29,3 +33,24 @@ def add_route_first(fastapi_app, path: str, endpoint: Callable, methods: list[st
     fastapi_app.add_api_route(path, endpoint, methods=methods, include_in_schema=False)
     fastapi_app.router.routes.insert(0, fastapi_app.router.routes.pop())
     return True
+
+
+def parse_params(params: str | None, what: str = "params") -> dict[str, Any]:
+    """A form field holding a JSON object.
+
+    Raises:
+        HTTPException: 400 when it is not JSON or not an object.
+
+    Example:
+        >>> parse_params('{"a": 1}'), parse_params("")
+        ({'a': 1}, {})
+    """
+    if not params:
+        return {}
+    try:
+        value = json.loads(params)
+    except json.JSONDecodeError as exc:
+        raise HTTPException(400, f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise HTTPException(400, f"{what} must be a JSON object, got {type(value).__name__}")
+    return value

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Optional
 
+from lib.endpoints.routes import add_route_first
+
 __all__ = ["register_train_route"]
 
 logger = logging.getLogger(__name__)
@@ -31,9 +33,6 @@ def register_train_route(fastapi_app, trainers: Callable[[], list[str]], check: 
     from monailabel.endpoints.user.auth import RBAC, User
 
     path = f"{settings.MONAI_LABEL_API_STR}/train/{{model}}"
-    if any(getattr(r, "path", None) == path and getattr(getattr(r, "endpoint", None), "__module__", None) == __name__
-           for r in fastapi_app.router.routes):
-        return
 
     async def checked_run_model(
         model: str,
@@ -51,6 +50,5 @@ def register_train_route(fastapi_app, trainers: Callable[[], list[str]], check: 
             raise HTTPException(422, str(exc)) from exc
         return run_model(model, params, run_sync, enqueue)
 
-    fastapi_app.add_api_route(path, checked_run_model, methods=["POST"], include_in_schema=False)
-    fastapi_app.router.routes.insert(0, fastapi_app.router.routes.pop())  # matched before MONAI Label's
-    logger.info("train requests are checked before they are queued")
+    if add_route_first(fastapi_app, path, checked_run_model, ["POST"]):
+        logger.info("train requests are checked before they are queued")

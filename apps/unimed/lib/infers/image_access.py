@@ -4,7 +4,8 @@ and server paths only where the app's conf allows them.
 MONAI Label's infer endpoint takes ``?image=`` as a datastore id or, when a file of that name
 exists, as a path on the server, and lets ``params`` override it; uploads go to the system
 temporary folder, readable by everyone, and stay there when the request fails. Here an upload is
-written to a private folder of the app (0700, files 0600) and removed when the request ends; a
+written to a private folder of the app (0700, files 0600, as the datastore keeps its uploads)
+and removed when the request ends; a
 path is read only when it is that upload, or lies under a root named in conf
 ``infer_path_roots`` (off by default); anything else must be an id the datastore knows, and a
 missing file and an unreadable one get the same answer.
@@ -13,10 +14,10 @@ missing file and an unreadable one get the same answer.
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO, ContextManager, Iterable
+
+from lib.datastore.files import UPLOADS_DIR, private_upload, remove_leftovers
 
 __all__ = ["PrivateUploads", "ServerPathPolicy", "REQUEST_KEYS"]
 
@@ -25,51 +26,39 @@ REQUEST_KEYS = ("image", "model", "session", "label")
 
 
 class PrivateUploads:
-    """A private folder for the images sent with infer requests.
+    """The images sent with infer requests, as private files of the app folder: the datastore's
+    uploads mechanism (:func:`lib.datastore.files.private_upload`, in ``root/.uploads``, 0700,
+    files 0600, removed when the request ends), with the leftovers of server processes that
+    died mid-request removed at start (:func:`lib.datastore.files.remove_leftovers`).
 
     Args:
-        folder: the folder; made (0700) if absent, and emptied of earlier runs' leftovers.
+        root: the app folder.
 
     Example:
         >>> import io, tempfile
-        >>> uploads = PrivateUploads(Path(tempfile.mkdtemp()) / "uploads")
-        >>> path = uploads.save(io.BytesIO(b"image bytes"), "scan.nii.gz")
-        >>> uploads.owns(str(path)), oct(path.stat().st_mode & 0o777), path.name.endswith(".nii.gz")
+        >>> uploads = PrivateUploads(tempfile.mkdtemp())
+        >>> with uploads.receive(io.BytesIO(b"image bytes"), "scan.nii.gz") as path:
+        ...     uploads.owns(str(path)), oct(path.stat().st_mode & 0o777), path.name.endswith(".nii.gz")
         (True, '0o600', True)
-        >>> uploads.remove(path); uploads.owns(str(path))
+        >>> uploads.owns(str(path))
         False
     """
 
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder).resolve()
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.folder, 0o700)
-        for leftover in self.folder.iterdir():  # a server killed mid-request leaves its upload
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.folder = self.root / UPLOADS_DIR
+        remove_leftovers(self.root, [])
 
-    def save(self, stream: BinaryIO, filename: str | None) -> Path:
-        """Copy an upload into a new private file that keeps the name's suffixes (``.nii.gz``)."""
+    def receive(self, stream: BinaryIO, filename: str | None) -> ContextManager[Path]:
+        """The upload as a private file that keeps the name's suffixes (``.nii.gz``, for the
+        loader), for the duration of the ``with`` block."""
         suffix = "".join(Path(filename or "image.nii.gz").suffixes)[-16:] or ".nii.gz"
-        path = self.folder / f"{secrets.token_hex(16)}{suffix}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(stream, out)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        return path
+        return private_upload(self.root, stream, suffix)
 
     def owns(self, path: str) -> bool:
         """Whether ``path`` is an upload of this folder that is still there."""
         candidate = Path(path)
         return candidate.is_absolute() and candidate.parent == self.folder and candidate.is_file()
-
-    def remove(self, path: Path) -> None:
-        Path(path).unlink(missing_ok=True)
 
 
 class ServerPathPolicy:
