@@ -176,15 +176,23 @@ def cmd_pacs(args: argparse.Namespace) -> int:
 def cmd_infer(args: argparse.Namespace) -> int:
     """Run one task on one image file, no server needed."""
     from unimed.labels import parse_labels
+    from unimed.modalities import modalities_from_name, parse_modalities, tag_modalities
     from unimed.service import ModelService
     from unimed.tasks import TASKS
     from unimed.transforms import load_image
     from unimed.writers import write_label_map
 
+    image = load_image(args.image)
+    try:
+        modalities = parse_modalities(args.modalities, channels=int(image.shape[0]))
+    except ValueError as exc:
+        raise CommandError(f"--modalities: {exc}") from exc
+    modalities = modalities or modalities_from_name(args.image, int(image.shape[0]))
     service = ModelService(args.checkpoint)
     if not service.info()["trained"]:
         print(f"warning: {service.info()['problem']}; the answer comes from UNTRAINED weights", file=sys.stderr)
-    pred = service.predictor().predict(load_image(args.image), args.task, parse_labels(args.labels))
+    pred = service.predictor().predict(tag_modalities(image, modalities), args.task, parse_labels(args.labels))
+    print(f"channels read as: {', '.join(modalities) if modalities else 'unknown modality'}")
     spec = TASKS[pred.task]
     lines, result = spec.report(pred, args.image)
     print("\n".join(lines))
@@ -606,6 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, choices=[task.value for task in Task])
     p.add_argument("--image", required=True, help="NIfTI, NRRD, DICOM folder, JPEG or PNG")
     p.add_argument("--labels", default=None, help="comma-separated label names (default: all of the task's)")
+    p.add_argument("--modalities", default=None,
+                   help="each channel's modality, comma-separated: flair, t1, t1c, t2, ct, mr, red, green, blue, grey "
+                        "(default: from the file name when it names one, e.g. *_flair.nii.gz; else unknown)")
     p.add_argument("--out", default=None, help="write the label map (segmentation) or the JSON result here")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.set_defaults(func=cmd_infer)

@@ -100,7 +100,7 @@ def test_unlabelled_images_change_the_weights_through_the_ssl_term():
     assert not torch.equal(before, net.backbone.stem.weight)
 
 
-def _sharp_logits(model, images):
+def _sharp_logits(model, images, modalities=None):
     """A stand-in network output: background/label logits from the image's sign, very confident."""
     x = images.mean(1)
     return torch.stack([-100 * x, 100 * x], 1)
@@ -117,14 +117,14 @@ def test_consistency_mirrors_the_student_view_back_before_comparing(monkeypatch)
     assert float(ssl(None, images)) < 1e-6  # same image, same answer, once mirrored back
 
     ramp = torch.linspace(-3, 3, 8).view(1, 1, 8, 1, 1)  # a network that sees position is not mirror-equivariant
-    monkeypatch.setattr(ssl, "_logits", lambda model, im: _sharp_logits(model, im + ramp))
+    monkeypatch.setattr(ssl, "_logits", lambda model, im, mods: _sharp_logits(model, im + ramp))
     assert float(ssl(None, images)) > 1.0
 
 
 def test_consistency_learns_only_from_confident_voxels(monkeypatch):
     images = torch.randn(2, 1, 8, 8, 1)
     ssl = PseudoLabelConsistency(["edema"], threshold=0.9, ratio=0.0, noise=0.0)
-    monkeypatch.setattr(ssl, "_logits", lambda model, im: torch.zeros(im.shape[0], 2, *im.shape[2:]))
+    monkeypatch.setattr(ssl, "_logits", lambda model, im, mods: torch.zeros(im.shape[0], 2, *im.shape[2:]))
     assert float(ssl(None, images)) == 0.0  # a 50/50 teacher teaches nothing
 
 
@@ -258,8 +258,8 @@ def test_channel_dropout_is_a_probability():
         Source("toy", src.items, ("segmentation",), channel_dropout=1.5)
     two = [dataclasses.replace(it, image=it.image.repeat(2, 1, 1, 1)) for it in src.items]
     rng = random.Random(0)
-    kept = [Source("toy", two, ("segmentation",), channel_dropout=p).batch(rng, False)[1] for p in (0.0, 1.0)]
-    assert kept == [None, 1]
+    views = [Source("toy", two, ("segmentation",), channel_dropout=p).batch(rng, False)[1] for p in (0.0, 1.0)]
+    assert views[0].channels is None and views[1].channels in ((0,), (1,))
 
 
 def test_the_server_train_task_names_an_unknown_ssl_loss(tmp_path, app_lib):

@@ -17,13 +17,15 @@ class MixEntry:
         tasks: the tasks trained on this source's samples (from one backbone pass).
         batch_size: samples per step.
         every: the source joins every ``every``-th step (1: every step).
-        channel_dropout: probability that a multi-channel batch keeps only its first channel.
+        channel_dropout: probability that a multi-channel batch keeps a random subset of its channels.
+        modality_dropout: probability that a batch's modalities read as unknown.
     """
 
     tasks: tuple[str, ...]
     batch_size: int = 1
     every: int = 1
     channel_dropout: float = 0.0
+    modality_dropout: float = 0.0
 
 
 @dataclass
@@ -34,6 +36,8 @@ class TrainConfig:
         steps: optimiser steps (the run may stop earlier at ``max_minutes``).
         max_minutes: wall-clock budget; None for no limit.
         lr, weight_decay, warmup_steps, grad_clip: AdamW with linear warm-up, cosine decay.
+        grad_balance: ``source_clip`` clips each source's gradient to ``grad_clip`` on its own
+            before they are summed (no source drowns another); ``none`` clips the sum.
         seed: seeds Python, NumPy and torch.
         loss: weights of every loss term.
         mix: per source name, its tasks, batch size and frequency. The source ``unlabelled``
@@ -55,6 +59,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 30
     grad_clip: float = 1.0
+    grad_balance: str = "source_clip"
     seed: int = 0
     loss: LossWeights = field(default_factory=LossWeights)
     mix: dict[str, MixEntry] = field(default_factory=dict)

@@ -6,6 +6,7 @@ checkpoint's figures hold for the server. Grid items are computed once and kept 
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, replace
 from typing import Sequence
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from unimed.datasets.sample import Sample
 from unimed.transforms import to_model_grid
 
-__all__ = ["GridItem", "to_grid_item", "augment", "Source", "collate"]
+__all__ = ["GridItem", "View", "to_grid_item", "augment", "Source", "collate", "batch_modalities"]
 
 
 @dataclass
@@ -33,6 +34,8 @@ class GridItem:
     class_labels: dict[str, int] | None
     dataset: str
     name: str
+    modalities: tuple[str, ...] | None = None  # per channel; None: unknown
+    class_prevalence: dict[str, float] | None = None  # per class label: its positive share in the item's source
 
 
 def to_grid_item(sample: Sample, *, max_size_3d: int = 128, max_size_2d: int = 384) -> GridItem:
@@ -44,11 +47,61 @@ def to_grid_item(sample: Sample, *, max_size_3d: int = 128, max_size_2d: int = 3
         label_map = F.interpolate(lm[None, None].float(), size=spec.grid, mode="nearest")[0, 0].long()
     boxes = None if sample.boxes is None else torch.as_tensor(np.asarray(sample.boxes, np.float32)).reshape(-1, 6)
     return GridItem(grid, label_map, tuple(sample.seg_labels), boxes, list(sample.box_labels), tuple(sample.det_labels),
-                    dict(sample.class_labels) if sample.class_labels else None, sample.dataset, sample.name)
+                    dict(sample.class_labels) if sample.class_labels else None, sample.dataset, sample.name,
+                    tuple(sample.modalities) if sample.modalities else None)
+
+
+@dataclass(frozen=True)
+class View:
+    """What of a batch the network is shown: which channels, and whether it is told their modalities.
+
+    Attributes:
+        channels: indices of the channels kept, in order; None keeps all.
+        hide_modalities: every channel's modality reads as unknown.
+    """
+
+    channels: tuple[int, ...] | None = None
+    hide_modalities: bool = False
+
+
+@functools.lru_cache(maxsize=2)
+def _intensity_transforms(spatial_dims: int):
+    """MONAI's intensity and resolution augmentations for transfer across sites and contrasts:
+    gamma, bias field, noise, blur and a simulated coarser acquisition."""
+    from monai.transforms import (Compose, RandAdjustContrast, RandBiasField, RandGaussianNoise, RandGaussianSmooth,
+                                  RandSimulateLowResolution)
+
+    steps = [
+        RandAdjustContrast(prob=0.3, gamma=(0.7, 1.5), retain_stats=True),
+        RandBiasField(prob=0.3, degree=3, coeff_range=(0.0, 0.3)),
+        RandGaussianSmooth(prob=0.1, sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0), sigma_z=(0.3, 1.0)),
+        RandGaussianNoise(prob=0.2, std=0.1),
+    ]
+    if spatial_dims == 3:
+        steps.append(RandSimulateLowResolution(prob=0.2, zoom_range=(0.5, 1.0)))
+    return Compose(steps)
+
+
+def augment_intensity(image: torch.Tensor, seed: int) -> torch.Tensor:
+    """Gamma, bias field, blur, noise and (volumes) lower resolution, drawn from ``seed``.
+
+    Example:
+        >>> augment_intensity(torch.randn(2, 16, 16, 1), seed=0).shape
+        torch.Size([2, 16, 16, 1])
+    """
+    flat = image.shape[-1] == 1
+    x = image[..., 0] if flat else image
+    transforms = _intensity_transforms(x.ndim - 1)
+    transforms.set_random_state(seed=seed)
+    out = torch.as_tensor(transforms(x.float()), dtype=torch.float32)
+    if hasattr(out, "as_tensor"):
+        out = out.as_tensor()
+    return out.unsqueeze(-1) if flat else out
 
 
 def augment(item: GridItem, rng: random.Random) -> GridItem:
-    """Random flips along each spatial axis (boxes follow) and per-channel intensity jitter."""
+    """Random flips along each spatial axis (boxes follow), :func:`augment_intensity` and
+    per-channel intensity jitter."""
     image, label_map = item.image, item.label_map
     boxes = None if item.boxes is None else item.boxes.clone()
     for axis in range(3):
@@ -60,15 +113,28 @@ def augment(item: GridItem, rng: random.Random) -> GridItem:
         if boxes is not None and len(boxes):
             lo, hi = boxes[:, axis].clone(), boxes[:, axis + 3].clone()
             boxes[:, axis], boxes[:, axis + 3] = 1 - hi, 1 - lo
+    image = augment_intensity(image, rng.randrange(2**31))
     scale = torch.tensor([rng.uniform(0.9, 1.1) for _ in range(image.shape[0])]).view(-1, 1, 1, 1)
     shift = torch.tensor([rng.uniform(-0.1, 0.1) for _ in range(image.shape[0])]).view(-1, 1, 1, 1)
     return replace(item, image=image * scale + shift, label_map=label_map, boxes=boxes)
 
 
-def collate(items: Sequence[GridItem], channels: int | None = None) -> torch.Tensor:
-    """Stack the images of items that share a grid; ``channels`` keeps only the first ones."""
-    images = [it.image[:channels] if channels else it.image for it in items]
-    return torch.stack(images)
+def collate(items: Sequence[GridItem], view: View | None = None) -> torch.Tensor:
+    """Stack the images of items that share a grid, keeping the ``view``'s channels."""
+    keep = None if view is None else view.channels
+    return torch.stack([it.image if keep is None else it.image[list(keep)] for it in items])
+
+
+def batch_modalities(items: Sequence[GridItem], view: View | None = None) -> list[tuple[str | None, ...] | None]:
+    """Each item's modalities for the ``view``'s channels (None: unknown)."""
+    out = []
+    for it in items:
+        if it.modalities is None or (view is not None and view.hide_modalities):
+            out.append(None)
+        else:
+            keep = range(len(it.modalities)) if view is None or view.channels is None else view.channels
+            out.append(tuple(it.modalities[i] for i in keep))
+    return out
 
 
 @dataclass
@@ -81,10 +147,12 @@ class Source:
         tasks: tasks trained on it.
         batch_size: items per step, drawn from one grid shape.
         every: joins every ``every``-th step.
-        channel_dropout: the probability that a batch keeps only its first channel, so that a
-            multi-channel study also teaches the single-channel case (a FLAIR-only BraTS study).
-            Kept low: what only a later channel shows (enhancing tumour on T1c) cannot be
-            learnt from the first channel alone.
+        channel_dropout: the probability that a multi-channel batch keeps a random non-empty
+            subset of its channels, so that a full study also teaches the cases with missing
+            modalities (a FLAIR-only BraTS study). Kept low: what only one channel shows
+            (enhancing tumour on T1c) cannot be learnt without it.
+        modality_dropout: the probability that a batch's modalities read as unknown, so that an
+            image whose modalities nobody names is still answered.
     """
 
     name: str
@@ -93,23 +161,44 @@ class Source:
     batch_size: int = 1
     every: int = 1
     channel_dropout: float = 0.0
+    modality_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.items:
             raise ValueError(f"source {self.name!r} has no samples")
-        if not 0.0 <= self.channel_dropout <= 1.0:
-            raise ValueError(f"channel_dropout must be a probability in [0, 1], got {self.channel_dropout}")
+        for name in ("channel_dropout", "modality_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
+        self.items = _with_class_prevalence(self.items)
         groups: dict[tuple, list[int]] = {}
         for i, it in enumerate(self.items):
             groups.setdefault(tuple(it.image.shape), []).append(i)
         self._groups = list(groups.values())
 
-    def batch(self, rng: random.Random, augment_items: bool = True) -> tuple[list[GridItem], int | None]:
-        """A batch of items of one grid shape, and how many channels to keep."""
+    def batch(self, rng: random.Random, augment_items: bool = True) -> tuple[list[GridItem], View]:
+        """A batch of items of one grid shape, and the :class:`View` the network gets of it."""
         group = rng.choice(self._groups)
         picked = [self.items[i] for i in (rng.sample(group, self.batch_size) if len(group) >= self.batch_size
                                            else rng.choices(group, k=self.batch_size))]
         if augment_items:
             picked = [augment(it, rng) for it in picked]
-        channels = 1 if picked[0].image.shape[0] > 1 and rng.random() < self.channel_dropout else None
-        return picked, channels
+        n = picked[0].image.shape[0]
+        channels = None
+        if n > 1 and rng.random() < self.channel_dropout:
+            keep = rng.randrange(1, n)
+            channels = tuple(sorted(rng.sample(range(n), keep)))
+        return picked, View(channels, hide_modalities=rng.random() < self.modality_dropout)
+
+
+def _with_class_prevalence(items: list[GridItem]) -> list[GridItem]:
+    """The items with each class label's positive share among them (what balanced losses weigh by)."""
+    counts: dict[str, list[int]] = {}
+    for it in items:
+        for name, value in (it.class_labels or {}).items():
+            counts.setdefault(name, []).append(int(value))
+    if not counts:
+        return items
+    prevalence = {name: float(np.mean(v)) for name, v in counts.items()}
+    return [replace(it, class_prevalence={k: prevalence[k] for k in it.class_labels}) if it.class_labels else it
+            for it in items]

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from trainers.config import TrainConfig
-from trainers.data import GridItem, Source, collate
+from trainers.data import GridItem, Source, View, batch_modalities, collate
 from trainers.ssl import make_ssl
 from unimed.networks.unimednet import UniMed
 from unimed.tasks import TASKS, Task
@@ -165,15 +165,40 @@ class JointTrainer:
         return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
     # -- losses --------------------------------------------------------------------------------
-    def batch_losses(self, items: list[GridItem], tasks: Sequence[str], channels: int | None) -> dict[str, torch.Tensor]:
+    def modality_batch(self, items: Sequence[GridItem], view: View | None) -> torch.Tensor:
+        """``(B, C)`` modality indices of a batch as the network sees it."""
+        images_channels = len(view.channels) if view is not None and view.channels is not None else items[0].image.shape[0]
+        return torch.stack([self.model.modality_ids(m, images_channels) for m in batch_modalities(items, view)]).to(
+            self.device)
+
+    def batch_losses(self, items: list[GridItem], tasks: Sequence[str], view: View | None) -> dict[str, torch.Tensor]:
         """Losses of one batch of one source: one backbone pass, one decode per task whose
         ground truth every item carries."""
-        feats = self.model.encode(collate(items, channels).to(self.device))
+        feats = self.model.encode(collate(items, view).to(self.device), self.modality_batch(items, view))
         losses: dict[str, torch.Tensor] = {}
         for spec in (TASKS[Task.parse(task)] for task in tasks):
             if spec.has_targets(items):
                 losses.update(spec.loss(self.model, feats, items, self.config.loss))
         return losses
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        """Add one source's gradient to the step's; with ``grad_balance="source_clip"`` the
+        source's gradient is first clipped to norm ``grad_clip`` on its own, so that a source
+        with large gradients (detection heat maps) cannot drown one with small ones
+        (classification), as a clip of the summed gradient would."""
+        if self.config.grad_balance == "none":
+            loss.backward()
+            return
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        norm = torch.sqrt(sum(g.float().pow(2).sum() for g in grads if g is not None))
+        scale = float(min(1.0, self.config.grad_clip / (float(norm) + 1e-6)))
+        for p, g in zip(self.params, grads):
+            if g is None:
+                continue
+            if p.grad is None:
+                p.grad = g * scale
+            else:
+                p.grad.add_(g, alpha=scale)
 
     # -- the loop ------------------------------------------------------------------------------
     def step(self, time_fraction: float = 0.0) -> StepReport:
@@ -189,19 +214,20 @@ class JointTrainer:
         for src in self.sources:
             if self.step_count % src.every:
                 continue
-            items, channels = src.batch(self.rng, self.config.augment)
-            losses = self.batch_losses(items, src.tasks, channels)
+            items, view = src.batch(self.rng, self.config.augment)
+            losses = self.batch_losses(items, src.tasks, view)
             if losses:
-                sum(losses.values()).backward()
+                self._backward(sum(losses.values()))
             for k, v in losses.items():
                 report[f"{src.name}/{k}"] = float(v.detach())
             used.append(src.name)
             n += len(items)
         if self.unlabelled is not None and self.step_count % self.unlabelled.every == 0:
-            items, channels = self.unlabelled.batch(self.rng, self.config.augment)
-            images = collate(items, channels).to(self.device)
-            loss = self.config.loss.ssl * self.ssl(self.model, images, self.generator)
-            loss.backward()
+            items, view = self.unlabelled.batch(self.rng, self.config.augment)
+            images = collate(items, view).to(self.device)
+            loss = self.config.loss.ssl * self.ssl(self.model, images, self.generator,
+                                                   modalities=self.modality_batch(items, view))
+            self._backward(loss)
             report["unlabelled/ssl"] = float(loss.detach())
             used.append(self.unlabelled.name)
             n += len(items)
@@ -211,7 +237,8 @@ class JointTrainer:
                     p.grad = torch.zeros_like(p)
                 dist.all_reduce(p.grad)
                 p.grad /= self.world
-        torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        if self.config.grad_balance == "none":
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
         self.optimizer.step()
         self.step_count += 1
         return StepReport(self.step_count, self.config.steps, report, time.perf_counter() - t0, 0.0, n, used)

@@ -22,6 +22,7 @@ from trainers.data import Source, to_grid_item
 from trainers.joint import JointTrainer, check_device, init_distributed, is_main_process, replicas_agree, seed_everything
 from unimed.datasets import shared_datasets
 from unimed.datasets.sample import Sample
+from unimed.modalities import modalities_from_name
 from unimed.model_store import ModelStore
 from unimed.networks.unimednet import UniMed, unimed_small
 from unimed.transforms import image_affine, load_image
@@ -42,9 +43,9 @@ def default_config(minutes: float = 80.0) -> TrainConfig:
     """The shipped checkpoint's recipe: every shared dataset's default training share, then the
     unlabelled volumes' self-supervised share."""
     mix = {kind: MixEntry(spec.training.tasks, spec.training.batch_size, spec.training.every,
-                          spec.training.channel_dropout)
+                          spec.training.channel_dropout, spec.training.modality_dropout)
            for kind, spec in DATASETS.items()}
-    mix["unlabelled"] = MixEntry((), batch_size=1, every=4, channel_dropout=0.5)
+    mix["unlabelled"] = MixEntry((), batch_size=1, every=4, channel_dropout=0.5, modality_dropout=0.25)
     return TrainConfig(steps=2400, max_minutes=minutes, lr=1e-3, mix=mix)
 
 
@@ -60,7 +61,8 @@ def build_sources(data: Path, config: TrainConfig) -> tuple[list[Source], Source
         samples = spec.read(data / spec.folder, spec.train_split)
         mix = config.mix[name]
         items = [to_grid_item(s) for s in samples]
-        sources.append(Source(name, items, mix.tasks, mix.batch_size, mix.every, mix.channel_dropout))
+        sources.append(Source(name, items, mix.tasks, mix.batch_size, mix.every, mix.channel_dropout,
+                              mix.modality_dropout))
         logger.info("source %s: %d samples, tasks %s", name, len(items), ", ".join(mix.tasks))
     unlabelled = None
     if "unlabelled" in config.mix:
@@ -68,16 +70,17 @@ def build_sources(data: Path, config: TrainConfig) -> tuple[list[Source], Source
         for rel in UNLABELLED:
             if (data / rel).exists():
                 img = load_image(data / rel)
-                samples.append(Sample(img, image_affine(img), "unlabelled", rel))
+                samples.append(Sample(img, image_affine(img), "unlabelled", rel,
+                                      modalities=modalities_from_name(rel, int(img.shape[0]))))
         # the labelled volumes' images count as unlabelled too: reconstruction needs no label
         brats = DATASETS["brats"]
         if (data / brats.folder).exists():
-            samples += [Sample(s.image, s.affine, "unlabelled", s.name)
+            samples += [Sample(s.image, s.affine, "unlabelled", s.name, modalities=s.modalities)
                         for s in brats.read(data / brats.folder, brats.train_split)]
         if samples:
             mix = config.mix["unlabelled"]
             unlabelled = Source("unlabelled", [to_grid_item(s) for s in samples], (), mix.batch_size, mix.every,
-                                mix.channel_dropout)
+                                mix.channel_dropout, mix.modality_dropout)
     return sources, unlabelled
 
 

@@ -73,9 +73,10 @@ class MaskedReconstruction(nn.Module):
         """``(B, 1, X, Y, Z)`` float mask, 1 where hidden."""
         return block_mask(shape, self.block, self.ratio, generator)
 
-    def forward(self, model: UniMed, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, model: UniMed, images: torch.Tensor, generator: torch.Generator | None = None,
+                modalities: torch.Tensor | None = None) -> torch.Tensor:
         mask = self.block_mask(tuple(images.shape), generator).to(images.device)
-        feats = model.encode(images * (1 - mask))
+        feats = model.encode(images * (1 - mask), modalities)
         recon = upsample_to(self.head(feats.pixel), tuple(images.shape[2:]))
         target = images.mean(1, keepdim=True)
         return ((recon - target) ** 2 * mask).sum() / mask.sum().clamp(min=1)
@@ -155,20 +156,21 @@ class PseudoLabelConsistency(nn.Module):
         self.updates += 1
         return self.teacher
 
-    def _logits(self, model: UniMed, images: torch.Tensor) -> torch.Tensor:
+    def _logits(self, model: UniMed, images: torch.Tensor, modalities: torch.Tensor | None) -> torch.Tensor:
         ids, pad = model.prompt([(Task.SEGMENTATION, self.labels)] * images.shape[0])  # on the model's device
-        return model.decode(model.encode(images), ids, pad)["mask_logits"]
+        return model.decode(model.encode(images, modalities), ids, pad)["mask_logits"]
 
-    def forward(self, model: UniMed, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, model: UniMed, images: torch.Tensor, generator: torch.Generator | None = None,
+                modalities: torch.Tensor | None = None) -> torch.Tensor:
         source = model if self.teacher_decay is None else self._update_teacher(model)
         with torch.no_grad():
-            teacher = self._logits(source, images).float().softmax(1)
+            teacher = self._logits(source, images, modalities).float().softmax(1)
         confidence, target = teacher.max(1)
         axes = [2 + a for a in range(3) if images.shape[2 + a] > 1]
         hidden = block_mask(tuple(images.shape), self.block, self.ratio, generator).to(images.device)
         noise = torch.randn(images.shape, generator=generator).to(images.device) * self.noise
         student = (images * (1 - hidden) + noise).flip(axes)
-        logits = self._logits(model, student).flip(axes)
+        logits = self._logits(model, student, modalities).flip(axes)
         ce = F.cross_entropy(logits.float(), target, reduction="none")
         return (ce * (confidence >= self.threshold)).sum() / ce.numel()
 

@@ -17,6 +17,7 @@ import torch
 
 from unimed.composer import ComposedDecoder
 from unimed.labels import Label
+from unimed.modalities import image_modalities
 from unimed.networks.unimednet import Features, UniMed
 from unimed.tasks import Task
 from unimed.tokens import Annotation
@@ -124,26 +125,30 @@ class Predictor:
     @torch.inference_mode()
     def features(self, image: torch.Tensor, key: Hashable | None = None) -> tuple[Features, GridSpec]:
         """Model-grid features of a channel-first image, from the cache when ``key`` was seen."""
+        modalities = image_modalities(image)
+        if key is not None:
+            key = (key, modalities)
         if key is not None and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
+        ids = self.model.modality_ids(modalities, int(image.shape[0]))
         grid, spec = to_model_grid(image, max_size_3d=self.max_size_3d, max_size_2d=self.max_size_2d)
-        feats = self._encode(grid.unsqueeze(0).to(self.device))
+        feats = self._encode(grid.unsqueeze(0).to(self.device), ids.unsqueeze(0).to(self.device))
         if key is not None and self.cache_size > 0:
             self._cache[key] = (feats, spec)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return feats, spec
 
-    def _encode(self, x: torch.Tensor) -> Features:
+    def _encode(self, x: torch.Tensor, modalities: torch.Tensor) -> Features:
         size = self.roi_size_2d if x.shape[-1] == 1 else self.roi_size_3d
         roi = tuple(min(size, n) for n in x.shape[2:])
         if roi == tuple(x.shape[2:]):
-            return self.model.encode(x)
+            return self.model.encode(x, modalities)
         from monai.inferers import sliding_window_inference
 
         def window(patch: torch.Tensor):
-            f = self.model.encode(patch)
+            f = self.model.encode(patch, modalities.expand(patch.shape[0], -1))
             emb = f.embedding[:, :, None, None, None].expand(-1, -1, *f.memory[0].shape[2:]).contiguous()
             return (f.pixel, *f.memory, f.dense, emb)
 
@@ -183,6 +188,9 @@ class Predictor:
             labels: resolved :class:`Label` objects (used as given, see :meth:`resolve`), or label
                 names or aliases; None or empty for every label of the task.
             key: cache key of the image (e.g. path and modification time).
+
+        The image's channels are read as the modalities :func:`unimed.modalities.tag_modalities`
+        put on it (unknown when untagged).
 
         Raises:
             UnknownTaskError, UnknownLabelError: the request names an unknown task or label.

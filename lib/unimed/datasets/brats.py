@@ -80,7 +80,7 @@ def _read_case(case: Path, registry: LabelRegistry) -> Sample:
     if t1c.shape != flair.shape:
         raise DatasetError(f"{t1c_path}: shape {t1c.shape} differs from the FLAIR's {flair.shape}")
     image = torch.from_numpy(np.stack([flair, t1c]))
-    sample = Sample(image=image, affine=affine, dataset="brats", name=case.name)
+    sample = Sample(image=image, affine=affine, dataset="brats", name=case.name, modalities=("flair", "t1c"))
     label_path = _find(case, "OTMultiClass", required=False)
     if label_path is None:
         return sample
@@ -164,5 +164,5 @@ SPEC = DatasetSpec(
     primary_metric="dice_wt",
     folder="brats2013",
     training=TrainingShare(("segmentation", "detection", "classification"), batch_size=1, every=2,
-                           channel_dropout=0.25),
+                           channel_dropout=0.35, modality_dropout=0.25),
 )

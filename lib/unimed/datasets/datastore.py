@@ -18,6 +18,7 @@ from unimed.datasets.sample import Sample
 from unimed.datasets.spec import DatasetSpec, Predicts
 from unimed.labels import LabelRegistry, UnknownLabelError
 from unimed.metrics import dice, mean_or_none
+from unimed.modalities import modalities_from_name
 from unimed.task_names import Task
 from unimed.transforms import IMAGE_SUFFIXES, ImageLoadError, image_affine, load_image
 
@@ -154,6 +155,7 @@ def read_datastore(folder: str | Path, skipped: list[tuple[str, str]] | None = N
                 affine=image_affine(image),
                 dataset="datastore",
                 name=image_stem(path.name),
+                modalities=modalities_from_name(path, int(image.shape[0])),
             )
             label_path = _label_file(folder, path)
             if label_path is not None:

@@ -107,6 +107,7 @@ def read_medmnist(path: str | Path, split: str = "train", size: int | None = Non
                 dataset="medmnist",
                 name=f"{split}_{i:04d}",
                 class_labels={positive: int(y), negative: 1 - int(y)},
+                modalities=("ct",),
             )
         )
     return out

@@ -108,6 +108,7 @@ def read_msd_patches(path: str | Path, split: str | None = None) -> list[Sample]
                 box_labels=[_LABEL] if has else [],
                 det_labels=(_LABEL,),
                 class_labels={_LABEL: int(has)},
+                modalities=("ct",),
             )
         )
     return out

@@ -34,6 +34,7 @@ class Sample:
         box_labels: registry name of each box.
         det_labels: registry names the boxes annotate completely.
         class_labels: image-level labels, ``{registry name: 0 or 1}``, or None.
+        modalities: each channel's modality (:mod:`unimed.modalities`), or None when unknown.
     """
 
     image: torch.Tensor
@@ -46,17 +47,22 @@ class Sample:
     box_labels: list[str] = field(default_factory=list)
     det_labels: tuple[str, ...] = ()
     class_labels: dict[str, int] | None = None
+    modalities: tuple[str, ...] | None = None
 
     @property
     def is_labelled(self) -> bool:
         return self.label_map is not None or self.boxes is not None or self.class_labels is not None
 
     def meta_image(self) -> torch.Tensor:
-        """The image as a MONAI MetaTensor carrying ``affine``, so the model grid sees the spacing."""
+        """The image as a MONAI MetaTensor carrying ``affine``, so the model grid sees the spacing,
+        and the channels' modalities."""
         from monai.data import MetaTensor
 
+        from unimed.modalities import tag_modalities
+
         raw = self.image.as_tensor() if isinstance(self.image, MetaTensor) else torch.as_tensor(self.image)
-        return MetaTensor(raw, affine=torch.as_tensor(np.asarray(self.affine, dtype=np.float64)))
+        return tag_modalities(MetaTensor(raw, affine=torch.as_tensor(np.asarray(self.affine, dtype=np.float64))),
+                              self.modalities)
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:

@@ -32,13 +32,15 @@ class TrainingShare:
         tasks: the tasks trained on its samples (``segmentation``, ``detection``, ``classification``).
         batch_size: samples per step.
         every: it joins every ``every``-th step (1: every step).
-        channel_dropout: probability that a multi-channel batch keeps only its first channel.
+        channel_dropout: probability that a multi-channel batch keeps a random subset of its channels.
+        modality_dropout: probability that a batch's channel modalities read as unknown.
     """
 
     tasks: tuple[str, ...]
     batch_size: int = 1
     every: int = 1
     channel_dropout: float = 0.0
+    modality_dropout: float = 0.1
 
 
 @dataclass(frozen=True)

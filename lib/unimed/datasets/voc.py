@@ -137,6 +137,7 @@ def read_voc(folder: str | Path, split: str = "train") -> list[Sample]:
                 name=image_id,
                 boxes=boxes,
                 box_labels=names,
+                modalities=("red", "green", "blue") if image.shape[0] == 3 else ("grey",) * int(image.shape[0]),
             )
         )
     found = {name for s in out for name in s.box_labels}

@@ -119,7 +119,8 @@ class DecomposedDecoder(nn.Module):
 
         Returns:
             ``mask_embed`` ``(B, P + Q, mask_dim)``; ``class_logits`` ``(B, Q, num_classes + 1)``;
-            ``box_logits`` ``(B, Q, 6, num_bins)``; ``presence_logits`` ``(B, P)``.
+            ``box_logits`` ``(B, Q, 6, num_bins)``; ``presence_logits`` ``(B, P)``;
+            ``prompt_state`` ``(B, P, dim)`` the prompt tokens' final states.
         """
         b, p = prompt_ids.shape
         queries = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)
@@ -142,4 +143,5 @@ class DecomposedDecoder(nn.Module):
             "box_logits": self.box_head(q).reshape(b, self.num_queries, 6, self.num_bins)
             + (0 if query_boxes is None else box_prior_logits(query_boxes, self.num_bins)),
             "presence_logits": self.presence_head(x[:, :p]).squeeze(-1),
+            "prompt_state": x[:, :p],
         }

@@ -17,10 +17,12 @@ import torch
 from torch import nn
 
 from unimed.labels import Label, LabelRegistry
+from unimed.modalities import MODALITIES, UNKNOWN, parse_modality
 from unimed.networks.backbone import Backbone
 from unimed.networks.decoder import DecomposedDecoder
 from unimed.networks.layers import SIZE_DIVISOR, position_encoding
 from unimed.networks.pixel_decoder import PixelDecoder
+from unimed.networks.presence import PresenceEvidence
 from unimed.networks.proposals import ProposalHead, select_proposals
 from unimed.task_names import Task
 from unimed.vocabulary import TokenVocabulary
@@ -47,6 +49,10 @@ class UniMedConfig:
         num_queries: learned queries (the most objects one image can yield).
         num_bins: coordinate bins per box coordinate.
         labels: names of the shared label space, in class-index order.
+        modalities: the modality vocabulary the stem embeds (:mod:`unimed.modalities`; index 0
+            unknown); empty for a stem blind to which channel is which (version 1).
+        presence_evidence: presence logits also read attention-pooled pixel embeddings and the
+            pooled backbone embedding (:class:`PresenceEvidence`), not only the token's state.
     """
 
     channels: tuple[int, ...] = (16, 32, 64, 128)
@@ -57,8 +63,10 @@ class UniMedConfig:
     heads: int = 4
     layers: int = 3
     num_queries: int = 48
-    num_bins: int = 64
+    num_bins: int = 128
     labels: tuple[str, ...] = field(default_factory=lambda: tuple(LabelRegistry().names))
+    modalities: tuple[str, ...] = MODALITIES
+    presence_evidence: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,7 +74,10 @@ class UniMedConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "UniMedConfig":
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        for k in ("channels", "blocks", "labels"):
+        # a version-1 checkpoint's config predates these fields: it had neither
+        known.setdefault("modalities", ())
+        known.setdefault("presence_evidence", False)
+        for k in ("channels", "blocks", "labels", "modalities"):
             if k in known:
                 known[k] = tuple(known[k])
         return cls(**known)
@@ -102,6 +113,9 @@ class UniMed(nn.Module):
         - ``prompt_ids``: ``(B, P)`` token ids, each row ``[task token, label tokens..., pad]``
           (see :meth:`prompt`).
         - ``prompt_pad``: ``(B, P)`` bool, True at padding; None means no padding.
+        - ``modalities``: ``(B, C)`` long, each channel's modality index (:meth:`modality_ids`);
+          None means unknown. Swapping two channels together with their modalities keeps the
+          answer; swapping the channels alone changes it.
 
         Returns a dict of tensors:
         - ``mask_logits`` ``(B, P, X/2, Y/2, Z/2)``: pixel outputs of the prompt tokens; the
@@ -137,7 +151,10 @@ class UniMed(nn.Module):
         self.vocab = TokenVocabulary(
             self.registry, num_bins=config.num_bins, num_mask_refs=1 + len(self.registry) + config.num_queries
         )
-        self.backbone = Backbone(channels=config.channels, blocks=config.blocks, stem_channels=config.stem_channels)
+        if config.modalities and config.modalities[0] != UNKNOWN:
+            raise ValueError(f"the first modality must be {UNKNOWN!r}, got {config.modalities[0]!r}")
+        self.backbone = Backbone(channels=config.channels, blocks=config.blocks, stem_channels=config.stem_channels,
+                                 num_modalities=len(config.modalities))
         self.pixel_decoder = PixelDecoder(in_channels=config.channels, dim=config.dim, mask_dim=config.mask_dim)
         self.decoder = DecomposedDecoder(
             vocab_size=self.vocab.size,
@@ -151,6 +168,8 @@ class UniMed(nn.Module):
         )
         self.proposal_head = ProposalHead(dim=config.dim, num_classes=len(self.registry))
         self.proposal_proj = nn.Linear(config.dim, config.dim)
+        self.presence = (PresenceEvidence(dim=config.dim, mask_dim=config.mask_dim, embed_dim=config.channels[-1])
+                         if config.presence_evidence else None)
         self.register_buffer("bin_centres", (torch.arange(config.num_bins) + 0.5) / config.num_bins, persistent=False)
 
     # -- prompts -----------------------------------------------------------------------------
@@ -185,11 +204,39 @@ class UniMed(nn.Module):
         out.scatter_(1, idx.clamp(0, k - 1), valid)
         return out
 
+    def modality_ids(self, modalities: Sequence[str | None] | None, channels: int) -> torch.Tensor:
+        """``(C,)`` embedding indices of a channel list's modalities (None or a None entry: unknown).
+
+        A modality this checkpoint does not know counts as unknown.
+
+        Raises:
+            UnknownModalityError: a name that is no modality at all.
+            ValueError: the count differs from ``channels``.
+
+        Example:
+            >>> unimed_tiny().modality_ids(["flair", "T1ce"], 2).tolist()
+            [1, 3]
+        """
+        if modalities is None:
+            return torch.zeros(channels, dtype=torch.long)
+        if len(modalities) != channels:
+            raise ValueError(f"{len(modalities)} modalities given for an image of {channels} channels")
+        known = self.config.modalities
+        ids = []
+        for name in modalities:
+            canonical = UNKNOWN if name is None else parse_modality(name)
+            ids.append(known.index(canonical) if canonical in known else 0)
+        return torch.tensor(ids, dtype=torch.long)
+
     # -- the two halves ---------------------------------------------------------------------------
-    def encode(self, image: torch.Tensor) -> Features:
-        """Backbone and pixel decoder: the task-independent, expensive half."""
+    def encode(self, image: torch.Tensor, modalities: torch.Tensor | None = None) -> Features:
+        """Backbone and pixel decoder: the task-independent, expensive half.
+
+        ``modalities`` ``(B, C)``: each channel's modality index (:meth:`modality_ids`); None
+        means unknown.
+        """
         _check_image(image)
-        feats = self.backbone(image)
+        feats = self.backbone(image, modalities)
         pixel, memory, dense = self.pixel_decoder(feats)
         return Features(pixel=pixel, memory=memory, dense=dense, embedding=feats[-1].mean(dim=(2, 3, 4)))
 
@@ -214,14 +261,22 @@ class UniMed(nn.Module):
         p = prompt_ids.shape[1]
         masks = torch.einsum("bqd,bdxyz->bqxyz", out.pop("mask_embed"), features.pixel)
         out["mask_logits"], out["query_mask_logits"] = masks[:, :p], masks[:, p:]
+        state = out.pop("prompt_state")
+        if self.presence is not None:
+            out["presence_logits"] = out["presence_logits"] + self.presence(
+                state, out["mask_logits"], features.pixel, features.embedding)
         out["boxes"] = (out["box_logits"].softmax(-1) * self.bin_centres).sum(-1)
         out["embedding"] = features.embedding
         return out
 
     def forward(
-        self, image: torch.Tensor, prompt_ids: torch.Tensor, prompt_pad: torch.Tensor | None = None
+        self,
+        image: torch.Tensor,
+        prompt_ids: torch.Tensor,
+        prompt_pad: torch.Tensor | None = None,
+        modalities: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        return self.decode(self.encode(image), prompt_ids, prompt_pad)
+        return self.decode(self.encode(image, modalities), prompt_ids, prompt_pad)
 
 
 def _check_image(image: torch.Tensor) -> None:

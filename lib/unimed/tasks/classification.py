@@ -1,8 +1,9 @@
 """Classification: ``<cls> <label:L>* <eos>``, answered with scored labels and no file.
 
 Outputs -> tokens: the requested label tokens ranked by their presence score. Uncertainty:
-mean binary entropy of the presence probabilities. Loss: binary cross-entropy of each prompt
-label token's presence logit.
+mean binary entropy of the presence probabilities. Loss: class-balanced binary cross-entropy of
+each prompt label token's presence logit (positives and negatives of a label weigh alike in its
+source, whatever its prevalence).
 """
 
 from __future__ import annotations
@@ -64,10 +65,29 @@ def presence_entropy(presence_logits: torch.Tensor) -> float:
     return float(h.mean())
 
 
+#: the most one example's balancing weight may grow (a label positive in 1 of 100 images)
+MAX_BALANCE_WEIGHT = 5.0
+
+
+def balance_weights(targets: torch.Tensor, prevalence: torch.Tensor) -> torch.Tensor:
+    """Per-example weights ``0.5 / p`` for positives and ``0.5 / (1 - p)`` for negatives of a
+    label with positive share ``p``: each class carries half of the loss on average.
+
+    Example:
+        >>> balance_weights(torch.tensor([1, 0]), torch.tensor([0.2, 0.2])).tolist()
+        [2.5, 0.625]
+    """
+    p = prevalence.float().clamp(1e-3, 1 - 1e-3)
+    w = torch.where(targets.bool(), 0.5 / p, 0.5 / (1 - p))
+    return w.clamp(max=MAX_BALANCE_WEIGHT)
+
+
 def classification_loss(presence_logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
-                        w: LossWeights) -> dict[str, torch.Tensor]:
-    """BCE of ``(B, P)`` presence logits against 0/1 ``targets`` where ``valid`` (label tokens)."""
-    loss = F.binary_cross_entropy_with_logits(presence_logits[valid], targets[valid].float())
+                        w: LossWeights, prevalence: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """BCE of ``(B, P)`` presence logits against 0/1 ``targets`` where ``valid`` (label tokens),
+    class-balanced by :func:`balance_weights` where ``prevalence`` ``(B, P)`` is given."""
+    weight = None if prevalence is None else balance_weights(targets[valid], prevalence[valid])
+    loss = F.binary_cross_entropy_with_logits(presence_logits[valid], targets[valid].float(), weight=weight)
     return {"cls": w.cls * loss}
 
 
@@ -115,10 +135,14 @@ class ClassificationSpec(TaskSpec):
         out = model.decode(feats, ids, pad)
         targets = torch.zeros(ids.shape, dtype=torch.long)
         valid = torch.zeros(ids.shape, dtype=torch.bool)
+        prevalence = torch.full(ids.shape, 0.5)
         for i, (it, n) in enumerate(zip(items, names)):
+            shares = getattr(it, "class_prevalence", None) or {}
             for j, name in enumerate(n, start=1):
                 targets[i, j], valid[i, j] = int(it.class_labels[name]), True
-        return classification_loss(out["presence_logits"], targets.to(device), valid.to(device), weights)
+                prevalence[i, j] = shares.get(name, 0.5)
+        return classification_loss(out["presence_logits"], targets.to(device), valid.to(device), weights,
+                                   prevalence.to(device))
 
     def result_fields(self, pred: TaskPrediction, registry: LabelRegistry) -> dict[str, Any]:
         ann = pred.annotation

@@ -130,6 +130,7 @@ class TrainingItem(Protocol):
     box_labels: list[str]
     det_labels: tuple[str, ...]
     class_labels: dict[str, int] | None
+    class_prevalence: dict[str, float] | None  # positive share of each class label in its source, or None
 
 
 class TaskSpec(ABC):

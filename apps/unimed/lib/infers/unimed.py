@@ -28,6 +28,7 @@ from unimed.large_images import DEFAULT_MAX_VOXELS, check_voxel_limit
 from unimed.predictor import Prediction
 from unimed.service import ModelService
 from unimed.tasks import TASKS, Task
+from unimed.modalities import modalities_from_name, parse_modalities, tag_modalities
 from unimed.transforms import load_image
 from unimed.writers import OutputError, check_label_extension, write_dicom_seg, write_label_map
 
@@ -52,6 +53,7 @@ class ResolvedRequest:
 
     task: Task
     labels: list[Label]
+    modalities: tuple[str, ...] | None = None  # None: from the file name, else unknown
 
 
 class _LoadImage:
@@ -142,7 +144,11 @@ class UniMedInferTask(BasicInferTask):
             except OutputError as exc:
                 raise InferRequestError(str(exc)) from exc
         labels = self.service.model.registry.resolve(parse_labels(request.get("labels")), task)
-        request[RESOLVED_KEY] = resolved = ResolvedRequest(task, labels)
+        try:
+            modalities = parse_modalities(request.get("modalities"))
+        except ValueError as exc:  # UnknownModalityError names the known ones
+            raise InferRequestError(f"'modalities': {exc}") from exc
+        request[RESOLVED_KEY] = resolved = ResolvedRequest(task, labels, modalities)
         return resolved
 
     # -- the BasicInferTask pipeline -------------------------------------------------------------
@@ -159,7 +165,13 @@ class UniMedInferTask(BasicInferTask):
         resolved = data.get(RESOLVED_KEY) or self.validate(data)
         path = data["image_path"]
         key = (path, os.stat(path).st_mtime_ns) if isinstance(path, str) and os.path.exists(path) else None
-        data["prediction"] = self.service.predictor().predict(data["image"], resolved.task, resolved.labels, key=key)
+        image = data["image"]
+        channels = int(image.shape[0])
+        if resolved.modalities is not None and len(resolved.modalities) != channels:
+            raise InferRequestError(f"'modalities' names {len(resolved.modalities)} channels; the image has {channels}")
+        modalities = resolved.modalities or (modalities_from_name(path, channels) if isinstance(path, str) else None)
+        image = tag_modalities(image, modalities)
+        data["prediction"] = self.service.predictor().predict(image, resolved.task, resolved.labels, key=key)
         data["image"] = None  # the pixels are not needed past here: free them before the answer is written
         return data
 
