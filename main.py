@@ -659,7 +659,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="measure a checkpoint on a dataset folder", description=cmd_evaluate.__doc__)
     p.add_argument("--dataset", required=True, choices=list(DATASETS))
     p.add_argument("--data", required=True, help="the dataset's folder or file")
-    p.add_argument("--split", default=None, help="split name (default: the dataset's own default)")
+    p.add_argument("--split", default=None, help="split name (default: val where the folder has its own split "
+                   "files and val among them, their one split if it has only one, else every case)")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--json", default=None, help="write the result here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -241,7 +241,8 @@ def _metric_text(metrics: dict[str, Any]) -> str:
 
 
 def format_folds(result: dict[str, Any]) -> str:
-    """A text table of :func:`cross_validate`'s result: a row per fold, then mean and sd.
+    """A text table of :func:`cross_validate`'s result: a row per fold (its held-out cases, or
+    their number above 3), then mean and sd.
 
     Example:
         >>> folds = [FoldResult(0, ["a"], ["b"], 3, 0.1, {"dice": 0.5}), FoldResult(1, ["b"], ["a"], 3, 0.1, {"dice": 0.7})]
@@ -258,7 +259,9 @@ def format_folds(result: dict[str, Any]) -> str:
     rows = [["fold", "held out"] + names]
     for fold in result["folds"]:
         flat = _flatten(fold["metrics"])
-        rows.append([str(fold["fold"] + 1), ",".join(fold["held_out"])] + [_cell(flat.get(n)) for n in names])
+        held = fold["held_out"]
+        label = ",".join(held) if len(held) <= 3 else f"{len(held)} cases"
+        rows.append([str(fold["fold"] + 1), label] + [_cell(flat.get(n)) for n in names])
     for stat in ("mean", "sd"):
         rows.append([stat, ""] + [_cell(result["summary"][n][stat]) for n in names])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
