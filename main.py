@@ -270,6 +270,40 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lopo(args: argparse.Namespace) -> int:
+    """Leave-one-patient-out (or K-fold) cross-validation: a fresh model per fold, trained with
+    pretraining's recipe restricted to the dataset on the other cases, scored on the held-out one
+    as `evaluate` scores; prints each fold and the mean and sd of every metric."""
+    from trainers.cross_validation import cross_validate, format_folds
+    from trainers.joint import check_device
+    from unimed.datasets import DatasetError
+
+    if not Path(args.data).exists():
+        raise CommandError(f"--data {args.data}: no such file or folder")
+    init = None
+    if args.init is not None:
+        from unimed.checkpoint import load_checkpoint
+
+        load_checkpoint(args.init)  # a bad file fails now, not after the first fold
+
+        def init():
+            return load_checkpoint(args.init)[0]
+    try:
+        check_device(args.device)
+        result = cross_validate(args.dataset, args.data, minutes=args.minutes, steps=args.steps, folds=args.folds,
+                                init=init, seed=args.seed, device=args.device, progress=not args.no_progress)
+    except DatasetError:
+        raise
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    result["init"] = args.init
+    print(format_folds(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=float))
+        print(f"written to {args.json}")
+    return 0
+
+
 def cmd_versions(args: argparse.Namespace) -> int:
     """List the numbered model versions, or publish an earlier one again (--rollback N)."""
     from unimed.model_store import ModelStore
@@ -636,11 +670,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="measure a checkpoint on a dataset folder", description=cmd_evaluate.__doc__)
     p.add_argument("--dataset", required=True, choices=list(DATASETS))
     p.add_argument("--data", required=True, help="the dataset's folder or file")
-    p.add_argument("--split", default=None, help="split name (default: the dataset's own default)")
+    p.add_argument("--split", default=None, help="split name (default: val where the folder has its own split "
+                   "files and val among them, their one split if it has only one, else every case)")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--json", default=None, help="write the result here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("lopo", help="leave-one-patient-out (or K-fold) cross-validation on a dataset folder",
+                       description=cmd_lopo.__doc__)
+    p.add_argument("--dataset", required=True, choices=list(shared_datasets()))
+    p.add_argument("--data", required=True, help="the dataset's folder or file: every annotated case is held out once")
+    p.add_argument("--minutes", type=float, default=10.0, help="training budget per fold (default %(default)s)")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps per fold (default: the recipe's)")
+    p.add_argument("--folds", type=int, default=None,
+                   help="K-fold instead of leave-one-out (needed above 20 cases)")
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="start each fold from this checkpoint's weights (honest only if it never saw these cases)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--json", default=None, help="write per-fold metrics and the summary here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_lopo)
 
     p = sub.add_parser("versions", help="list model versions or roll back", description=cmd_versions.__doc__)
     p.add_argument("--model-dir", default=str(DEFAULT_CHECKPOINT.parent))

@@ -79,7 +79,7 @@ def test_info_describes_the_network(repo):
     assert info["parameters"] > 0 and len(info["labels"]) == len(info["config"]["labels"])
 
 
-@pytest.mark.parametrize("command", ["pretrain", "evaluate", "versions", "al-sim"])
+@pytest.mark.parametrize("command", ["pretrain", "evaluate", "lopo", "versions", "al-sim"])
 def test_training_commands_have_help(repo, command):
     out = run(repo, command, "--help")
     assert out.returncode == 0 and "usage: main.py " + command in out.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import h5py
@@ -102,7 +103,8 @@ class Oracle:
     """Answers each request from the ground truth of the sample whose image it is given."""
 
     def __init__(self, kind: str, path: Path, split: str | None = None):
-        self.samples = {_key(s.image): s for s in read_dataset(kind, path, split)}
+        # the reader itself: split None is every case the folder holds
+        self.samples = {_key(s.image): s for s in dataset_spec(kind).reader(path, split)}
         self.calls: list[tuple[str, list[str]]] = []
 
     def answer(self, s: Sample, task: Task, labels: list[str]):
@@ -297,3 +299,111 @@ def test_real_predictor_smoke(folders, predictor, kind):
         values = value.values() if isinstance(value, dict) else [value]
         assert all(v is None or 0.0 <= v <= 1.0 for v in values), (name, value)
     assert all(name in format_table(result) for name in EXPECTED_NAMES[kind])
+
+
+
+# -- any folder: no split files means every case; a missing split is a one-line error ------------------
+def _only_split_npz(path: Path, split: str = "test", n: int = 3) -> Path:
+    """A MedMNIST file holding one split only, as a folder of held-out official test files may."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = np.arange(n * 4**3, dtype=np.uint8).reshape(n, 4, 4, 4)
+    np.savez(path, **{f"{split}_images": images, f"{split}_labels": (np.arange(n) % 2)[:, None].astype(np.uint8)})
+    return path
+
+
+def _one_line_error(call, match: str) -> str:
+    with pytest.raises(DatasetError, match=match) as err:
+        call()
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_a_voc_folder_without_split_lists_is_evaluated_whole(tmp_path):
+    root = voc_folder(tmp_path / "voc")
+    shutil.copy(root / "JPEGImages/x.jpg", root / "JPEGImages/y.jpg")
+    shutil.copy(root / "Annotations/x.xml", root / "Annotations/y.xml")
+    shutil.rmtree(root / "ImageSets")
+    oracle = Oracle("voc", root)
+    result = evaluate("voc", root, oracle)
+    assert result["split"] is None and result["n"] == 2 and len(oracle.calls) == 2
+    assert result["metrics"]["map50"] == pytest.approx(1.0)
+    _one_line_error(lambda: evaluate("voc", root, oracle, split="val"),
+                    r"voc: no split 'val'.*\(splits: none: leave the split out to read every image\)")
+
+
+def test_a_voc_folder_with_lists_but_no_val_names_them(tmp_path):
+    root = voc_folder(tmp_path / "voc")
+    (root / "ImageSets/Main/val.txt").rename(root / "ImageSets/Main/test.txt")
+    assert evaluate("voc", root, Oracle("voc", root, "test"))["split"] == "test"  # its only list
+    (root / "ImageSets/Main/trainval.txt").write_text("x\n")
+    _one_line_error(lambda: evaluate("voc", root, Oracle("voc", root, "test")), r"no split 'val'.*splits: test, trainval")
+
+
+def test_medmnist_official_test_split_and_a_test_only_folder(tmp_path):
+    full = medmnist_file(tmp_path / "full")  # train and val, as ../shared/data holds
+    with np.load(full / "adrenalmnist3d.npz") as data:
+        arrays = dict(data)
+    _only_split_npz(tmp_path / "test.npz", n=4)
+    with np.load(tmp_path / "test.npz") as data:
+        arrays.update(data)
+    np.savez(full / "adrenalmnist3d.npz", **arrays)  # the official layout: train, val and test keys
+    oracle = Oracle("medmnist", full)
+    assert evaluate("medmnist", full, oracle)["split"] == "val"  # the default is still val
+    result = evaluate("medmnist", full, oracle, split="test")
+    assert result["split"] == "test" and result["n"] == 4 and result["metrics"]["auc"] == pytest.approx(1.0)
+
+    only_test = _only_split_npz(tmp_path / "only" / "adrenalmnist3d_64.npz", n=5).parent  # a _64 file alone
+    for split in (None, "test"):
+        result = evaluate("medmnist", only_test, Oracle("medmnist", only_test), split=split)
+        assert (result["split"], result["n"]) == ("test", 5)
+    _one_line_error(lambda: evaluate("medmnist", only_test, oracle, split="val"),
+                    r"adrenalmnist3d_64\.npz: no val_images or val_labels for split 'val'.*\(splits: test\)")
+
+    npy = tmp_path / "npy"  # the same keys as .npy files
+    npy.mkdir()
+    np.save(npy / "test_images.npy", arrays["test_images"])
+    np.save(npy / "test_labels.npy", arrays["test_labels"])
+    result = evaluate("medmnist", npy, Oracle("medmnist", npy))
+    assert (result["split"], result["n"]) == ("test", 4)
+    _one_line_error(lambda: evaluate("medmnist", npy, oracle, split="train"), r"npy: no train_images.*\(splits: test\)")
+    _one_line_error(lambda: evaluate("medmnist", tmp_path / "nothing", oracle), r"nothing: no such MedMNIST")
+
+
+def test_brats_and_msd_folders_without_split_files(folders):
+    for kind in ("brats", "msd_patches"):
+        result = evaluate(kind, folders[kind], Oracle(kind, folders[kind]))
+        assert result["split"] is None and result["n"] == EXPECTED_N[kind]
+        message = _one_line_error(lambda: evaluate(kind, folders[kind], Oracle(kind, folders[kind]), split="test"),
+                                  r"split must be None, 'train' or 'val', got 'test'.*leave the split out")
+        assert message.startswith(str(folders[kind]))
+
+
+def test_new_brats_patients_are_all_evaluated(tmp_path, shared_data):
+    """Two real patients renamed as new ones (pat0005, pat0006), laid out as ../shared/data/brats2013."""
+    for source, name in (("brats_2013_pat0001_1", "brats_2013_pat0005_1"), ("brats_2013_pat0002_1", "brats_2013_pat0006_1")):
+        (tmp_path / name).mkdir()
+        for f in ("Flair_subtrMeanDivStd.nii.gz", "T1c_subtrMeanDivStd.nii.gz", "OTMultiClass.nii.gz"):
+            (tmp_path / name / f).symlink_to(shared_data / "brats2013" / source / f)
+    oracle = Oracle("brats", tmp_path)
+    result = evaluate("brats", tmp_path, oracle)
+    assert result["split"] is None and result["n"] == 2 and len(oracle.calls) == 2
+    assert result["metrics"]["dice_wt"] == pytest.approx(1.0)
+
+
+def test_cli_evaluate_errors_are_one_line(tmp_path, capsys):
+    import main
+    from unimed.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(unimed_tiny(), tmp_path / "tiny.pt", {"version": 1})
+    voc = voc_folder(tmp_path / "voc")
+    shutil.rmtree(voc / "ImageSets")
+    npz = _only_split_npz(tmp_path / "m" / "adrenalmnist3d.npz")
+    cases = [(["--dataset", "voc", "--data", str(voc), "--split", "test"], "splits: none"),
+             (["--dataset", "medmnist", "--data", str(npz), "--split", "val"], "(splits: test)"),
+             (["--dataset", "brats", "--data", str(tmp_path / "missing")], "not a folder of BraTS cases")]
+    for args, message in cases:
+        assert main.main(["evaluate", *args, "--checkpoint", str(ckpt), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
+    assert main.main(["evaluate", "--dataset", "voc", "--data", str(voc), "--checkpoint", str(ckpt), "--no-progress"]) == 0
+    assert "voc (split None, n=1)" in capsys.readouterr().out

@@ -20,14 +20,14 @@ import torch
 from trainers.config import MixEntry, TrainConfig
 from trainers.data import Source, to_grid_item
 from trainers.joint import JointTrainer, check_device, init_distributed, is_main_process, replicas_agree, seed_everything
-from unimed.datasets import shared_datasets
+from unimed.datasets import TrainingShare, shared_datasets
 from unimed.datasets.sample import Sample
 from unimed.modalities import modalities_from_name
 from unimed.model_store import ModelStore
 from unimed.networks.unimednet import UniMed, unimed_small
 from unimed.transforms import image_affine, load_image
 
-__all__ = ["DATASETS", "default_config", "build_sources", "pretrain"]
+__all__ = ["DATASETS", "default_config", "mix_entry", "make_source", "images_only", "build_sources", "pretrain"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +39,40 @@ DATASETS = shared_datasets()
 UNLABELLED = ("totalseg_examples/example_ct_sm.nii.gz", "totalseg_examples/example_mr_sm.nii.gz")
 
 
+def mix_entry(share: TrainingShare) -> MixEntry:
+    """A dataset's :class:`~unimed.datasets.TrainingShare` as the trainer's :class:`MixEntry`.
+
+    Example:
+        >>> mix_entry(DATASETS["voc"].training)
+        MixEntry(tasks=('detection',), batch_size=6, every=1, channel_dropout=0.0, modality_dropout=0.1)
+    """
+    return MixEntry(share.tasks, share.batch_size, share.every, share.channel_dropout, share.modality_dropout)
+
+
 def default_config(minutes: float = 80.0) -> TrainConfig:
     """The shipped checkpoint's recipe: every shared dataset's default training share, then the
     unlabelled volumes' self-supervised share."""
-    mix = {kind: MixEntry(spec.training.tasks, spec.training.batch_size, spec.training.every,
-                          spec.training.channel_dropout, spec.training.modality_dropout)
-           for kind, spec in DATASETS.items()}
+    mix = {kind: mix_entry(spec.training) for kind, spec in DATASETS.items()}
     mix["unlabelled"] = MixEntry((), batch_size=1, every=4, channel_dropout=0.5, modality_dropout=0.25)
     return TrainConfig(steps=2400, max_minutes=minutes, lr=1e-3, mix=mix)
+
+
+def make_source(name: str, samples: list[Sample], mix: MixEntry) -> Source:
+    """A training source of ``samples`` on the model grid, with ``mix``'s tasks and share
+    (no tasks: images for the self-supervised loss).
+
+    Raises:
+        ValueError: no samples.
+    """
+    items = [to_grid_item(s) for s in samples]
+    logger.info("source %s: %d samples, tasks %s", name, len(items), ", ".join(mix.tasks) or "(self-supervised)")
+    return Source(name, items, mix.tasks, mix.batch_size, mix.every, mix.channel_dropout, mix.modality_dropout)
+
+
+def images_only(samples: list[Sample]) -> list[Sample]:
+    """The samples' images without their annotations, as the self-supervised source takes them
+    (reconstruction needs no label)."""
+    return [Sample(s.image, s.affine, "unlabelled", s.name, modalities=s.modalities) for s in samples]
 
 
 def build_sources(data: Path, config: TrainConfig) -> tuple[list[Source], Source | None]:
@@ -58,12 +84,7 @@ def build_sources(data: Path, config: TrainConfig) -> tuple[list[Source], Source
         if not (data / spec.folder).exists():
             logger.warning("no %s data at %s: training without it", name, data / spec.folder)
             continue
-        samples = spec.read(data / spec.folder, spec.train_split)
-        mix = config.mix[name]
-        items = [to_grid_item(s) for s in samples]
-        sources.append(Source(name, items, mix.tasks, mix.batch_size, mix.every, mix.channel_dropout,
-                              mix.modality_dropout))
-        logger.info("source %s: %d samples, tasks %s", name, len(items), ", ".join(mix.tasks))
+        sources.append(make_source(name, spec.read(data / spec.folder, spec.train_split), config.mix[name]))
     unlabelled = None
     if "unlabelled" in config.mix:
         samples = []
@@ -75,12 +96,9 @@ def build_sources(data: Path, config: TrainConfig) -> tuple[list[Source], Source
         # the labelled volumes' images count as unlabelled too: reconstruction needs no label
         brats = DATASETS["brats"]
         if (data / brats.folder).exists():
-            samples += [Sample(s.image, s.affine, "unlabelled", s.name, modalities=s.modalities)
-                        for s in brats.read(data / brats.folder, brats.train_split)]
+            samples += images_only(brats.read(data / brats.folder, brats.train_split))
         if samples:
-            mix = config.mix["unlabelled"]
-            unlabelled = Source("unlabelled", [to_grid_item(s) for s in samples], (), mix.batch_size, mix.every,
-                                mix.channel_dropout, mix.modality_dropout)
+            unlabelled = make_source("unlabelled", samples, config.mix["unlabelled"])
     return sources, unlabelled
 
 

@@ -52,8 +52,11 @@ def evaluate(
         data: the dataset folder or file, as the reader takes it.
         predictor: a :class:`~unimed.predictor.Predictor` (or anything whose ``predict`` answers
             like one).
-        split: the split to read; ``None`` means the spec's ``eval_split``: ``val`` for MedMNIST
-            and VOC, every case otherwise (see the readers for the fixed BraTS and MSD splits).
+        split: the split to read; ``None`` means the spec's
+            :meth:`~unimed.datasets.DatasetSpec.evaluation_split`: ``val`` for MedMNIST and VOC
+            folders that hold it, the one split of a folder that holds only one (e.g. the
+            official ``test``), and every case of a folder with no split files (and always for
+            BraTS, the MSD patches and a datastore; see the readers for their fixed splits).
         progress: show a progress bar.
 
     Returns:
@@ -72,8 +75,8 @@ def evaluate(
     """
     spec = dataset_spec(kind)
     if split is None:
-        split = spec.eval_split
-    samples = [s for s in spec.read(data, split) if spec.annotated(s)]
+        split = spec.evaluation_split(data)
+    samples = [s for s in spec.reader(data, split) if spec.annotated(s)]
     if not samples:
         raise DatasetError(f"{data}: no annotated {kind} samples to evaluate (split {split!r})")
     return {"dataset": kind, "split": split, "n": len(samples), "metrics": _score(spec, samples, predictor, progress)}

@@ -132,7 +132,8 @@ def read_brats(folder: str | Path, split: str | None = None) -> list[Sample]:
         (torch.Size([2, 240, 240, 155]), 'necrosis')
     """
     if split not in (None, "train", "val"):
-        raise DatasetError(f"BraTS split must be None, 'train' or 'val', got {split!r}")
+        raise DatasetError(f"{folder}: BraTS split must be None, 'train' or 'val', got {split!r} "
+                           "(it has no split files: leave the split out to read every case)")
     cases = _case_folders(Path(folder))
     if split == "val":
         cases = cases[-1:]

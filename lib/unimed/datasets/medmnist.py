@@ -17,19 +17,23 @@ from unimed.datasets.sample import Sample
 from unimed.datasets.spec import DatasetSpec, Predicts, TrainingShare
 from unimed.metrics import accuracy, roc_auc
 
-__all__ = ["read_medmnist", "evaluate_medmnist", "SPEC", "MEDMNIST_LABELS"]
+__all__ = ["read_medmnist", "medmnist_splits", "evaluate_medmnist", "SPEC", "MEDMNIST_LABELS"]
 
 #: image label 1 and 0 of AdrenalMNIST3D, as registry names
 MEDMNIST_LABELS: tuple[str, str] = ("adrenal_hyperplasia", "adrenal_normal")
 _SIZED = re.compile(r"_(\d+)\.npz$", re.IGNORECASE)
+_ORDER = ("train", "val", "test")
 
 
 def _find_npz(folder: Path, size: int | None) -> Path:
     """The ``.npz`` of ``folder`` for ``size``: ``<name>_<size>.npz``, or the unsuffixed file
-    (MedMNIST's 28^3) for ``size`` None or 28; ``adrenalmnist3d`` is preferred among several."""
+    (MedMNIST's 28^3) for ``size`` None or 28, or for ``size`` None the folder's only ``.npz``;
+    ``adrenalmnist3d`` is preferred among several."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".npz")
     if size in (None, 28):
         hits = [p for p in files if not _SIZED.search(p.name)] or [p for p in files if p.name.endswith("_28.npz")]
+        if size is None and not hits and len(files) == 1:
+            hits = files
     else:
         hits = [p for p in files if p.name.lower().endswith(f"_{size}.npz")]
     if len(hits) > 1:
@@ -41,19 +45,74 @@ def _find_npz(folder: Path, size: int | None) -> Path:
     return hits[0]
 
 
-def read_medmnist(path: str | Path, split: str = "train", size: int | None = None) -> list[Sample]:
+def _source(path: Path, size: int | None) -> Path:
+    """The ``.npz`` that holds the arrays, or a folder of ``{split}_images.npy`` /
+    ``{split}_labels.npy`` files (the same keys, one file each)."""
+    if path.is_dir():
+        if any(p.is_file() and p.suffix.lower() == ".npz" for p in path.iterdir()):
+            return _find_npz(path, size)
+        if any(p.is_file() and p.name.endswith("_images.npy") for p in path.iterdir()):
+            return path
+        raise DatasetError(f"{path}: no MedMNIST .npz file and no {{split}}_images.npy / {{split}}_labels.npy files")
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such MedMNIST .npz file or folder")
+    return path
+
+
+def _keys(source: Path) -> list[str]:
+    if source.is_dir():
+        return sorted(p.name[: -len(".npy")] for p in source.iterdir() if p.is_file() and p.name.endswith(".npy"))
+    try:
+        with np.load(source, allow_pickle=False) as data:
+            return sorted(data.files)
+    except Exception as exc:  # numpy raises several types for a non-npz file
+        raise DatasetError(f"{source}: cannot read as .npz: {exc}") from exc
+
+
+def _array(source: Path, key: str) -> np.ndarray:
+    if source.is_dir():
+        try:
+            return np.load(source / f"{key}.npy", allow_pickle=False)
+        except Exception as exc:  # numpy raises several types for a non-npy file
+            raise DatasetError(f"{source / key}.npy: cannot read as .npy: {exc}") from exc
+    with np.load(source, allow_pickle=False) as data:
+        return data[key]
+
+
+def _splits_of(keys: list[str]) -> tuple[str, ...]:
+    """The splits with both arrays: MedMNIST's ``train``, ``val``, ``test`` first, others sorted."""
+    found = {k.removesuffix("_images") for k in keys if k.endswith("_images") and k.removesuffix("_images") + "_labels" in keys}
+    return tuple(sorted(found, key=lambda name: (_ORDER.index(name) if name in _ORDER else len(_ORDER), name)))
+
+
+def medmnist_splits(path: str | Path) -> tuple[str, ...]:
+    """The splits a MedMNIST ``.npz`` (or folder, see :func:`read_medmnist`) holds.
+
+    Raises:
+        DatasetError: no such file or folder, or no MedMNIST file in it.
+
+    Example:
+        >>> medmnist_splits("/data/adrenalmnist3d")  # doctest: +SKIP
+        ('train', 'val', 'test')
+    """
+    return _splits_of(_keys(_source(Path(path), None)))
+
+
+def read_medmnist(path: str | Path, split: str | None = "train", size: int | None = None) -> list[Sample]:
     """Read one split of a MedMNIST 3D ``.npz`` with binary labels (AdrenalMNIST3D).
 
     The file holds ``{split}_images`` ``(N, D, H, W)`` (or ``(N, D, H, W, C)``) uint8 and
-    ``{split}_labels`` ``(N, 1)`` of 0/1. Each volume becomes a ``(C, D, H, W)`` float32 image
-    with the uint8 range kept (normalisation happens later) and an identity affine, labelled
-    ``{"adrenal_hyperplasia": y, "adrenal_normal": 1 - y}``. The splits are the file's own
-    (``train``, ``val``, ``test``). Samples are named ``{split}_{index:04d}``.
+    ``{split}_labels`` ``(N, 1)`` of 0/1, as MedMNIST's official files do (``train``, ``val``,
+    ``test``); a folder of ``{split}_images.npy`` and ``{split}_labels.npy`` files is read
+    the same. Each volume becomes a ``(C, D, H, W)`` float32 image with the uint8 range kept
+    (normalisation happens later) and an identity affine, labelled
+    ``{"adrenal_hyperplasia": y, "adrenal_normal": 1 - y}``. The splits are the file's own;
+    ``None`` reads every split it holds. Samples are named ``{split}_{index:04d}``.
 
     Args:
         path: the ``.npz``, or a folder holding ``adrenalmnist3d.npz`` (size 28) and/or
-            ``adrenalmnist3d_64.npz`` (size 64).
-        split: the split's key prefix in the file.
+            ``adrenalmnist3d_64.npz`` (size 64), or one ``.npz``, or ``.npy`` files.
+        split: the split's key prefix in the file; None: every split.
         size: volume side; picks the file in a folder, and is checked against a file's volumes.
 
     Raises:
@@ -65,24 +124,22 @@ def read_medmnist(path: str | Path, split: str = "train", size: int | None = Non
         >>> train[0].image.shape, train[0].class_labels  # doctest: +SKIP
         (torch.Size([1, 28, 28, 28]), {'adrenal_hyperplasia': 0, 'adrenal_normal': 1})
     """
-    path = Path(path)
-    if path.is_dir():
-        path = _find_npz(path, size)
-    elif not path.is_file():
-        raise DatasetError(f"{path}: no such MedMNIST .npz file or folder")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except Exception as exc:  # numpy raises several types for a non-npz file
-        raise DatasetError(f"{path}: cannot read as .npz: {exc}") from exc
-    with data:
-        keys = sorted(data.files)
-        missing = [k for k in (f"{split}_images", f"{split}_labels") if k not in keys]
-        if missing:
-            splits = [k.removesuffix("_images") for k in keys
-                      if k.endswith("_images") and k.removesuffix("_images") + "_labels" in keys]
-            raise DatasetError(f"{path}: no {' or '.join(missing)} for split {split!r}; keys present: {', '.join(keys)}"
-                               f" (splits: {', '.join(splits) or 'none'})")
-        images, labels = data[f"{split}_images"], data[f"{split}_labels"]
+    source = _source(Path(path), size)
+    keys = _keys(source)
+    if split is None:
+        splits = _splits_of(keys)
+        if not splits:
+            raise DatasetError(f"{source}: no {{split}}_images with {{split}}_labels; keys present: {', '.join(keys)}")
+        return [s for name in splits for s in _read_split(source, name, size)]
+    missing = [k for k in (f"{split}_images", f"{split}_labels") if k not in keys]
+    if missing:
+        raise DatasetError(f"{source}: no {' or '.join(missing)} for split {split!r}; keys present: {', '.join(keys)}"
+                           f" (splits: {', '.join(_splits_of(keys)) or 'none'})")
+    return _read_split(source, split, size)
+
+
+def _read_split(path: Path, split: str, size: int | None) -> list[Sample]:
+    images, labels = _array(path, f"{split}_images"), _array(path, f"{split}_labels")
     if images.ndim == 5:
         images = np.moveaxis(images, -1, 1)
     elif images.ndim == 4:
@@ -144,4 +201,5 @@ SPEC = DatasetSpec(
     eval_split="val",
     folder="adrenalmnist3d",
     training=TrainingShare(("classification",), batch_size=16),
+    splits=medmnist_splits,
 )

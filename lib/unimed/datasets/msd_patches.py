@@ -73,7 +73,8 @@ def read_msd_patches(path: str | Path, split: str | None = None) -> list[Sample]
         ('patch_0004', torch.Size([1, 48, 48]))
     """
     if split not in (None, "train", "val"):
-        raise DatasetError(f"MSD patches split must be None, 'train' or 'val', got {split!r}")
+        raise DatasetError(f"{path}: MSD patches split must be None, 'train' or 'val', got {split!r} "
+                           "(it has no split files: leave the split out to read every case)")
     path = _find_h5(Path(path))
     images, labels = _read_arrays(path)
     if images.ndim == 3:

@@ -55,8 +55,12 @@ class DatasetSpec:
         annotated: whether a sample carries what ``evaluator`` scores.
         primary_metric: the key of the evaluator's metrics that ranks models (al-sim's curves,
             the accuracy benchmark's verdict).
-        default_split: the split ``reader`` gets for ``split=None`` (None: every case).
-        eval_split: the split :func:`~unimed.evaluation.evaluate` reads when none is given.
+        default_split: the split :meth:`read` gets for ``split=None`` (None: every case);
+            ``reader(path, None)`` itself always reads every case.
+        eval_split: the split :func:`~unimed.evaluation.evaluate` reads when none is given and
+            the folder holds it (see :meth:`evaluation_split`).
+        splits: ``splits(path)`` -> the split names a folder or file holds in its own split
+            files (VOC's lists, MedMNIST's keys); None for a kind whose splits are fixed rules.
         folder: its folder in a data folder laid out like ``../shared/data``; None for a kind
             outside that layout (pretraining, its validation, al-sim and the accuracy
             benchmark take the kinds that have one).
@@ -82,6 +86,7 @@ class DatasetSpec:
     train_split: str = "train"
     val_split: str = "val"
     training: TrainingShare | None = None
+    splits: Callable[[str | Path], tuple[str, ...]] | None = None
 
     def __post_init__(self) -> None:
         if (self.folder is None) != (self.training is None):
@@ -91,3 +96,25 @@ class DatasetSpec:
     def read(self, path: str | Path, split: str | None = None) -> list[Sample]:
         """The samples of ``split`` (None: :attr:`default_split`) of the folder or file ``path``."""
         return self.reader(path, self.default_split if split is None else split)
+
+    def evaluation_split(self, path: str | Path) -> str | None:
+        """The split :func:`~unimed.evaluation.evaluate` reads from ``path`` when none is given.
+
+        :attr:`eval_split` where the folder holds it (or where its splits are fixed rules); a
+        folder with no split files at all: None, every case; a folder holding one split only
+        (e.g. just the official ``test`` files): that split. A folder with several splits but
+        not :attr:`eval_split` gets :attr:`eval_split`, so the reader's error names them.
+
+        Example:
+            >>> spec = DatasetSpec("toy", reader=lambda path, split: [], evaluator=lambda s, p: {},
+            ...                    annotated=lambda s: True, primary_metric="acc", eval_split="val",
+            ...                    splits=lambda path: ("test",))
+            >>> spec.evaluation_split("/data/toy")
+            'test'
+        """
+        if self.eval_split is None or self.splits is None:
+            return self.eval_split
+        found = self.splits(path)
+        if self.eval_split in found or len(found) > 1:
+            return self.eval_split
+        return found[0] if found else None

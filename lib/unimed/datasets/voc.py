@@ -20,7 +20,7 @@ from unimed.labels import LabelRegistry, UnknownLabelError
 from unimed.metrics import mean_ap
 from unimed.transforms import IMAGE_SUFFIXES, ImageLoadError, load_image
 
-__all__ = ["read_voc", "evaluate_voc", "SPEC", "VOC_CLASS_NAMES", "BCCD_LABELS"]
+__all__ = ["read_voc", "voc_splits", "evaluate_voc", "SPEC", "VOC_CLASS_NAMES", "BCCD_LABELS"]
 
 #: VOC class names (lower case) that the registry's aliases do not cover
 VOC_CLASS_NAMES: dict[str, str] = {"rbc": "red_blood_cell", "wbc": "white_blood_cell", "platelets": "platelet"}
@@ -86,10 +86,33 @@ def _read_boxes(xml_path: Path, width: int, height: int, registry: LabelRegistry
     return np.array(boxes, dtype=np.float64).reshape(-1, 6), names
 
 
-def read_voc(folder: str | Path, split: str = "train") -> list[Sample]:
+def voc_splits(folder: str | Path) -> tuple[str, ...]:
+    """The split lists ``ImageSets/Main/*.txt`` of a VOC folder (none: an empty tuple).
+
+    Example:
+        >>> voc_splits("/data/bccd")  # doctest: +SKIP
+        ('train', 'trainval', 'val')
+    """
+    lists = Path(folder) / "ImageSets" / "Main"
+    return tuple(sorted(p.stem for p in lists.glob("*.txt") if p.is_file())) if lists.is_dir() else ()
+
+
+def _all_ids(folder: Path) -> list[str]:
+    images = folder / "JPEGImages"
+    if not images.is_dir():
+        raise DatasetError(f"{folder}: no JPEGImages folder (a Pascal VOC folder holds JPEGImages/ and Annotations/)")
+    ids = sorted({p.name.rsplit(".", 1)[0] for p in images.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMAGE_SUFFIXES)})
+    if not ids:
+        raise DatasetError(f"{images}: no images")
+    return ids
+
+
+def read_voc(folder: str | Path, split: str | None = "train") -> list[Sample]:
     """Read one split of a Pascal VOC detection folder.
 
-    The ids come from ``ImageSets/Main/{split}.txt`` (the folder's own splits); each image is
+    The ids come from ``ImageSets/Main/{split}.txt`` (the folder's own splits), or for
+    ``split=None`` from every image in ``JPEGImages/`` (a folder without split lists); each image is
     ``JPEGImages/<id>.jpg`` (or another image suffix), read as ``(C, W, H)`` (X = columns), and
     its boxes come from ``Annotations/<id>.xml``. VOC's 1-based inclusive pixel boxes become
     normalised ``[(xmin-1)/W, (ymin-1)/H, 0, xmax/W, ymax/H, 1]``, clipped to [0, 1]. Class names
@@ -99,7 +122,7 @@ def read_voc(folder: str | Path, split: str = "train") -> list[Sample]:
 
     Args:
         folder: the VOC root folder.
-        split: name of the id list in ``ImageSets/Main``.
+        split: name of the id list in ``ImageSets/Main``; None: every image.
 
     Raises:
         DatasetError: a missing list (the splits present are named), image or XML file, an image of another size than its
@@ -111,12 +134,14 @@ def read_voc(folder: str | Path, split: str = "train") -> list[Sample]:
         (6, 'white_blood_cell')
     """
     folder = Path(folder)
-    listing = folder / "ImageSets" / "Main" / f"{split}.txt"
-    if not listing.is_file():
-        lists = sorted(p.stem for p in listing.parent.glob("*.txt")) if listing.parent.is_dir() else []
-        raise DatasetError(f"{folder}: no split {split!r}, missing split list {listing.relative_to(folder)} "
-                           f"(splits: {', '.join(lists) or 'none'})")
-    ids = sorted({line.split()[0] for line in listing.read_text().splitlines() if line.strip()})
+    if split is None:
+        ids = _all_ids(folder)
+    else:
+        listing = folder / "ImageSets" / "Main" / f"{split}.txt"
+        if not listing.is_file():
+            raise DatasetError(f"{folder}: no split {split!r}, missing split list {listing.relative_to(folder)} "
+                               f"(splits: {', '.join(voc_splits(folder)) or 'none: leave the split out to read every image'})")
+        ids = sorted({line.split()[0] for line in listing.read_text().splitlines() if line.strip()})
     registry = LabelRegistry()
     out = []
     for image_id in ids:
@@ -179,4 +204,5 @@ SPEC = DatasetSpec(
     eval_split="val",
     folder="bccd",
     training=TrainingShare(("detection",), batch_size=6),
+    splits=voc_splits,
 )
