@@ -120,3 +120,15 @@ def test_server_path_policy(tmp_path, app_lib):
     assert not policy.allows(str(tmp_path / "root" / ".." / "outside.nii.gz"))
     with pytest.raises(ValueError, match="must be absolute"):
         ServerPathPolicy(["relative/dir"])
+
+
+@pytest.mark.parametrize("modalities, status, message", [
+    ('"pet"', 400, "'modalities': unknown modality 'pet'; known: unknown, flair"),
+    ('["ct", "flair"]', 400, "'modalities' names 2 channels; the image has 1"),
+    ('"CT"', 200, None),
+])
+def test_the_modalities_param_is_checked(server, modalities, status, message):
+    r = post(server, "unimed_seg", "lung_patch_000", params='{"modalities": %s}' % modalities)
+    assert r.status_code == status, r.text
+    if message:
+        assert message in r.json()["detail"]

@@ -29,6 +29,7 @@ from unimed.datasets.datastore import read_label
 from unimed.datasets.errors import DatasetError
 from unimed.datasets.sample import Sample
 from unimed.labels import LabelRegistry
+from unimed.modalities import modalities_from_name
 from unimed.model_store import ModelStore
 from unimed.networks.unimednet import unimed_small
 from unimed.transforms import ImageLoadError, image_affine, load_image
@@ -62,14 +63,17 @@ def datastore_samples(datastore: Datastore, skipped: list[dict[str, str]] | None
         except (ImageLoadError, DatasetError) as exc:
             skip(name, exc)
             continue
-        labelled.append(Sample(image, image_affine(image), "datastore", name, label_map=label_map, seg_labels=names))
+        labelled.append(Sample(image, image_affine(image), "datastore", name, label_map=label_map, seg_labels=names,
+                               modalities=modalities_from_name(name, int(image.shape[0]))))
     for image_id in datastore.get_unlabeled_images(DefaultLabelTag.FINAL):
         try:
             image = load_image(datastore.get_image_uri(image_id))
         except ImageLoadError as exc:
             skip(image_id, exc)
             continue
-        unlabelled.append(Sample(image, image_affine(image), "datastore", image_id))
+        unlabelled.append(Sample(image, image_affine(image), "datastore", image_id,
+                                 modalities=modalities_from_name(datastore.get_image_uri(image_id),
+                                                                 int(image.shape[0]))))
     return labelled, unlabelled
 
 
