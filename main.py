@@ -215,9 +215,15 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 # -- pretrain / evaluate / versions ---------------------------------------------------------------
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    """Train the shipped checkpoint on every dataset of a data folder and write its model card."""
+    """Train the shipped checkpoint on every dataset of a data folder and write its model card.
+
+    The run's state is saved to MODEL_DIR/pretrain_state.pt every 5 minutes, at the end and on
+    Ctrl-C or SIGTERM; --resume continues it (same --steps and --seed; --minutes is the whole
+    run's budget, every part counted).
+    """
     from trainers.joint import check_device
-    from trainers.pretrain import default_config, pretrain
+    from trainers.pretrain import STATE_FILE, default_config, pretrain
+    from trainers.run_state import TrainingInterrupted
 
     data = Path(args.data)
     if not data.is_dir():
@@ -226,13 +232,21 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         check_device(args.device)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
+    state = Path(args.model_dir) / STATE_FILE
+    if args.resume and not state.is_file():
+        raise CommandError(f"--resume: no saved run at {state} (pretrain saves one there as it trains)")
     config = default_config(args.minutes)
     if args.steps is not None:
         config.steps = args.steps
     config.seed = args.seed
     try:
         card = pretrain(data, args.model_dir, config, progress=not args.no_progress, evaluate_after=not args.no_eval,
-                        device=args.device)
+                        device=args.device, resume=args.resume)
+    except ValueError as exc:  # a folder without datasets, or a saved run with another config
+        raise CommandError(str(exc)) from exc
+    except TrainingInterrupted as exc:
+        print(f"{exc}; continue with: python main.py pretrain --data {data} --resume", file=sys.stderr)
+        return 128 + exc.signum
     finally:
         import torch.distributed as dist
 
@@ -620,6 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu (default), cuda or cuda:N (under torchrun: each process's own GPU)")
     p.add_argument("--no-eval", action="store_true", help="skip the validation figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in MODEL_DIR/pretrain_state.pt (--minutes: the whole run's budget)")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("evaluate", help="measure a checkpoint on a dataset folder", description=cmd_evaluate.__doc__)
