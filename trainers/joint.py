@@ -27,8 +27,7 @@ import torch.distributed as dist
 
 from trainers.config import TrainConfig
 from trainers.data import GridItem, Source, collate
-from trainers.run_state import (STATE_FORMAT, comparable_config, config_differences, global_rng_state,
-                                 set_global_rng_state)
+from trainers.run_state import STATE_FORMAT, check_same_run, comparable_config, global_rng_state, set_global_rng_state
 from trainers.ssl import PseudoLabelConsistency, make_ssl
 from unimed.networks.unimednet import UniMed
 from unimed.tasks import TASKS, Task
@@ -261,7 +260,7 @@ class JointTrainer:
         cfg = self.config
         budget = math.inf if cfg.max_minutes is None else cfg.max_minutes * 60
         history: list[StepReport] = []
-        if self._agree_to_stop(self.elapsed_seconds > budget):
+        if self._agree_to_stop(self.elapsed_seconds >= budget):
             logger.warning("the run has spent its time budget (%s min) already: no step taken", cfg.max_minutes)
             return history
         before, start = self.elapsed_seconds, time.perf_counter()
@@ -314,7 +313,8 @@ class JointTrainer:
             (0, ['generator', 'global', 'trainer'])
         """
         if self._torn:
-            raise RuntimeError(f"step {self.step_count + 1} was cut off halfway: its state is torn, keep the last saved one")
+            raise RuntimeError(f"step {self.step_count + 1} was cut off halfway: its state is torn, "
+                               "keep the last saved one")
         teacher = self.ssl.teacher_state() if isinstance(self.ssl, PseudoLabelConsistency) else None
         return {
             "format": STATE_FORMAT,
@@ -327,7 +327,8 @@ class JointTrainer:
             "ssl_teacher": teacher,
             "extra_modules": {name: module.state_dict() for name, module in self.extra_modules.items()},
             "optimizer": self.optimizer.state_dict(),
-            "rng": {"trainer": self.rng.getstate(), "generator": self.generator.get_state(), "global": global_rng_state()},
+            "rng": {"trainer": self.rng.getstate(), "generator": self.generator.get_state(),
+                    "global": global_rng_state()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -340,10 +341,7 @@ class JointTrainer:
                 named), another number of processes, other extra modules, or weights that do not
                 fit the network.
         """
-        differences = config_differences(state["config"], comparable_config(self.config))
-        if differences:
-            raise ValueError("the saved run has another config: " + "; ".join(differences)
-                             + " (a resumed run may change only max_minutes)")
+        check_same_run(state, self.config)
         if state["world"] != self.world:
             raise ValueError(f"the saved run had {state['world']} processes, this one {self.world}: resume with as many")
         if set(state["extra_modules"]) != set(self.extra_modules):

@@ -25,8 +25,10 @@ import torch
 
 from trainers.config import MixEntry, TrainConfig
 from trainers.data import Source, to_grid_item
-from trainers.joint import JointTrainer, StepReport, check_device, init_distributed, is_main_process, replicas_agree, seed_everything
-from trainers.run_state import TrainingInterrupted, deferred_interrupts, load_state, rank_state_path, save_state
+from trainers.joint import (JointTrainer, StepReport, check_device, init_distributed, is_main_process, replicas_agree,
+                            seed_everything)
+from trainers.run_state import (TrainingInterrupted, check_same_run, deferred_interrupts, load_state, rank_state_path,
+                                save_state)
 from unimed.datasets import shared_datasets
 from unimed.datasets.sample import Sample
 from unimed.model_store import ModelStore
@@ -138,8 +140,15 @@ def pretrain(
     rank = torch.distributed.get_rank() if distributed else 0
     state_path = rank_state_path(Path(state_path) if state_path else model_dir / STATE_FILE, rank)
     state = load_state(state_path) if resume else None
-    if state is not None and state["step_count"] >= config.steps:
-        raise ValueError(f"the run saved at {state_path} has finished its {state['step_count']} steps: nothing to resume")
+    if state is not None:  # refused before the data is read
+        check_same_run(state, config)
+        if state["step_count"] >= config.steps:
+            raise ValueError(f"the run saved at {state_path} has finished its {state['step_count']} steps: "
+                             "nothing to resume")
+        spent = state["elapsed_seconds"] / 60
+        if config.max_minutes is not None and spent >= config.max_minutes:
+            raise ValueError(f"the run saved at {state_path} has spent {spent:.1f} minutes, its whole budget of "
+                             f"{config.max_minutes}: give a larger one (--minutes) to continue")
     seed_everything(config.seed)
     sources, unlabelled = build_sources(data, config)
     if not sources:

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 __all__ = ["STATE_FORMAT", "RESUMABLE_CHANGES", "global_rng_state", "set_global_rng_state", "comparable_config",
-           "config_differences", "rank_state_path", "save_state", "load_state", "Interrupts", "deferred_interrupts",
-           "TrainingInterrupted"]
+           "config_differences", "check_same_run", "rank_state_path", "save_state", "load_state", "Interrupts",
+           "deferred_interrupts", "TrainingInterrupted"]
 
 #: the version of the state's layout; a state of another layout is refused
 STATE_FORMAT = 1
@@ -91,6 +91,15 @@ def config_differences(saved: dict[str, Any], now: dict[str, Any], prefix: str =
         elif a != b:
             out.append(f"{path}: saved {_shown(a)}, now {_shown(b)}")
     return out
+
+
+def check_same_run(state: dict[str, Any], config: Any) -> None:
+    """Raise ``ValueError`` naming every difference (:func:`config_differences`) between the
+    config ``state`` was saved with and ``config``."""
+    differences = config_differences(state["config"], comparable_config(config))
+    if differences:
+        raise ValueError("the saved run has another config: " + "; ".join(differences)
+                         + " (a resumed run may change only max_minutes)")
 
 
 def rank_state_path(path: Path, rank: int) -> Path:
