@@ -18,7 +18,7 @@ import trainers.run_state
 from trainers.config import MixEntry, TrainConfig
 from trainers.data import Source, to_grid_item
 from trainers.joint import JointTrainer, seed_everything
-from trainers.pretrain import STATE_FILE, pretrain
+from trainers.pretrain import STATE_FILE, pretrain, write_model_card
 from trainers.run_state import TrainingInterrupted, load_state, save_state
 from unimed.datasets.sample import Sample
 from unimed.networks.unimednet import unimed_tiny
@@ -225,3 +225,21 @@ def test_resume_without_a_saved_run_is_a_one_line_error(tmp_path):
     assert out.stderr.strip() == f"error: --resume: no saved run at {tmp_path / 'model' / STATE_FILE} " \
                                  "(pretrain saves one there as it trains)"
     assert "Traceback" not in out.stderr
+
+
+def test_the_model_card_tells_the_parts_of_a_run_and_their_totals(tmp_path):
+    machine = {"platform": "Linux", "cpus": 2, "torch": "2.13.0"}
+    parts = [{"started": "2026-11-30T10:00:00+00:00", "minutes": 40.0, "steps": 900, "device": "cpu", "machine": machine},
+             {"started": "2026-12-01T09:00:00+00:00", "minutes": 12.5, "steps": 1500, "device": "cuda:0",
+              "machine": {**machine, "gpu": "H200"}}]
+    card = {"version": 2, "command": "python main.py pretrain --data D", "train_minutes": 52.5, "steps": 2400,
+            "parts": parts, "devices": ["cpu", "cuda:0"], "machine": parts[-1]["machine"], "device": "cuda:0",
+            "data": {"brats": {"split": "train", "samples": 3, "tasks": ["segmentation"]}}, "unlabelled_samples": 0}
+    write_model_card(tmp_path, card)
+    text = (tmp_path / "MODEL_CARD.md").read_text()
+    assert "in 2 parts (2026-11-30T10:00:00+00:00: 900 steps, 40.0 minutes on cpu; " \
+           "2026-12-01T09:00:00+00:00: 1500 steps, 12.5 minutes on cuda:0): " \
+           "total 2400 steps, 52.5 minutes on cpu and cuda:0" in text
+    assert json.loads((tmp_path / "model_card.json").read_text())["parts"] == parts
+    write_model_card(tmp_path, {**card, "parts": parts[:1], "devices": ["cpu"], "device": "cpu"})
+    assert "parts" not in (tmp_path / "MODEL_CARD.md").read_text().split("\n")[2]
