@@ -245,7 +245,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a folder without datasets, or a saved run with another config
         raise CommandError(str(exc)) from exc
     except TrainingInterrupted as exc:
-        print(f"{exc}; continue with: python main.py pretrain --data {data} --resume", file=sys.stderr)
+        print(f"{exc}; to continue, run the same command with --resume", file=sys.stderr)
         return 128 + exc.signum
     finally:
         import torch.distributed as dist
@@ -254,7 +254,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
     if not card:  # a non-zero rank under torchrun: rank 0 reports
         return 0
-    print(json.dumps({k: card[k] for k in ("version", "steps", "train_minutes", "processes", "replicas_agree")}, indent=2))
+    summary = ("version", "steps", "train_minutes", "devices", "processes", "replicas_agree")
+    print(json.dumps({k: card[k] for k in summary}, indent=2))
     for name, r in card.get("validation", {}).items():
         print(f"{name:12s} " + ", ".join(f"{k} {v:.3f}" for k, v in r["metrics"].items() if isinstance(v, float)))
     return 0
@@ -627,7 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="train the shipped checkpoint on a data folder", description=cmd_pretrain.__doc__)
     p.add_argument("--data", required=True, help="a folder laid out like ../shared/data")
     p.add_argument("--model-dir", default=str(DEFAULT_CHECKPOINT.parent), help="where to publish (default: the app's)")
-    p.add_argument("--minutes", type=float, default=80.0, help="wall-clock training budget")
+    p.add_argument("--minutes", type=float, default=80.0,
+                   help="wall-clock training budget of the whole run (a resumed run counts its earlier parts)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the recipe's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu",
