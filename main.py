@@ -223,9 +223,15 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 # -- pretrain / evaluate / versions ---------------------------------------------------------------
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    """Train the shipped checkpoint on every dataset of a data folder and write its model card."""
+    """Train the shipped checkpoint on every dataset of a data folder and write its model card.
+
+    The run's state is saved to MODEL_DIR/pretrain_state.pt every 5 minutes, at the end and on
+    Ctrl-C or SIGTERM; --resume continues it (same --steps and --seed; --minutes is the whole
+    run's budget, every part counted).
+    """
     from trainers.joint import check_device
-    from trainers.pretrain import default_config, pretrain
+    from trainers.pretrain import STATE_FILE, default_config, pretrain
+    from trainers.run_state import TrainingInterrupted
 
     data = Path(args.data)
     if not data.is_dir():
@@ -234,13 +240,21 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         check_device(args.device)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
+    state = Path(args.model_dir) / STATE_FILE
+    if args.resume and not state.is_file():
+        raise CommandError(f"--resume: no saved run at {state} (pretrain saves one there as it trains)")
     config = default_config(args.minutes)
     if args.steps is not None:
         config.steps = args.steps
     config.seed = args.seed
     try:
         card = pretrain(data, args.model_dir, config, progress=not args.no_progress, evaluate_after=not args.no_eval,
-                        device=args.device)
+                        device=args.device, resume=args.resume)
+    except ValueError as exc:  # a folder without datasets, or a saved run with another config
+        raise CommandError(str(exc)) from exc
+    except TrainingInterrupted as exc:
+        print(f"{exc}; to continue, run the same command with --resume", file=sys.stderr)
+        return 128 + exc.signum
     finally:
         import torch.distributed as dist
 
@@ -248,7 +262,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
     if not card:  # a non-zero rank under torchrun: rank 0 reports
         return 0
-    print(json.dumps({k: card[k] for k in ("version", "steps", "train_minutes", "processes", "replicas_agree")}, indent=2))
+    summary = ("version", "steps", "train_minutes", "devices", "processes", "replicas_agree")
+    print(json.dumps({k: card[k] for k in summary}, indent=2))
     for name, r in card.get("validation", {}).items():
         print(f"{name:12s} " + ", ".join(f"{k} {v:.3f}" for k, v in r["metrics"].items() if isinstance(v, float)))
     return 0
@@ -658,13 +673,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="train the shipped checkpoint on a data folder", description=cmd_pretrain.__doc__)
     p.add_argument("--data", required=True, help="a folder laid out like ../shared/data")
     p.add_argument("--model-dir", default=str(DEFAULT_CHECKPOINT.parent), help="where to publish (default: the app's)")
-    p.add_argument("--minutes", type=float, default=80.0, help="wall-clock training budget")
+    p.add_argument("--minutes", type=float, default=80.0,
+                   help="wall-clock training budget of the whole run (a resumed run counts its earlier parts)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the recipe's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu",
                    help="cpu (default), cuda or cuda:N (under torchrun: each process's own GPU)")
     p.add_argument("--no-eval", action="store_true", help="skip the validation figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in MODEL_DIR/pretrain_state.pt (--minutes: the whole run's budget)")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("evaluate", help="measure a checkpoint on a dataset folder", description=cmd_evaluate.__doc__)

@@ -51,6 +51,8 @@ class TrainConfig:
         ssl_threshold: consistency: the teacher confidence a voxel needs to teach.
         augment: random flips and intensity jitter.
         log_every: steps between log lines.
+        checkpoint_minutes: minutes between saves of the run's state (``pretrain``), from which
+            ``pretrain --resume`` continues.
     """
 
     steps: int = 1000
@@ -69,6 +71,7 @@ class TrainConfig:
     ssl_threshold: float = 0.9
     augment: bool = True
     log_every: int = 10
+    checkpoint_minutes: float = 5.0
 
     def to_dict(self) -> dict:
         return asdict(self)

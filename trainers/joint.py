@@ -5,6 +5,10 @@ decodes it once per task the source trains (segmentation, detection, classificat
 over the same features: tasks compose). Unlabelled images feed masked-image reconstruction in
 the same step (or, with ``ssl_loss="consistency"`` or ``"mean_teacher"``, teach a harder view
 of themselves through confident pseudo-labels). All losses are summed into one AdamW update.
+
+A run can stop and continue: :meth:`JointTrainer.state_dict` holds everything the next step
+depends on (weights, optimiser, step, random states, time spent), and
+:meth:`JointTrainer.load_state_dict` continues from it bit-identically on the same device.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +27,8 @@ import torch.distributed as dist
 
 from trainers.config import TrainConfig
 from trainers.data import GridItem, Source, View, batch_modalities, collate
-from trainers.ssl import make_ssl
+from trainers.run_state import STATE_FORMAT, check_same_run, comparable_config, global_rng_state, set_global_rng_state
+from trainers.ssl import PseudoLabelConsistency, make_ssl
 from unimed.networks.unimednet import UniMed
 from unimed.tasks import TASKS, Task
 
@@ -133,7 +138,11 @@ class JointTrainer:
                            ratio=config.ssl_mask_ratio, threshold=config.ssl_threshold)
         self.ssl = ssl
         self.ssl.to(self.device)
-        self.params = list(model.parameters()) + list(self.ssl.parameters())
+        self.extra_modules: dict[str, torch.nn.Module] = self._make_extra_modules()
+        for module in self.extra_modules.values():
+            module.to(self.device)
+        self.params = (list(model.parameters()) + list(self.ssl.parameters())
+                       + [p for m in self.extra_modules.values() for p in m.parameters()])
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         # under torchrun every rank draws its own batches; rank 0's weights are everyone's start
         self.world = dist.get_world_size() if dist.is_initialized() else 1
@@ -144,6 +153,19 @@ class JointTrainer:
         self.rng = random.Random(config.seed + rank)
         self.generator = torch.Generator().manual_seed(config.seed + rank)
         self.step_count = 0
+        self.elapsed_seconds = 0.0  # training time of every part of the run so far
+        self._torn = False  # a step was cut off halfway: weights and random states disagree
+
+    def _make_extra_modules(self) -> dict[str, torch.nn.Module]:
+        """Trained modules besides the network and the unsupervised loss (optimised with them and
+        kept in :meth:`state_dict`); none yet."""
+        return {}
+
+    @property
+    def torn(self) -> bool:
+        """Whether a step was cut off halfway, so that the weights and the random states belong
+        to different steps (:meth:`state_dict` refuses then)."""
+        return self._torn
 
     @property
     def device(self) -> torch.device:
@@ -204,6 +226,7 @@ class JointTrainer:
     def step(self, time_fraction: float = 0.0) -> StepReport:
         """One optimiser step over every source due now; ``time_fraction`` as in :meth:`lr_at`."""
         t0 = time.perf_counter()
+        self._torn = True
         self.model.train()
         self.ssl.train()
         for group in self.optimizer.param_groups:
@@ -241,6 +264,7 @@ class JointTrainer:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
         self.optimizer.step()
         self.step_count += 1
+        self._torn = False
         return StepReport(self.step_count, self.config.steps, report, time.perf_counter() - t0, 0.0, n, used)
 
     def _agree_to_stop(self, stop: bool) -> bool:
@@ -254,23 +278,28 @@ class JointTrainer:
     def train(self, callback: Callable[[StepReport], bool | None] | None = None, progress: bool = False) -> list[StepReport]:
         """Run until ``config.steps`` or ``config.max_minutes``; ``callback`` may return True to stop.
 
-        Every ``log_every`` steps a line with the mean losses goes to the log.
+        The time budget and the schedule count the time of every part of the run: a run resumed
+        from :meth:`load_state_dict` continues both where it stopped. Every ``log_every`` steps a
+        line with the mean losses goes to the log.
         """
         from tqdm import tqdm
 
         cfg = self.config
-        start = time.perf_counter()
+        budget = math.inf if cfg.max_minutes is None else cfg.max_minutes * 60
         history: list[StepReport] = []
-        bar = tqdm(total=cfg.steps, desc="train", unit="step", disable=not (progress and is_main_process()),
-                   dynamic_ncols=True)
+        if self._agree_to_stop(self.elapsed_seconds >= budget):
+            logger.warning("the run has spent its time budget (%s min) already: no step taken", cfg.max_minutes)
+            return history
+        before, start = self.elapsed_seconds, time.perf_counter()
+        bar = tqdm(total=cfg.steps, initial=self.step_count, desc="train", unit="step",
+                   disable=not (progress and is_main_process()), dynamic_ncols=True)
         try:
             while self.step_count < cfg.steps:
-                spent = time.perf_counter() - start
-                rep = self.step(0.0 if cfg.max_minutes is None else spent / (cfg.max_minutes * 60))
-                elapsed = time.perf_counter() - start
-                rep.eta_seconds = elapsed / len(history + [rep]) * (cfg.steps - self.step_count)
-                if cfg.max_minutes is not None:
-                    rep.eta_seconds = min(rep.eta_seconds, max(0.0, cfg.max_minutes * 60 - elapsed))
+                rep = self.step(0.0 if cfg.max_minutes is None else self.elapsed_seconds / budget)
+                part = time.perf_counter() - start
+                self.elapsed_seconds = before + part
+                rep.eta_seconds = min(part / len(history + [rep]) * (cfg.steps - self.step_count),
+                                      max(0.0, budget - self.elapsed_seconds))
                 history.append(rep)
                 bar.update(1)
                 bar.set_postfix(loss=f"{rep.loss:.3f}")
@@ -282,7 +311,7 @@ class JointTrainer:
                                 np.mean([r.loss for r in recent]), ", ".join(f"{k} {v:.3f}" for k, v in means.items()),
                                 np.mean([r.seconds for r in recent]), rep.eta_seconds)
                 asked = bool(callback is not None and callback(rep))
-                out_of_time = cfg.max_minutes is not None and elapsed > cfg.max_minutes * 60
+                out_of_time = self.elapsed_seconds > budget
                 if self._agree_to_stop(asked or out_of_time):
                     why = "on request" if asked else f"at its time budget ({cfg.max_minutes} min)"
                     logger.info("training stopped %s at step %d", why, self.step_count)
@@ -291,3 +320,72 @@ class JointTrainer:
             bar.close()
             self.model.eval()
         return history
+
+    # -- the run's state -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next step depends on: the config it was made for, the weights of the
+        network, the unsupervised loss (and a mean teacher's average) and :attr:`extra_modules`,
+        the optimiser, the step, the time spent, and the trainer's and the process's random
+        states. Tensors are the live ones, as in ``torch.nn.Module.state_dict``: save it
+        (:func:`trainers.run_state.save_state`) before training on.
+
+        Raises:
+            RuntimeError: a step was cut off halfway (an exception inside :meth:`step`), so the
+                weights and the random states belong to different steps.
+
+        Example:
+            >>> from unimed.networks.unimednet import unimed_tiny
+            >>> state = JointTrainer(unimed_tiny(), [], TrainConfig(steps=1)).state_dict()
+            >>> state["step_count"], sorted(state["rng"])
+            (0, ['generator', 'global', 'trainer'])
+        """
+        if self._torn:
+            raise RuntimeError(f"step {self.step_count + 1} was cut off halfway: its state is torn, "
+                               "keep the last saved one")
+        teacher = self.ssl.teacher_state() if isinstance(self.ssl, PseudoLabelConsistency) else None
+        return {
+            "format": STATE_FORMAT,
+            "config": comparable_config(self.config),
+            "world": self.world,
+            "step_count": self.step_count,
+            "elapsed_seconds": self.elapsed_seconds,
+            "model": self.model.state_dict(),
+            "ssl": self.ssl.state_dict(),
+            "ssl_teacher": teacher,
+            "extra_modules": {name: module.state_dict() for name, module in self.extra_modules.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {"trainer": self.rng.getstate(), "generator": self.generator.get_state(),
+                    "global": global_rng_state()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (tensors may be on any device: they are moved to this
+        trainer's). The config may differ only in
+        :data:`trainers.run_state.RESUMABLE_CHANGES` (a new time budget, say).
+
+        Raises:
+            ValueError: a config that differs in anything that changes the run (each difference
+                named), another number of processes, other extra modules, or weights that do not
+                fit the network.
+        """
+        check_same_run(state, self.config)
+        if state["world"] != self.world:
+            raise ValueError(f"the saved run had {state['world']} processes, this one {self.world}: resume with as many")
+        if set(state["extra_modules"]) != set(self.extra_modules):
+            raise ValueError(f"the saved run trained the extra modules {sorted(state['extra_modules'])}, "
+                             f"this one {sorted(self.extra_modules)}")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ssl.load_state_dict(state["ssl"])
+            for name, module in self.extra_modules.items():
+                module.load_state_dict(state["extra_modules"][name])
+        except RuntimeError as exc:  # torch's message lists the missing, unexpected and misshapen keys
+            raise ValueError(f"the saved weights do not fit this trainer's modules: {exc}") from exc
+        if isinstance(self.ssl, PseudoLabelConsistency):
+            self.ssl.load_teacher_state(self.model, state["ssl_teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step_count, self.elapsed_seconds = int(state["step_count"]), float(state["elapsed_seconds"])
+        self.rng.setstate(state["rng"]["trainer"])
+        self.generator.set_state(state["rng"]["generator"])
+        set_global_rng_state(state["rng"]["global"])
+        self._torn = False

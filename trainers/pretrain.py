@@ -3,6 +3,11 @@
 ``python main.py pretrain --data ../shared/data`` runs :func:`pretrain`: it reads the training
 splits, trains one UniMed jointly (fixed seed, a wall-clock budget), publishes the checkpoint
 and writes a model card with the validation figures beside it.
+
+The run's full state is saved to ``MODEL_DIR/pretrain_state.pt`` every
+``TrainConfig.checkpoint_minutes``, at the end, and when Ctrl-C or SIGTERM stops it (after the
+step in progress); ``pretrain --resume`` continues from it, on this machine or another, on the
+CPU or a GPU. The model card adds up the steps, minutes and devices of every part of the run.
 """
 
 from __future__ import annotations
@@ -12,14 +17,18 @@ import logging
 import os
 import platform
 import time
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from trainers.config import MixEntry, TrainConfig
 from trainers.data import Source, to_grid_item
-from trainers.joint import JointTrainer, check_device, init_distributed, is_main_process, replicas_agree, seed_everything
+from trainers.joint import (JointTrainer, StepReport, check_device, init_distributed, is_main_process, replicas_agree,
+                            seed_everything)
+from trainers.run_state import (TrainingInterrupted, check_same_run, deferred_interrupts, load_state, rank_state_path,
+                                save_state)
 from unimed.datasets import TrainingShare, shared_datasets
 from unimed.datasets.sample import Sample
 from unimed.modalities import modalities_from_name
@@ -27,13 +36,17 @@ from unimed.model_store import ModelStore
 from unimed.networks.unimednet import UniMed, unimed_small
 from unimed.transforms import image_affine, load_image
 
-__all__ = ["DATASETS", "default_config", "mix_entry", "make_source", "images_only", "build_sources", "pretrain"]
+__all__ = ["DATASETS", "STATE_FILE", "default_config", "mix_entry", "make_source", "images_only", "build_sources",
+           "pretrain", "write_model_card"]
 
 logger = logging.getLogger(__name__)
 
 
 #: kind -> spec of the datasets in the shared data layout (:func:`unimed.datasets.shared_datasets`)
 DATASETS = shared_datasets()
+
+#: the run's state, in the model folder, unless ``pretrain(state_path=...)`` says otherwise
+STATE_FILE = "pretrain_state.pt"
 
 #: unlabelled volumes of the shared folder (their label maps are a model's output, not experts')
 UNLABELLED = ("totalseg_examples/example_ct_sm.nii.gz", "totalseg_examples/example_mr_sm.nii.gz")
@@ -111,6 +124,8 @@ def pretrain(
     evaluate_after: bool = True,
     model: UniMed | None = None,
     device: str = "cpu",
+    resume: bool = False,
+    state_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train on ``data`` (a folder laid out like ``../shared/data``), publish, write the model card.
 
@@ -123,12 +138,20 @@ def pretrain(
         model: the network to train (default: a fresh :func:`unimed_small`).
         device: ``cpu``, ``cuda`` or ``cuda:N``; under ``torchrun`` with a GPU, each process
             takes the GPU of its ``LOCAL_RANK``.
+        resume: continue the run saved at ``state_path`` (its config must be ``config``, but for
+            ``max_minutes``: the whole run's budget, every part counted).
+        state_path: where the run's state is saved every ``config.checkpoint_minutes``, at the
+            end and on SIGINT/SIGTERM (default ``MODEL_DIR/pretrain_state.pt``; under
+            ``torchrun``, rank N > 0 keeps its own ``pretrain_state.rankN.pt`` beside it).
 
     Returns:
         The model card as a dict (empty on the processes other than rank 0).
 
     Raises:
-        ValueError: an unknown device, or a folder that holds none of the datasets.
+        ValueError: an unknown device, a folder that holds none of the datasets, or a saved run
+            that has another config or has already finished.
+        FileNotFoundError: ``resume`` without a saved state.
+        TrainingInterrupted: SIGINT or SIGTERM stopped training (after the state was saved).
     """
     data, model_dir = Path(data), Path(model_dir)
     config = config or default_config()
@@ -136,15 +159,34 @@ def pretrain(
     distributed = init_distributed(target)
     if distributed and target.type == "cuda":
         target = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    rank = torch.distributed.get_rank() if distributed else 0
+    state_path = rank_state_path(Path(state_path) if state_path else model_dir / STATE_FILE, rank)
+    state = load_state(state_path) if resume else None
+    if state is not None:  # refused before the data is read
+        check_same_run(state, config)
+        if state["step_count"] >= config.steps:
+            raise ValueError(f"the run saved at {state_path} has finished its {state['step_count']} steps: "
+                             "nothing to resume")
+        spent = state["elapsed_seconds"] / 60
+        if config.max_minutes is not None and spent >= config.max_minutes:
+            raise ValueError(f"the run saved at {state_path} has spent {spent:.1f} minutes, its whole budget of "
+                             f"{config.max_minutes}: give a larger one (--minutes) to continue")
     seed_everything(config.seed)
-    start = time.time()
     sources, unlabelled = build_sources(data, config)
     if not sources:
         raise ValueError(f"{data} holds none of the datasets {', '.join(s.folder for s in DATASETS.values())}")
     model = (model or unimed_small()).to(target)
     trainer = JointTrainer(model, sources, config, unlabelled)
-    history = trainer.train(progress=progress)
-    train_seconds = time.time() - start
+    parts: list[dict[str, Any]] = []
+    if state is not None:
+        trainer.load_state_dict(state)
+        parts = list(state["parts"])
+        logger.info("resuming %s at step %d/%d, %.1f of %s minutes spent", state_path, trainer.step_count, config.steps,
+                    trainer.elapsed_seconds / 60, config.max_minutes)
+    part = _Part(trainer, target)
+    history = _train_saving(trainer, lambda: {**trainer.state_dict(), "parts": parts + [part.record()]}, state_path,
+                            progress)
+    parts.append(part.record())
     agree = replicas_agree(model)
     if not is_main_process():
         return {}
@@ -153,14 +195,17 @@ def pretrain(
                  for s in sources},
         "unlabelled_samples": len(unlabelled.items) if unlabelled else 0,
         "steps": trainer.step_count,
-        "train_minutes": round(train_seconds / 60, 1),
+        "train_minutes": round(sum(p["minutes"] for p in parts), 2),
+        "parts": parts,
+        "devices": sorted({p["device"] for p in parts}),
         "final_losses": history[-1].losses if history else {},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+        "machine": part.machine,
         "config": config.to_dict(),
         "device": str(target),
         "command": f"python main.py pretrain --data {data}",
         "processes": torch.distributed.get_world_size() if distributed else 1,
         "replicas_agree": agree,
+        "state": str(state_path),
     }
     version = ModelStore(model_dir).publish(model, {"kind": "pretrain", "steps": trainer.step_count})
     card["version"] = version.number
@@ -168,6 +213,52 @@ def pretrain(
         card["validation"] = validate(model, data, progress=progress)
     write_model_card(model_dir, card)
     return card
+
+
+class _Part:
+    """One part of a run (from its start or a resume to its stop): when, how far, where."""
+
+    def __init__(self, trainer: JointTrainer, device: torch.device):
+        self.trainer, self.device = trainer, device
+        self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.first_step, self.seconds_before = trainer.step_count, trainer.elapsed_seconds
+        self.machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": str(torch.__version__)}
+        if device.type == "cuda":
+            self.machine["gpu"] = torch.cuda.get_device_name(device)
+
+    def record(self) -> dict[str, Any]:
+        """``{started, minutes, steps, device, machine}`` of the part so far."""
+        return {"started": self.started, "minutes": round((self.trainer.elapsed_seconds - self.seconds_before) / 60, 2),
+                "steps": self.trainer.step_count - self.first_step, "device": str(self.device), "machine": self.machine}
+
+
+def _train_saving(trainer: JointTrainer, state: Callable[[], dict[str, Any]], path: Path,
+                  progress: bool) -> list[StepReport]:
+    """``trainer.train()``, saving ``state()`` to ``path`` every ``checkpoint_minutes``, at the end,
+    and, when SIGINT or SIGTERM stops training after its step, before raising
+    :class:`TrainingInterrupted`. An interrupt that cuts a step off halfway (a second Ctrl-C)
+    leaves the last saved state in place."""
+    every = trainer.config.checkpoint_minutes * 60
+    last = time.perf_counter()
+
+    def on_step(report: StepReport) -> bool:
+        nonlocal last
+        if time.perf_counter() - last >= every:
+            save_state(state(), path)
+            last = time.perf_counter()
+        return interrupts.requested
+
+    with deferred_interrupts() as interrupts:
+        try:
+            history = trainer.train(callback=on_step, progress=progress)
+        except KeyboardInterrupt:
+            if not trainer.torn:
+                save_state(state(), path)
+            raise
+        save_state(state(), path)
+    if interrupts.signum is not None:
+        raise TrainingInterrupted(interrupts.signum, trainer.step_count, path)
+    return history
 
 
 def validate(model: UniMed, data: Path, progress: bool = False) -> dict[str, Any]:
@@ -185,19 +276,24 @@ def validate(model: UniMed, data: Path, progress: bool = False) -> dict[str, Any
     return out
 
 
+def _how_trained(card: dict[str, Any]) -> str:
+    """The card's sentence on how the checkpoint was trained: one part, or every part and the totals."""
+    machine = f"{card['machine']['cpus']} CPU cores ({card['machine']['platform']}, torch {card['machine']['torch']})"
+    parts = card.get("parts") or []
+    if len(parts) <= 1:
+        return (f"trained by `{card['command']}` in {card['train_minutes']} minutes, {card['steps']} steps, "
+                f"on {card.get('device', 'cpu')}, {machine}.")
+    each = "; ".join(f"{p['started']}: {p['steps']} steps, {p['minutes']} minutes on {p['device']}" for p in parts)
+    devices = " and ".join(card["devices"])
+    return (f"trained by `{card['command']}` (continued with `--resume`) in {len(parts)} parts ({each}): "
+            f"total {card['steps']} steps, {card['train_minutes']} minutes on {devices}; last part on {machine}.")
+
+
 def write_model_card(model_dir: Path, card: dict[str, Any]) -> None:
     """``model_card.json`` and ``MODEL_CARD.md`` beside the checkpoint."""
     (model_dir / "model_card.json").write_text(json.dumps(card, indent=2, default=str))
-    lines = [
-        "# UniMed shipped checkpoint",
-        "",
-        f"Version {card.get('version')}, trained by `{card['command']}` in {card['train_minutes']} minutes, "
-        f"{card['steps']} steps, on {card['machine']['cpus']} CPU cores ({card['machine']['platform']}, "
-        f"torch {card['machine']['torch']}).",
-        "",
-        "| source | split | samples | tasks |",
-        "|---|---|---|---|",
-    ]
+    lines = ["# UniMed shipped checkpoint", "", f"Version {card.get('version')}, {_how_trained(card)}", "",
+             "| source | split | samples | tasks |", "|---|---|---|---|"]
     for name, d in card["data"].items():
         lines.append(f"| {name} | {d['split']} | {d['samples']} | {', '.join(d['tasks'])} |")
     lines.append(f"| unlabelled (self-supervised) | - | {card['unlabelled_samples']} | masked-image reconstruction |")

@@ -156,6 +156,23 @@ class PseudoLabelConsistency(nn.Module):
         self.updates += 1
         return self.teacher
 
+    def teacher_state(self) -> dict | None:
+        """The averaged teacher's weights and update count (for a resumable run's state; the
+        checkpoint never holds them), or None before its first use."""
+        return None if self.teacher is None else {"weights": self.teacher.state_dict(), "updates": self.updates}
+
+    def load_teacher_state(self, model: UniMed, state: dict | None) -> None:
+        """Take back :meth:`teacher_state`: a copy of ``model`` (for its shapes and device) with
+        the saved weights; None drops the teacher."""
+        if state is None:
+            self._average[:] = []
+            self.updates = 0
+            return
+        teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        teacher.load_state_dict(state["weights"])
+        self._average[:] = [teacher]
+        self.updates = int(state["updates"])
+
     def _logits(self, model: UniMed, images: torch.Tensor, modalities: torch.Tensor | None) -> torch.Tensor:
         ids, pad = model.prompt([(Task.SEGMENTATION, self.labels)] * images.shape[0])  # on the model's device
         return model.decode(model.encode(images, modalities), ids, pad)["mask_logits"]
