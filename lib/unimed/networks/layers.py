@@ -42,17 +42,37 @@ class Conv(nn.Conv3d):
         padding = kernel_size // 2 if kernel_size % 2 else 0
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, outputs: slice | None = None) -> torch.Tensor:
+        """Convolve ``x``; ``outputs`` computes only those output channels."""
         if x.ndim != 5:
             raise ValueError(f"expected a 5D tensor (B, C, X, Y, Z), got shape {tuple(x.shape)}")
+        weight, bias = self.weight, self.bias
+        if outputs is not None:
+            weight, bias = weight[outputs], None if bias is None else bias[outputs]
         if x.shape[-1] > 1:
             if self.kernel_size[0] % 2 == 0 and x.shape[-1] % self.stride[0]:
                 raise ValueError(f"depth {x.shape[-1]} is not divisible by the patch stride {self.stride[0]}")
-            return super().forward(x)
+            return self._conv_forward(x, weight, bias)
         k = self.kernel_size[0]
-        weight = self.weight[..., k // 2] if k % 2 else self.weight.sum(-1)
-        y = F.conv2d(x[..., 0], weight, self.bias, stride=self.stride[:2], padding=self.padding[:2])
+        weight = weight[..., k // 2] if k % 2 else weight.sum(-1)
+        y = F.conv2d(x[..., 0], weight, bias, stride=self.stride[:2], padding=self.padding[:2])
         return y.unsqueeze(-1)
+
+
+def per_output_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``layer(x)`` computed one output at a time.
+
+    Each output is then computed by the same kernel whatever the layer's width, so a head
+    that grows by a row (a new label, :mod:`unimed.label_growth`) answers bit-identically
+    for its old rows; a wider matrix product may pick another summation order.
+
+    Example:
+        >>> lin = nn.Linear(4, 3)
+        >>> x = torch.randn(2, 4)
+        >>> torch.allclose(per_output_linear(x, lin), lin(x))
+        True
+    """
+    return torch.cat([F.linear(x, layer.weight[i: i + 1], layer.bias[i: i + 1]) for i in range(layer.out_features)], -1)
 
 
 class ConvNormAct(nn.Sequential):

@@ -1,0 +1,226 @@
+"""The label space lives in the checkpoint and grows: add_label, the token's start, teach."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unimed.checkpoint import load_checkpoint, save_checkpoint
+from unimed.label_growth import add_label, fit_label_token, pool_prototype
+from unimed.labels import LabelRegistry, label_from_dict, label_to_dict, registry_from_config
+from unimed.networks.unimednet import UniMed, UniMedConfig, unimed_tiny
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: old-label requests whose outputs must not move when the label space grows
+OLD_REQUESTS = [("segmentation", ["edema", "necrosis"]), ("detection", ["edema", "platelet"]),
+                ("classification", ["lung_tumor", "adrenal_normal"])]
+
+
+def _outputs(net: UniMed, image: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    with torch.no_grad():
+        return [net(image, *net.prompt([request])) for request in OLD_REQUESTS]
+
+
+def _assert_old_outputs_equal(before, after, k: int) -> None:
+    for b, a in zip(before, after):
+        for key, value in b.items():
+            got = a[key]
+            if key == "class_logits":
+                got = got[..., : k + 1]
+            elif key == "heat_logits":
+                got = got[:, :k]
+            assert torch.equal(value, got), key
+
+
+def _cube_image(seed: int, shape=(32, 32, 16)) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    image = rng.normal(0, 0.1, shape).astype(np.float32)
+    mask = np.zeros(shape, np.uint8)
+    x, y = 8 + seed, 10
+    mask[x: x + 12, y: y + 12, 4:12] = 1
+    image[mask > 0] += 3.0
+    return image, mask
+
+
+def _datastore(folder: Path, n: int = 2, mask_value: int = 7) -> Path:
+    (folder / "labels" / "final").mkdir(parents=True)
+    for i in range(n):
+        image, mask = _cube_image(i)
+        nib.save(nib.Nifti1Image(image, np.eye(4)), folder / f"case{i}.nii.gz")
+        nib.save(nib.Nifti1Image(mask * mask_value, np.eye(4)), folder / "labels" / "final" / f"case{i}.nii.gz")
+    return folder
+
+
+def test_label_definitions_round_trip():
+    reg = LabelRegistry()
+    assert [label_from_dict(label_to_dict(lab)) for lab in reg] == list(reg)
+    sub = registry_from_config(["platelet", "edema"])
+    assert sub.class_index("edema") == 2 and sub.get("edema").id == 2
+    with pytest.raises(ValueError, match="no definition"):
+        registry_from_config(["spinal_cord"])
+    with pytest.raises(ValueError, match="malformed label definition"):
+        label_from_dict({"id": 12, "name": "x"})
+
+
+def test_growth_keeps_old_outputs_bit_identical():
+    torch.manual_seed(0)
+    net = unimed_tiny().eval()
+    k = len(net.registry)
+    image = torch.randn(1, 2, 32, 32, 16)
+    before = _outputs(net, image)
+    old_tokens = {lab.name: net.vocab.label_token(lab) for lab in net.registry}
+    label = add_label(net, "Spinal cord", ["segmentation", "detection"], color=(1, 2, 3))
+    assert (label.name, label.id, label.color) == ("spinal_cord", 12, (1, 2, 3))
+    assert net.registry.class_index(label) == k + 1
+    assert {lab.name: net.vocab.label_token(lab) for lab in list(net.registry)[:k]} == old_tokens
+    assert net.vocab.token_str(net.vocab.label_token(label)) == "<label:spinal_cord>"
+    assert net.decoder.class_head.out_features == k + 2 and net.proposal_head.heat.out_channels == k + 1
+    _assert_old_outputs_equal(before, _outputs(net, image), k)
+    # the new label answers through the same decoder
+    with torch.no_grad():
+        out = net(image, *net.prompt([("segmentation", ["spinal_cord", "edema"])]))
+    assert out["mask_logits"].shape[1] == 3
+    # a second label grows again; the first stays where it was
+    second = add_label(net, "liver", ["segmentation"])
+    assert second.id == 13 and net.registry.class_index("spinal_cord") == k + 1
+    _assert_old_outputs_equal(before, _outputs(net, image), k)
+
+
+def test_add_label_errors():
+    net = unimed_tiny()
+    with pytest.raises(ValueError, match="already exists"):
+        add_label(net, "Oedema", ["segmentation"])  # an alias of edema
+    with pytest.raises(ValueError, match="at least one task"):
+        add_label(net, "liver", [])
+    with pytest.raises(ValueError, match="three values"):
+        add_label(net, "liver", ["segmentation"], color=(0, 300, 0))
+    with pytest.raises(ValueError, match="prototype must have shape"):
+        add_label(net, "liver", ["segmentation"], prototype=torch.zeros(3))
+    assert "liver" not in net.registry  # a refused label leaves the network as it was
+    with pytest.raises(ValueError, match="letters or digits"):
+        add_label(net, " - ", ["segmentation"])
+
+
+def test_pool_prototype_weighs_by_area():
+    pixel = torch.zeros(1, 2, 4, 4, 1)
+    pixel[0, 0, 0] = 2.0
+    masks = torch.zeros(1, 8, 8, 1)
+    masks[0, :2] = 1  # the first pixel row, whole
+    assert pool_prototype(pixel, masks).tolist() == [2.0, 0.0]
+    with pytest.raises(ValueError, match="empty"):
+        pool_prototype(pixel, torch.zeros(1, 8, 8, 1))
+
+
+def test_token_from_prototype_fires_inside_the_structure():
+    """A token started from the examples gives higher mask logits inside the structure than
+    outside, on the image it came from; the other labels do not move."""
+    torch.manual_seed(0)
+    net = unimed_tiny().eval()
+    image_np, mask_np = _cube_image(0)
+    image = torch.from_numpy(image_np)[None, None]
+    mask = torch.from_numpy(mask_np)[None].float()
+    before = _outputs(net, image)
+    label = add_label(net, "cube", ["segmentation"])
+    losses = fit_label_token(net, label, image, mask, steps=8)
+    assert len(losses) == 9 and losses[-1] < losses[0]
+    with torch.no_grad():
+        logits = net(image, *net.prompt([("segmentation", ["cube"])]))["mask_logits"][0, 1]
+    inside = F.adaptive_avg_pool3d(mask[None], tuple(logits.shape))[0, 0] > 0.5
+    assert float(logits[inside].mean()) > float(logits[~inside].mean()) + 0.05
+    _assert_old_outputs_equal(before, _outputs(net, image), 11)
+
+
+@pytest.mark.slow
+def test_grown_checkpoint_loads_in_a_fresh_process(tmp_path):
+    net = unimed_tiny()
+    add_label(net, "spinal_cord", ["segmentation", "detection"], color=(10, 20, 30))
+    path = save_checkpoint(net, tmp_path / "grown.pt")
+    code = ("import json, torch; from unimed.checkpoint import load_checkpoint; m, _ = load_checkpoint(%r); "
+            "lab = m.registry.get('spinal_cord'); "
+            "out = m(torch.zeros(1, 1, 32, 32, 16), *m.prompt([('segmentation', ['spinal_cord'])])); "
+            "print(json.dumps({'names': m.registry.names, 'id': lab.id, 'color': lab.color, "
+            "'index': m.registry.class_index(lab), 'shape': list(out['mask_logits'].shape)}))" % str(path))
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'lib'}{os.pathsep}{REPO}"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["names"][-1] == "spinal_cord" and got["id"] == 12 and got["index"] == 12
+    assert got["color"] == [10, 20, 30] and got["shape"] == [1, 2, 16, 16, 8]
+    # and in this process, the weights survive the float16 round trip of a checkpoint
+    loaded, _ = load_checkpoint(path)
+    assert loaded.config.labels == net.config.labels and len(loaded.config.label_definitions) == 12
+
+
+def test_old_checkpoint_config_still_loads():
+    """A config written before label definitions existed builds the default label space."""
+    cfg = UniMedConfig(channels=(8, 8, 16, 16), blocks=(1, 1, 1, 1), stem_channels=8, dim=24, mask_dim=8, heads=2,
+                       layers=2, num_queries=8, num_bins=16).to_dict()
+    del cfg["label_definitions"]
+    net = UniMed(UniMedConfig.from_dict(cfg))
+    assert net.registry.names == LabelRegistry().names and net.config.label_definitions == ()
+
+
+def _main(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'lib'}{os.pathsep}{REPO}"}
+    return subprocess.run([sys.executable, str(REPO / "main.py"), *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path) -> Path:
+    torch.manual_seed(0)
+    return save_checkpoint(unimed_tiny(), tmp_path / "base.pt", {"version": 1})
+
+
+@pytest.mark.slow
+def test_teach_then_infer(tmp_path, tiny_checkpoint):
+    data = _datastore(tmp_path / "cubes")
+    out = tmp_path / "taught.pt"
+    done = _main("teach", "--label", "cube", "--data", str(data), "--out", str(out), "--checkpoint",
+                 str(tiny_checkpoint), "--steps", "4", "--token-steps", "4", "--minutes", "0.5", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert "written to" in done.stdout
+    model, meta = load_checkpoint(out)
+    assert model.registry.names[-1] == "cube" and meta["taught"]["steps"] == 4 and meta["taught"]["samples"] == 2
+    label_out = tmp_path / "cube_seg.nii.gz"
+    done = _main("infer", "--checkpoint", str(out), "--task", "segmentation", "--labels", "cube",
+                 "--image", str(data / "case0.nii.gz"), "--out", str(label_out))
+    assert done.returncode == 0, done.stderr
+    seg = np.asarray(nib.load(label_out).dataobj)
+    assert seg.shape == (32, 32, 16)
+    assert set(np.unique(seg)) <= {0, 12} and (seg == 12).any()
+
+
+@pytest.mark.slow
+def test_teach_errors(tmp_path, tiny_checkpoint):
+    data = _datastore(tmp_path / "cubes")
+    common = ("--out", str(tmp_path / "x.pt"), "--checkpoint", str(tiny_checkpoint), "--steps", "1", "--no-progress")
+    cases = [
+        (("--label", "cube", "--data", str(tmp_path / "missing")), "no such folder"),
+        (("--label", "edema", "--data", str(data)), "already exists"),
+        (("--label", "cube", "--data", str(data), "--tasks", "classification"), "cannot teach classification"),
+    ]
+    empty = tmp_path / "empty"
+    _datastore(empty, n=1, mask_value=0)
+    cases.append((("--label", "cube", "--data", str(empty)), "the mask is empty"))
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    nib.save(nib.Nifti1Image(_cube_image(0)[0], np.eye(4)), unlabelled / "a.nii.gz")
+    cases.append((("--label", "cube", "--data", str(unlabelled)), "no image has a mask"))
+    for args, message in cases:
+        done = _main("teach", *args, *common)
+        assert done.returncode == 2, (args, done.stderr)
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and message in errors[0], (args, done.stderr)
+        assert "Traceback" not in done.stderr
+    assert not (tmp_path / "x.pt").exists()
