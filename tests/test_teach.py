@@ -94,6 +94,11 @@ def test_growth_keeps_old_outputs_bit_identical():
     second = add_label(net, "liver", ["segmentation"])
     assert second.id == 13 and net.registry.class_index("spinal_cord") == k + 1
     _assert_old_outputs_equal(before, _outputs(net, image), k)
+    # past a group of OUTPUT_GROUP head rows (heat map 16 -> 18 channels, class head 17 -> 19 rows)
+    for name in ("kidney", "spleen", "aorta", "pancreas", "bladder"):
+        add_label(net, name, ["detection"])
+    assert net.proposal_head.heat.out_channels == 18
+    _assert_old_outputs_equal(before, _outputs(net, image), k)
 
 
 def test_add_label_errors():

@@ -42,13 +42,19 @@ class Conv(nn.Conv3d):
         padding = kernel_size // 2 if kernel_size % 2 else 0
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
 
-    def forward(self, x: torch.Tensor, outputs: slice | None = None) -> torch.Tensor:
-        """Convolve ``x``; ``outputs`` computes only those output channels."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convolve(x, self.weight, self.bias)
+
+    def grouped_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``self(x)`` computed :data:`OUTPUT_GROUP` output channels at a time, each group with
+        the same shape whatever the layer's width (see :func:`output_groups`)."""
+        return torch.cat([self.convolve(x, w, b) for w, b in output_groups(self.weight, self.bias)], 1)[
+            :, : self.out_channels]
+
+    def convolve(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """This layer's convolution of ``x`` with another ``weight`` and ``bias`` (of its kernel size)."""
         if x.ndim != 5:
             raise ValueError(f"expected a 5D tensor (B, C, X, Y, Z), got shape {tuple(x.shape)}")
-        weight, bias = self.weight, self.bias
-        if outputs is not None:
-            weight, bias = weight[outputs], None if bias is None else bias[outputs]
         if x.shape[-1] > 1:
             if self.kernel_size[0] % 2 == 0 and x.shape[-1] % self.stride[0]:
                 raise ValueError(f"depth {x.shape[-1]} is not divisible by the patch stride {self.stride[0]}")
@@ -59,20 +65,39 @@ class Conv(nn.Conv3d):
         return y.unsqueeze(-1)
 
 
-def per_output_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """``layer(x)`` computed one output at a time.
+#: output rows per kernel call of the layers sized by the label space
+OUTPUT_GROUP = 8
 
-    Each output is then computed by the same kernel whatever the layer's width, so a head
-    that grows by a row (a new label, :mod:`unimed.label_growth`) answers bit-identically
-    for its old rows; a wider matrix product may pick another summation order.
+
+def output_groups(weight: torch.Tensor, bias: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A layer's output rows in groups of :data:`OUTPUT_GROUP`, the last padded with zero rows.
+
+    A matrix product or convolution may sum in another order when its number of outputs
+    changes; computed in groups of one fixed size, the old outputs of a head that grows by a
+    row (a new label, :mod:`unimed.label_growth`) stay bit-identical.
 
     Example:
-        >>> lin = nn.Linear(4, 3)
+        >>> [tuple(w.shape) for w, _ in output_groups(torch.zeros(11, 4), torch.zeros(11))]
+        [(8, 4), (8, 4)]
+    """
+    pad = -weight.shape[0] % OUTPUT_GROUP
+    if pad:
+        weight = torch.cat([weight, weight.new_zeros(pad, *weight.shape[1:])])
+        bias = torch.cat([bias, bias.new_zeros(pad)])
+    return [(weight[i: i + OUTPUT_GROUP], bias[i: i + OUTPUT_GROUP]) for i in range(0, weight.shape[0], OUTPUT_GROUP)]
+
+
+def grouped_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``layer(x)`` computed in groups of :data:`OUTPUT_GROUP` outputs (see :func:`output_groups`).
+
+    Example:
+        >>> lin = nn.Linear(4, 11)
         >>> x = torch.randn(2, 4)
-        >>> torch.allclose(per_output_linear(x, lin), lin(x))
+        >>> torch.allclose(grouped_linear(x, lin), lin(x))
         True
     """
-    return torch.cat([F.linear(x, layer.weight[i: i + 1], layer.bias[i: i + 1]) for i in range(layer.out_features)], -1)
+    return torch.cat([F.linear(x, w, b) for w, b in output_groups(layer.weight, layer.bias)], -1)[
+        ..., : layer.out_features]
 
 
 class ConvNormAct(nn.Sequential):
