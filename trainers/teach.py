@@ -28,7 +28,7 @@ import torch
 from trainers.config import MixEntry, TrainConfig
 from trainers.data import GridItem, Source
 from trainers.joint import JointTrainer, seed_everything
-from trainers.pretrain import default_config, make_source
+from trainers.pretrain import build_sources, default_config, make_source
 from unimed.datasets.datastore import read_structure
 from unimed.datasets.sample import Sample
 from unimed.label_growth import add_label, canonical_name, fit_label_token
@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 
 #: what a mask teaches: the structure's segmentation, and its box
 TEACHABLE_TASKS = (Task.SEGMENTATION, Task.DETECTION)
+
+#: images (of one grid shape) the new token starts from
+TOKEN_ITEMS = 4
 
 
 def teach_config(steps: int = 300, minutes: float | None = 10.0, tasks: Sequence[Task] = TEACHABLE_TASKS,
@@ -128,7 +131,8 @@ def teach(
         folder: images at the top, masks (nonzero = the structure) under ``labels/final/``.
         tasks: what the label is taught and can be asked for (segmentation, detection).
         steps: fine-tuning steps (the run may stop earlier at ``minutes``).
-        minutes: wall-clock budget of the fine-tuning; None for no limit.
+        minutes: wall-clock budget of the whole run (reading, pseudo-labels, the token's start
+            and the fine-tuning, which gets what is left); None for no limit.
         replay_data: a shared-data-layout folder whose datasets replay the old labels; None:
             the base network's own answers on ``folder``'s images do.
         token_steps: steps that start the new token from the examples (:func:`fit_label_token`).
@@ -159,6 +163,14 @@ def teach(
     seed_everything(seed)
     start = time.time()
     samples = read_structure(folder, key, model.registry.next_id())
+    config = teach_config(steps, minutes, task_list, seed)
+    replay_sources: list[Source] = []
+    if replay_data is not None:
+        replay = default_config()
+        replay_sources = build_sources(Path(replay_data), replay)[0]
+        if not replay_sources:
+            raise ValueError(f"replay data {replay_data} holds none of the shared datasets")
+        config.mix.update({src.name: replay.mix[src.name] for src in replay_sources})
     base = None if replay_data is not None else Predictor(copy.deepcopy(model).eval())
     label = add_label(model, key, task_list)
     logger.info("label %s: id %d, class index %d, token %d; %d annotated images", label.name, label.id,
@@ -167,32 +179,30 @@ def teach(
         samples = [with_pseudo_labels(s, label, base, task_list) for s in samples]
     else:
         samples = [_structure_only(s, label, task_list) for s in samples]
-    config = teach_config(steps, minutes, task_list, seed)
     source = make_source("teach", samples, config.mix["teach"])
 
-    group = _largest_shape_group(source.items)
-    images = torch.stack([it.image for it in group])
-    masks = torch.stack([(it.label_map == label.id) for it in group]).float()
-    token_losses = fit_label_token(model, label, images, masks, steps=token_steps)
-    logger.info("token start: loss %.4f -> %.4f in %d steps", token_losses[0], token_losses[-1], token_steps)
-
-    sources: list[Source] = [source]
-    if replay_data is not None:
-        from trainers.pretrain import build_sources
-
-        replay = default_config()
-        sources += build_sources(Path(replay_data), replay)[0]
-        for src in sources[1:]:
-            config.mix[src.name] = replay.mix[src.name]
-        if len(sources) == 1:
-            raise ValueError(f"--replay-data {replay_data}: holds none of the shared datasets")
+    token_losses: list[float] = []
+    shown = [it for it in source.items if bool((it.label_map == label.id).any())]
+    if shown:
+        group = _largest_shape_group(shown)[:TOKEN_ITEMS]
+        images = torch.stack([it.image for it in group])
+        masks = torch.stack([(it.label_map == label.id) for it in group]).float()
+        modalities = torch.stack([model.modality_ids(it.modalities, images.shape[1]) for it in group])
+        token_losses = fit_label_token(model, label, images, masks, modalities=modalities, steps=token_steps)
+        logger.info("token start: loss %.4f -> %.4f in %d steps", token_losses[0], token_losses[-1], token_steps)
+    else:
+        logger.warning("the structure vanishes on the model grid of every image: the token starts from the mean "
+                       "label token")
+    if minutes is not None:  # the budget covers the whole run, the preparation too
+        config.max_minutes = max(0.05, minutes - (time.time() - start) / 60)
+    sources = [source, *replay_sources]
     trainer = JointTrainer(model, sources, config)
     history = trainer.train(progress=progress)
     return {
         "label": {"name": label.name, "id": label.id, "class_index": model.registry.class_index(label),
                   "tasks": [t.value for t in task_list]},
         "samples": len(samples),
-        "token_loss": [token_losses[0], token_losses[-1]],
+        "token_loss": [token_losses[0], token_losses[-1]] if token_losses else None,
         "steps": trainer.step_count,
         "first_loss": history[0].loss if history else None,
         "last_loss": history[-1].loss if history else None,
