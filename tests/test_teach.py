@@ -257,3 +257,34 @@ def test_teach_errors(tmp_path, tiny_checkpoint):
         assert len(errors) == 1 and message in errors[0], (args, done.stderr)
         assert "Traceback" not in done.stderr
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_pseudo_labels_replay_the_base_answers_and_the_structure_wins():
+    """Replay by pseudo-labels: the base network's segmentation and detections of the old
+    labels join the new structure's mask and box; the structure wins where both claim a voxel."""
+    from trainers.teach import with_pseudo_labels
+    from unimed.datasets.sample import Sample
+    from unimed.predictor import Predictor
+    from unimed.task_names import Task
+
+    torch.manual_seed(0)
+    base_net = unimed_tiny().eval()
+    with torch.no_grad():  # a base that answers "edema" everywhere: its background logit very low
+        base_net.decoder.token_embed.weight[base_net.vocab.task_token("segmentation")] *= 0
+    base = Predictor(base_net)
+    grown = unimed_tiny()
+    label = add_label(grown, "cube", ["segmentation", "detection"])
+    structure = np.zeros((48, 40), np.uint8)
+    structure[10:20, 5:15] = label.id
+    sample = Sample(torch.rand(1, 48, 40), np.eye(4), "datastore", "a", label_map=structure, seg_labels=("cube",))
+    replayed = with_pseudo_labels(sample, label, base, (Task.SEGMENTATION, Task.DETECTION))
+    base_map = base.predict(sample.meta_image(), "segmentation", base_net.registry.for_task(Task.SEGMENTATION)).label_map()
+    assert (base_map[structure == 0] != 0).any()  # the base answers some old label outside the structure
+    assert np.array_equal(replayed.label_map[structure > 0], structure[structure > 0])
+    assert np.array_equal(replayed.label_map[structure == 0], base_map[structure == 0])
+    old_seg = [lab.name for lab in base_net.registry.for_task(Task.SEGMENTATION)]
+    assert replayed.seg_labels == (*old_seg, "cube")
+    assert replayed.det_labels[-1] == "cube" and replayed.box_labels[-1] == "cube"
+    np.testing.assert_allclose(replayed.boxes[-1], [10 / 48, 5 / 40, 0, 20 / 48, 15 / 40, 1])
+    assert len(replayed.boxes) == len(replayed.box_labels)
+    assert np.array_equal(sample.label_map, structure)  # the input is left as it was
