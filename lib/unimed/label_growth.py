@@ -238,11 +238,11 @@ def fit_label_token(
     inside, outside = target / target.sum(), (1 - target) / (1 - target).sum().clamp(min=1e-6)
     weight = model.decoder.token_embed.weight
     saved = weight.detach().clone()
-    seg = Task.SEGMENTATION
+    # the segmentation prompt [task, label], built directly: a detection-only label fits too
+    ids = torch.tensor([[model.vocab.task_token(Task.SEGMENTATION), row]] * images.shape[0], device=images.device)
 
     def mask_logits() -> torch.Tensor:
-        ids, pad = model.prompt([(seg, [label])] * images.shape[0])
-        return model.decode(feats, ids, pad)["mask_logits"][:, 1]
+        return model.decode(feats, ids)["mask_logits"][:, 1]
 
     # 1. the start: mean logit inside minus outside is the mask embedding's product with the
     # prototype contrast p_in - p_out; take the existing label token that maximises it
