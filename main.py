@@ -269,6 +269,31 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_teach(args: argparse.Namespace) -> int:
+    """Teach a checkpoint a new label from a folder of annotated images; writes a new checkpoint."""
+    from trainers.teach import teach
+    from unimed.checkpoint import load_checkpoint, save_checkpoint
+
+    if not Path(args.data).is_dir():
+        raise CommandError(f"--data {args.data}: no such folder")
+    if args.replay_data is not None and not Path(args.replay_data).is_dir():
+        raise CommandError(f"--replay-data {args.replay_data}: no such folder")
+    if args.minutes is not None and args.minutes <= 0:
+        raise CommandError(f"--minutes must be positive, got {args.minutes}")
+    model, meta = load_checkpoint(args.checkpoint)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    try:
+        report = teach(model, args.label, args.data, tasks=tasks, steps=args.steps, minutes=args.minutes,
+                       replay_data=args.replay_data, token_steps=args.token_steps, seed=args.seed,
+                       progress=not args.no_progress)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    out = save_checkpoint(model, args.out, {**meta, "kind": "teach", "base": str(args.checkpoint), "taught": report})
+    print(json.dumps(report, indent=2))
+    print(f"checkpoint with label {report['label']['name']!r} written to {out}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Measure a checkpoint on a dataset folder: prints a table, optionally writes JSON."""
     from unimed.checkpoint import load_checkpoint
@@ -684,6 +709,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in MODEL_DIR/pretrain_state.pt (--minutes: the whole run's budget)")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("teach", help="teach a checkpoint a new label from annotated images", description=cmd_teach.__doc__)
+    p.add_argument("--label", required=True, help="the new label's name, e.g. spinal_cord")
+    p.add_argument("--data", required=True,
+                   help="images at the top, masks (nonzero = the structure) under labels/final/<image file name>")
+    p.add_argument("--out", required=True, help="the new checkpoint")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="the base checkpoint")
+    p.add_argument("--tasks", default="segmentation,detection", help="what the label is taught (comma-separated)")
+    p.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of the whole run (the fine-tuning gets what the preparation leaves)")
+    p.add_argument("--steps", type=int, default=300, help="fine-tuning steps (the budget may stop it earlier)")
+    p.add_argument("--token-steps", type=int, default=30, help="steps that start the new token from the examples")
+    p.add_argument("--replay-data", default=None,
+                   help="a folder in the shared data layout whose datasets replay the old labels "
+                        "(default: the base checkpoint's own answers on the images)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_teach)
 
     p = sub.add_parser("evaluate", help="measure a checkpoint on a dataset folder", description=cmd_evaluate.__doc__)
     p.add_argument("--dataset", required=True, choices=list(DATASETS))

@@ -12,7 +12,8 @@ from typing import Any, Iterable, Sequence
 
 from unimed.task_names import Task
 
-__all__ = ["Code", "Label", "LabelRegistry", "UnknownLabelError", "DEFAULT_LABELS", "parse_labels"]
+__all__ = ["Code", "Label", "LabelRegistry", "UnknownLabelError", "DEFAULT_LABELS", "parse_labels", "label_to_dict",
+           "label_from_dict", "registry_from_config"]
 
 
 class UnknownLabelError(ValueError):
@@ -108,6 +109,72 @@ DEFAULT_LABELS: tuple[Label, ...] = (
 )
 
 
+def label_to_dict(label: Label) -> dict[str, Any]:
+    """A label as plain data (str, int, lists), as a checkpoint stores it (``torch.load`` with
+    ``weights_only=True`` reads it back).
+
+    Example:
+        >>> label_to_dict(DEFAULT_LABELS[1])["tasks"]
+        ['detection', 'segmentation']
+        >>> label_from_dict(label_to_dict(DEFAULT_LABELS[1])) == DEFAULT_LABELS[1]
+        True
+    """
+    def code(c: Code | None) -> list[str] | None:
+        return None if c is None else [c.value, c.scheme, c.meaning]
+
+    return {"id": label.id, "name": label.name, "display": label.display,
+            "tasks": sorted(task.value for task in label.tasks), "color": list(label.color),
+            "aliases": list(label.aliases), "category": code(label.category), "type": code(label.type),
+            "region": code(label.region)}
+
+
+def label_from_dict(d: dict[str, Any]) -> Label:
+    """The :class:`Label` that :func:`label_to_dict` wrote.
+
+    Raises:
+        ValueError: a field is missing or malformed (the message names it).
+    """
+    try:
+        codes = {k: None if d.get(k) is None else Code(*map(str, d[k])) for k in ("category", "type", "region")}
+        codes = {k: v for k, v in codes.items() if v is not None or k == "region"}
+        color = tuple(int(c) for c in d["color"])
+        if len(color) != 3:
+            raise ValueError(f"color must have 3 components, got {len(color)}")
+        return Label(int(d["id"]), str(d["name"]), str(d["display"]), frozenset(Task.parse(t) for t in d["tasks"]),
+                     color, tuple(str(a) for a in d.get("aliases", ())), **codes)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"malformed label definition {d!r}: {exc}") from exc
+
+
+def registry_from_config(names: Sequence[str], definitions: Sequence[dict[str, Any]] = ()) -> "LabelRegistry":
+    """The label space a network config describes.
+
+    Args:
+        names: the labels in class-index order.
+        definitions: the labels' :func:`label_to_dict` forms in the same order; empty means
+            each name is a :data:`DEFAULT_LABELS` entry (checkpoints written before the label
+            space could grow, or a network trained on part of the default space).
+
+    Raises:
+        ValueError: the definitions' names differ from ``names``, or an empty ``definitions``
+            names a label :data:`DEFAULT_LABELS` lacks.
+
+    Example:
+        >>> registry_from_config(["edema", "platelet"]).class_index("platelet")
+        2
+    """
+    if definitions:
+        labels = [label_from_dict(d) for d in definitions]
+        if [lab.name for lab in labels] != list(names):
+            raise ValueError(f"label definitions {[lab.name for lab in labels]} differ from the label names {list(names)}")
+        return LabelRegistry(labels)
+    defaults = {lab.name: lab for lab in DEFAULT_LABELS}
+    missing = [name for name in names if name not in defaults]
+    if missing:
+        raise ValueError(f"labels {missing} are not default labels and the config carries no definition of them")
+    return LabelRegistry([defaults[name] for name in names])
+
+
 def _key(name: str) -> str:
     return name.strip().lower().replace(" ", "_").replace("-", "_")
 
@@ -156,6 +223,20 @@ class LabelRegistry:
     @property
     def names(self) -> list[str]:
         return [lab.name for lab in self._labels]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and _key(name) in self._by_key
+
+    def next_id(self) -> int:
+        """The label-map value a new label gets: one more than the largest id in use.
+
+        Raises:
+            ValueError: the ids are used up to 255.
+        """
+        value = max((lab.id for lab in self._labels), default=0) + 1
+        if value > 255:
+            raise ValueError("the label space is full: label ids go up to 255")
+        return value
 
     def get(self, name: str) -> Label:
         """Look a label up by name or alias (case and separator insensitive).

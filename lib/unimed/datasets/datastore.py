@@ -22,7 +22,8 @@ from unimed.modalities import modalities_from_name
 from unimed.task_names import Task
 from unimed.transforms import IMAGE_SUFFIXES, ImageLoadError, image_affine, load_image
 
-__all__ = ["read_datastore", "read_labelled", "read_label", "check_label_map", "evaluate_datastore", "SPEC", "image_stem"]
+__all__ = ["read_datastore", "read_labelled", "read_label", "check_label_map", "evaluate_datastore", "SPEC", "image_stem",
+           "read_structure"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +169,57 @@ def read_datastore(folder: str | Path, skipped: list[tuple[str, str]] | None = N
             continue
         (unlabelled if label_path is None else labelled).append(sample)
     return labelled, unlabelled
+
+
+def read_structure(folder: str | Path, name: str, label_id: int) -> list[Sample]:
+    """The images of a datastore-style folder whose ``labels/final/`` mask marks one structure.
+
+    What ``teach`` learns a new label from: any nonzero mask value is the structure, whatever
+    its number (a viewer's segment value is not a registry id yet). Images without a mask are
+    left out.
+
+    Args:
+        folder: images at the top, masks under ``labels/final/`` with the image's file name.
+        name: the structure's label name (each sample's ``seg_labels``).
+        label_id: the value the structure takes in the samples' label maps.
+
+    Returns:
+        Samples with ``label_map`` = ``label_id`` on the structure, 0 elsewhere.
+
+    Raises:
+        DatasetError: no such folder, no image with a mask, an unreadable image or mask, a
+            mask of another shape than its image's or of more than one channel, or an empty mask.
+
+    Example:
+        >>> samples = read_structure("my_cases", "spinal_cord", 12)  # doctest: +SKIP
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: no such folder")
+    samples = []
+    for path in sorted(p for p in folder.iterdir() if _is_image(p)):
+        label_path = _label_file(folder, path)
+        if label_path is None:
+            logger.info("%s has no mask under labels/final: left out", path.name)
+            continue
+        image, mask = _load(path), _load(label_path)
+        spatial = tuple(image.shape[1:])
+        if mask.shape[0] != 1:
+            raise DatasetError(f"{label_path}: a mask must have one channel, got {mask.shape[0]}")
+        values = np.asarray(mask[0].detach().cpu().numpy())
+        if values.shape != spatial:
+            raise DatasetError(f"{label_path}: mask shape {values.shape} differs from the image's {spatial}")
+        structure = values != 0
+        if not structure.any():
+            raise DatasetError(f"{label_path}: the mask is empty (no nonzero voxel marks the structure)")
+        samples.append(Sample(
+            image=torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image),
+            affine=image_affine(image), dataset="datastore", name=image_stem(path.name),
+            label_map=structure.astype(np.uint8) * np.uint8(label_id), seg_labels=(name,),
+            modalities=modalities_from_name(path, int(image.shape[0]))))
+    if not samples:
+        raise DatasetError(f"{folder}: no image has a mask under labels/final/ (same file name as the image)")
+    return samples
 
 
 def read_labelled(folder: str | Path, split: str | None = None) -> list[Sample]:

@@ -7,6 +7,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from unimed.networks.layers import grouped_linear
+
 __all__ = ["DecomposedDecoder", "DecoderLayer"]
 
 
@@ -139,7 +141,7 @@ class DecomposedDecoder(nn.Module):
         q = x[:, p:]
         return {
             "mask_embed": self.mask_head(x),
-            "class_logits": self.class_head(q),
+            "class_logits": grouped_linear(q, self.class_head),  # bit-stable when the label space grows
             "box_logits": self.box_head(q).reshape(b, self.num_queries, 6, self.num_bins)
             + (0 if query_boxes is None else box_prior_logits(query_boxes, self.num_bins)),
             "presence_logits": self.presence_head(x[:, :p]).squeeze(-1),

@@ -43,16 +43,61 @@ class Conv(nn.Conv3d):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convolve(x, self.weight, self.bias)
+
+    def grouped_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``self(x)`` computed :data:`OUTPUT_GROUP` output channels at a time, each group with
+        the same shape whatever the layer's width (see :func:`output_groups`)."""
+        return torch.cat([self.convolve(x, w, b) for w, b in output_groups(self.weight, self.bias)], 1)[
+            :, : self.out_channels]
+
+    def convolve(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """This layer's convolution of ``x`` with another ``weight`` and ``bias`` (of its kernel size)."""
         if x.ndim != 5:
             raise ValueError(f"expected a 5D tensor (B, C, X, Y, Z), got shape {tuple(x.shape)}")
         if x.shape[-1] > 1:
             if self.kernel_size[0] % 2 == 0 and x.shape[-1] % self.stride[0]:
                 raise ValueError(f"depth {x.shape[-1]} is not divisible by the patch stride {self.stride[0]}")
-            return super().forward(x)
+            return self._conv_forward(x, weight, bias)
         k = self.kernel_size[0]
-        weight = self.weight[..., k // 2] if k % 2 else self.weight.sum(-1)
-        y = F.conv2d(x[..., 0], weight, self.bias, stride=self.stride[:2], padding=self.padding[:2])
+        weight = weight[..., k // 2] if k % 2 else weight.sum(-1)
+        y = F.conv2d(x[..., 0], weight, bias, stride=self.stride[:2], padding=self.padding[:2])
         return y.unsqueeze(-1)
+
+
+#: output rows per kernel call of the layers sized by the label space
+OUTPUT_GROUP = 8
+
+
+def output_groups(weight: torch.Tensor, bias: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A layer's output rows in groups of :data:`OUTPUT_GROUP`, the last padded with zero rows.
+
+    A matrix product or convolution may sum in another order when its number of outputs
+    changes; computed in groups of one fixed size, the old outputs of a head that grows by a
+    row (a new label, :mod:`unimed.label_growth`) stay bit-identical.
+
+    Example:
+        >>> [tuple(w.shape) for w, _ in output_groups(torch.zeros(11, 4), torch.zeros(11))]
+        [(8, 4), (8, 4)]
+    """
+    pad = -weight.shape[0] % OUTPUT_GROUP
+    if pad:
+        weight = torch.cat([weight, weight.new_zeros(pad, *weight.shape[1:])])
+        bias = torch.cat([bias, bias.new_zeros(pad)])
+    return [(weight[i: i + OUTPUT_GROUP], bias[i: i + OUTPUT_GROUP]) for i in range(0, weight.shape[0], OUTPUT_GROUP)]
+
+
+def grouped_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``layer(x)`` computed in groups of :data:`OUTPUT_GROUP` outputs (see :func:`output_groups`).
+
+    Example:
+        >>> lin = nn.Linear(4, 11)
+        >>> x = torch.randn(2, 4)
+        >>> torch.allclose(grouped_linear(x, lin), lin(x))
+        True
+    """
+    return torch.cat([F.linear(x, w, b) for w, b in output_groups(layer.weight, layer.bias)], -1)[
+        ..., : layer.out_features]
 
 
 class ConvNormAct(nn.Sequential):

@@ -46,7 +46,8 @@ class ProposalHead(nn.Module):
         """Returns heat-map logits ``(B, K, ...)`` and extents ``(B, 6, ...)``: distances from
         the cell centre to the faces ``[x0, y0, z0, x1, y1, z1]``, in units of the image side."""
         h = self.trunk(x)
-        return self.heat(h), self.extent(h).clamp(max=3.0).exp()
+        # in fixed-size groups: a grown label space leaves the old channels bit-identical
+        return self.heat.grouped_forward(h), self.extent(h).clamp(max=3.0).exp()
 
 
 def cell_centres(shape: tuple[int, int, int], device=None) -> torch.Tensor:

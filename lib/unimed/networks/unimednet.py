@@ -10,13 +10,13 @@ composed decoder, and :class:`unimed.tokens.TokenCodec` decodes them into annota
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from unimed.labels import Label, LabelRegistry
+from unimed.labels import DEFAULT_LABELS, Label, LabelRegistry, label_to_dict, registry_from_config
 from unimed.modalities import MODALITIES, UNKNOWN, parse_modality
 from unimed.networks.backbone import Backbone
 from unimed.networks.decoder import DecomposedDecoder
@@ -49,6 +49,10 @@ class UniMedConfig:
         num_queries: learned queries (the most objects one image can yield).
         num_bins: coordinate bins per box coordinate.
         labels: names of the shared label space, in class-index order.
+        label_definitions: the labels' definitions (:func:`unimed.labels.label_to_dict`: id,
+            display name, tasks, colour, codes) in the same order, so that a checkpoint whose
+            label space grew (:mod:`unimed.label_growth`) loads with no code change; empty when
+            every label is a :data:`~unimed.labels.DEFAULT_LABELS` entry.
         modalities: the modality vocabulary the stem embeds (:mod:`unimed.modalities`; index 0
             unknown); empty for a stem blind to which channel is which (version 1).
         presence_evidence: presence logits also read attention-pooled pixel embeddings and the
@@ -65,6 +69,7 @@ class UniMedConfig:
     num_queries: int = 48
     num_bins: int = 128
     labels: tuple[str, ...] = field(default_factory=lambda: tuple(LabelRegistry().names))
+    label_definitions: tuple[dict, ...] = ()
     modalities: tuple[str, ...] = MODALITIES
     presence_evidence: bool = True
 
@@ -77,7 +82,7 @@ class UniMedConfig:
         # a version-1 checkpoint's config predates these fields: it had neither
         known.setdefault("modalities", ())
         known.setdefault("presence_evidence", False)
-        for k in ("channels", "blocks", "labels", "modalities"):
+        for k in ("channels", "blocks", "labels", "modalities", "label_definitions"):
             if k in known:
                 known[k] = tuple(known[k])
         return cls(**known)
@@ -105,7 +110,8 @@ class UniMed(nn.Module):
 
     Args:
         config: hyper-parameters; defaults give the shipped model's size.
-        registry: the shared label space; its names must equal ``config.labels``.
+        registry: the shared label space; its names must equal ``config.labels``. None: the
+            space ``config`` describes (:func:`unimed.labels.registry_from_config`).
 
     ``forward(image, prompt_ids, prompt_pad)`` contract:
         - ``image``: ``(B, C, X, Y, Z)`` float, any ``C >= 1``; ``X, Y, Z`` multiples of 16,
@@ -142,12 +148,17 @@ class UniMed(nn.Module):
 
     def __init__(self, config: UniMedConfig | None = None, registry: LabelRegistry | None = None):
         super().__init__()
-        self.config = config = config or UniMedConfig()
-        self.registry = registry or LabelRegistry()
-        if tuple(self.registry.names) != tuple(config.labels):
+        config = config or UniMedConfig()
+        if registry is None:
+            registry = registry_from_config(config.labels, config.label_definitions)
+        elif tuple(registry.names) != tuple(config.labels):
             raise ValueError(
-                f"the label registry {self.registry.names} differs from the network's label space {list(config.labels)}"
+                f"the label registry {registry.names} differs from the network's label space {list(config.labels)}"
             )
+        elif not config.label_definitions and not set(registry).issubset(DEFAULT_LABELS):
+            # a registry of its own travels in the config, so a checkpoint of this network loads
+            config = replace(config, label_definitions=tuple(label_to_dict(lab) for lab in registry))
+        self.config, self.registry = config, registry
         self.vocab = TokenVocabulary(
             self.registry, num_bins=config.num_bins, num_mask_refs=1 + len(self.registry) + config.num_queries
         )

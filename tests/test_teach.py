@@ -1,0 +1,303 @@
+"""The label space lives in the checkpoint and grows: add_label, the token's start, teach."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unimed.checkpoint import load_checkpoint, save_checkpoint
+from unimed.label_growth import add_label, fit_label_token, pool_prototype
+from unimed.labels import LabelRegistry, label_from_dict, label_to_dict, registry_from_config
+from unimed.networks.unimednet import UniMed, UniMedConfig, unimed_tiny
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: old-label requests whose outputs must not move when the label space grows
+OLD_REQUESTS = [("segmentation", ["edema", "necrosis"]), ("detection", ["edema", "platelet"]),
+                ("classification", ["lung_tumor", "adrenal_normal"])]
+
+
+def _outputs(net: UniMed, image: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    """The old requests' outputs (one encode: growth leaves the backbone alone, the decode is what grows)."""
+    with torch.no_grad():
+        feats = net.encode(image)
+        return [net.decode(feats, *net.prompt([request])) for request in OLD_REQUESTS]
+
+
+def _assert_old_outputs_equal(before, after, k: int) -> None:
+    for b, a in zip(before, after):
+        for key, value in b.items():
+            got = a[key]
+            if key == "class_logits":
+                got = got[..., : k + 1]
+            elif key == "heat_logits":
+                got = got[:, :k]
+            assert torch.equal(value, got), key
+
+
+def _cube_image(seed: int, shape=(32, 32, 16)) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    image = rng.normal(0, 0.1, shape).astype(np.float32)
+    mask = np.zeros(shape, np.uint8)
+    x, y = 8 + seed, 10
+    mask[x: x + 12, y: y + 12, 4:12] = 1
+    image[mask > 0] += 3.0
+    return image, mask
+
+
+def _datastore(folder: Path, n: int = 2, mask_value: int = 7) -> Path:
+    (folder / "labels" / "final").mkdir(parents=True)
+    for i in range(n):
+        image, mask = _cube_image(i)
+        nib.save(nib.Nifti1Image(image, np.eye(4)), folder / f"case{i}.nii.gz")
+        nib.save(nib.Nifti1Image(mask * mask_value, np.eye(4)), folder / "labels" / "final" / f"case{i}.nii.gz")
+    return folder
+
+
+def test_label_definitions_round_trip():
+    reg = LabelRegistry()
+    assert [label_from_dict(label_to_dict(lab)) for lab in reg] == list(reg)
+    sub = registry_from_config(["platelet", "edema"])
+    assert sub.class_index("edema") == 2 and sub.get("edema").id == 2
+    with pytest.raises(ValueError, match="no definition"):
+        registry_from_config(["spinal_cord"])
+    with pytest.raises(ValueError, match="malformed label definition"):
+        label_from_dict({"id": 12, "name": "x"})
+
+
+def test_a_registry_of_its_own_travels_in_the_config():
+    from unimed.labels import Label
+    from unimed.task_names import Task
+
+    liver = Label(1, "liver", "Liver", frozenset({Task.SEGMENTATION}), (1, 2, 3))
+    net = UniMed(UniMedConfig(labels=("liver",), channels=(8, 8, 16, 16), blocks=(1, 1, 1, 1), stem_channels=8, dim=24,
+                              mask_dim=8, heads=2, layers=2, num_queries=8, num_bins=16), LabelRegistry([liver]))
+    again = UniMed(UniMedConfig.from_dict(net.config.to_dict()))
+    assert list(again.registry) == [liver]
+    with pytest.raises(ValueError, match="differs from the network's label space"):
+        UniMed(UniMedConfig(labels=("edema",)), LabelRegistry([liver]))
+
+
+def test_growth_keeps_old_outputs_bit_identical():
+    """On a 2D image (fast); the slow fresh-process test checks a volume."""
+    torch.manual_seed(0)
+    net = unimed_tiny().eval()
+    k = len(net.registry)
+    image = torch.randn(1, 2, 64, 64, 1)
+    before = _outputs(net, image)
+    old_tokens = {lab.name: net.vocab.label_token(lab) for lab in net.registry}
+    label = add_label(net, "Spinal cord", ["segmentation", "detection"], color=(1, 2, 3))
+    assert (label.name, label.id, label.color) == ("spinal_cord", 12, (1, 2, 3))
+    assert net.registry.class_index(label) == k + 1
+    assert {lab.name: net.vocab.label_token(lab) for lab in list(net.registry)[:k]} == old_tokens
+    assert net.vocab.token_str(net.vocab.label_token(label)) == "<label:spinal_cord>"
+    assert net.decoder.class_head.out_features == k + 2 and net.proposal_head.heat.out_channels == k + 1
+    _assert_old_outputs_equal(before, _outputs(net, image), k)
+    # the new label answers through the same decoder
+    with torch.no_grad():
+        out = net(image, *net.prompt([("segmentation", ["spinal_cord", "edema"])]))
+    assert out["mask_logits"].shape[1] == 3
+    # a second label grows again; the first stays where it was
+    second = add_label(net, "liver", ["segmentation"])
+    assert second.id == 13 and net.registry.class_index("spinal_cord") == k + 1
+    # past a group of OUTPUT_GROUP head rows (heat map 16 -> 18 channels, class head 17 -> 19 rows)
+    for name in ("kidney", "spleen", "aorta", "pancreas", "bladder"):
+        add_label(net, name, ["detection"])
+    assert net.proposal_head.heat.out_channels == 18
+    _assert_old_outputs_equal(before, _outputs(net, image), k)
+
+
+def test_add_label_errors():
+    net = unimed_tiny()
+    with pytest.raises(ValueError, match="already exists"):
+        add_label(net, "Oedema", ["segmentation"])  # an alias of edema
+    with pytest.raises(ValueError, match="at least one task"):
+        add_label(net, "liver", [])
+    with pytest.raises(ValueError, match="three values"):
+        add_label(net, "liver", ["segmentation"], color=(0, 300, 0))
+    with pytest.raises(ValueError, match="prototype must have shape"):
+        add_label(net, "liver", ["segmentation"], prototype=torch.zeros(3))
+    assert "liver" not in net.registry  # a refused label leaves the network as it was
+    with pytest.raises(ValueError, match="letters or digits"):
+        add_label(net, " - ", ["segmentation"])
+
+
+def test_pool_prototype_weighs_by_area():
+    pixel = torch.zeros(1, 2, 4, 4, 1)
+    pixel[0, 0, 0] = 2.0
+    masks = torch.zeros(1, 8, 8, 1)
+    masks[0, :2] = 1  # the first pixel row, whole
+    assert pool_prototype(pixel, masks).tolist() == [2.0, 0.0]
+    with pytest.raises(ValueError, match="empty"):
+        pool_prototype(pixel, torch.zeros(1, 8, 8, 1))
+
+
+def test_token_from_prototype_fires_inside_the_structure():
+    """A token started from the examples gives higher mask logits inside the structure than
+    outside, on the image it came from; the other labels do not move."""
+    torch.manual_seed(0)
+    net = unimed_tiny().eval()
+    image = 0.1 * torch.randn(1, 1, 64, 64, 1)
+    mask = torch.zeros(1, 64, 64, 1)
+    mask[0, 16:40, 20:44] = 1
+    image[0, 0][mask[0] > 0] += 3.0
+    before = _outputs(net, image)
+    label = add_label(net, "cube", ["segmentation"])
+    losses = fit_label_token(net, label, image, mask, steps=5)
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    with torch.no_grad():
+        logits = net(image, *net.prompt([("segmentation", ["cube"])]))["mask_logits"][0, 1]
+    inside = F.adaptive_avg_pool3d(mask[None], tuple(logits.shape))[0, 0] > 0.5
+    assert float(logits[inside].mean()) > float(logits[~inside].mean()) + 0.05
+    _assert_old_outputs_equal(before, _outputs(net, image), 11)
+
+
+@pytest.mark.slow
+def test_grown_checkpoint_loads_in_a_fresh_process(tmp_path):
+    """A grown checkpoint loads with no code change, lists its label, answers it, and answers
+    the old labels on a volume exactly as the checkpoint it grew from."""
+    torch.manual_seed(0)
+    base_path = save_checkpoint(unimed_tiny(), tmp_path / "base.pt")
+    net, _ = load_checkpoint(base_path)
+    add_label(net, "spinal_cord", ["segmentation", "detection"], color=(10, 20, 30))
+    path = save_checkpoint(net, tmp_path / "grown.pt")
+    code = f"""
+import json, torch
+from unimed.checkpoint import load_checkpoint
+base, grown = load_checkpoint({str(base_path)!r})[0], load_checkpoint({str(path)!r})[0]
+image = torch.randn(1, 1, 32, 32, 16, generator=torch.Generator().manual_seed(0))
+same = []
+with torch.no_grad():
+    for request in {OLD_REQUESTS!r}:
+        b, g = base(image, *base.prompt([request])), grown(image, *grown.prompt([request]))
+        g["class_logits"], g["heat_logits"] = g["class_logits"][..., :12], g["heat_logits"][:, :11]
+        same.append(all(torch.equal(b[k], g[k]) for k in b))
+    out = grown(image, *grown.prompt([("segmentation", ["spinal_cord"])]))
+lab = grown.registry.get("spinal_cord")
+print(json.dumps({{"names": grown.registry.names, "id": lab.id, "color": lab.color, "same": same,
+                  "index": grown.registry.class_index(lab), "shape": list(out["mask_logits"].shape)}}))
+"""
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'lib'}{os.pathsep}{REPO}"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["names"][-1] == "spinal_cord" and got["id"] == 12 and got["index"] == 12
+    assert got["color"] == [10, 20, 30] and got["shape"] == [1, 2, 16, 16, 8]
+    assert got["same"] == [True, True, True]
+
+
+def test_old_checkpoint_config_still_loads():
+    """A config written before label definitions existed builds the default label space."""
+    cfg = UniMedConfig(channels=(8, 8, 16, 16), blocks=(1, 1, 1, 1), stem_channels=8, dim=24, mask_dim=8, heads=2,
+                       layers=2, num_queries=8, num_bins=16).to_dict()
+    del cfg["label_definitions"]
+    net = UniMed(UniMedConfig.from_dict(cfg))
+    assert net.registry.names == LabelRegistry().names and net.config.label_definitions == ()
+
+
+def _main(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'lib'}{os.pathsep}{REPO}"}
+    return subprocess.run([sys.executable, str(REPO / "main.py"), *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path) -> Path:
+    torch.manual_seed(0)
+    return save_checkpoint(unimed_tiny(), tmp_path / "base.pt", {"version": 1})
+
+
+@pytest.mark.slow
+def test_teach_then_infer(tmp_path, tiny_checkpoint):
+    data = _datastore(tmp_path / "cubes")
+    out = tmp_path / "taught.pt"
+    done = _main("teach", "--label", "cube", "--data", str(data), "--out", str(out), "--checkpoint",
+                 str(tiny_checkpoint), "--steps", "4", "--token-steps", "4", "--minutes", "0.5", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert "written to" in done.stdout
+    model, meta = load_checkpoint(out)
+    assert model.registry.names[-1] == "cube" and meta["taught"]["steps"] == 4 and meta["taught"]["samples"] == 2
+    label_out = tmp_path / "cube_seg.nii.gz"
+    done = _main("infer", "--checkpoint", str(out), "--task", "segmentation", "--labels", "cube",
+                 "--image", str(data / "case0.nii.gz"), "--out", str(label_out))
+    assert done.returncode == 0, done.stderr
+    seg = np.asarray(nib.load(label_out).dataobj)
+    assert seg.shape == (32, 32, 16)
+    assert set(np.unique(seg)) <= {0, 12} and (seg == 12).any()
+
+
+@pytest.mark.slow
+def test_teach_errors(tmp_path, tiny_checkpoint):
+    data = _datastore(tmp_path / "cubes")
+    common = ("--out", str(tmp_path / "x.pt"), "--checkpoint", str(tiny_checkpoint), "--steps", "1", "--no-progress")
+    cases = [
+        (("--label", "cube", "--data", str(tmp_path / "missing")), "no such folder"),
+        (("--label", "edema", "--data", str(data)), "already exists"),
+        (("--label", "cube", "--data", str(data), "--tasks", "classification"), "cannot teach classification"),
+    ]
+    cases.append((("--label", "cube", "--data", str(data), "--replay-data", str(tmp_path)), "none of the shared datasets"))
+    empty = tmp_path / "empty"
+    _datastore(empty, n=1, mask_value=0)
+    cases.append((("--label", "cube", "--data", str(empty)), "the mask is empty"))
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    nib.save(nib.Nifti1Image(_cube_image(0)[0], np.eye(4)), unlabelled / "a.nii.gz")
+    cases.append((("--label", "cube", "--data", str(unlabelled)), "no image has a mask"))
+    for args, message in cases:
+        done = _main("teach", *args, *common)
+        assert done.returncode == 2, (args, done.stderr)
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and message in errors[0], (args, done.stderr)
+        assert "Traceback" not in done.stderr
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_pseudo_labels_replay_the_base_answers_and_the_structure_wins():
+    """Replay by pseudo-labels: the base network's segmentation and detections of the old
+    labels join the new structure's mask and box; the structure wins where both claim a voxel."""
+    from trainers.teach import with_pseudo_labels
+    from unimed.datasets.sample import Sample
+    from unimed.predictor import Predictor
+    from unimed.task_names import Task
+
+    torch.manual_seed(0)
+    base_net = unimed_tiny().eval()
+    with torch.no_grad():  # a base that answers "edema" everywhere: its background logit very low
+        base_net.decoder.token_embed.weight[base_net.vocab.task_token("segmentation")] *= 0
+    base = Predictor(base_net)
+    grown = unimed_tiny()
+    label = add_label(grown, "cube", ["segmentation", "detection"])
+    structure = np.zeros((48, 40), np.uint8)
+    structure[10:20, 5:15] = label.id
+    sample = Sample(torch.rand(1, 48, 40), np.eye(4), "datastore", "a", label_map=structure, seg_labels=("cube",))
+    replayed = with_pseudo_labels(sample, label, base, (Task.SEGMENTATION, Task.DETECTION))
+    base_map = base.predict(sample.meta_image(), "segmentation", base_net.registry.for_task(Task.SEGMENTATION)).label_map()
+    assert (base_map[structure == 0] != 0).any()  # the base answers some old label outside the structure
+    assert np.array_equal(replayed.label_map[structure > 0], structure[structure > 0])
+    assert np.array_equal(replayed.label_map[structure == 0], base_map[structure == 0])
+    old_seg = [lab.name for lab in base_net.registry.for_task(Task.SEGMENTATION)]
+    assert replayed.seg_labels == (*old_seg, "cube")
+    assert replayed.det_labels[-1] == "cube" and replayed.box_labels[-1] == "cube"
+    np.testing.assert_allclose(replayed.boxes[-1], [10 / 48, 5 / 40, 0, 20 / 48, 15 / 40, 1])
+    assert len(replayed.boxes) == len(replayed.box_labels)
+    assert np.array_equal(sample.label_map, structure)  # the input is left as it was
+
+
+def test_a_detection_only_label_starts_from_the_examples_too():
+    net = unimed_tiny().eval()
+    label = add_label(net, "dot", ["detection"])
+    image, mask = torch.zeros(1, 1, 32, 32, 1), torch.zeros(1, 32, 32, 1)
+    mask[0, 4:12, 4:12] = 1
+    image[0, 0][mask[0] > 0] = 2.0
+    assert len(fit_label_token(net, label, image, mask, steps=1)) == 2
+    with pytest.raises(ValueError, match="empty"):
+        fit_label_token(net, label, image, torch.zeros_like(mask), steps=1)

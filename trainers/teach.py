@@ -1,0 +1,211 @@
+"""Teaching a network a new label from a few annotated images (``python main.py teach``).
+
+:func:`teach` grows the label space by one token (:func:`unimed.label_growth.add_label`),
+starts the token from the annotated examples (:func:`unimed.label_growth.fit_label_token`),
+then fine-tunes the whole network with :class:`~trainers.joint.JointTrainer` on the new
+label's masks (segmentation, and detection from each mask's box) with replay, so that the old
+labels keep their figures:
+
+- by default the base network's own answers on the same images are the old labels' targets
+  (pseudo-labels): its segmentation of every old segmentation label and its detections of
+  every old detection label join the new structure's mask and box in each training item;
+- with ``replay_data`` (a folder in the shared data layout), the pretraining data's sources
+  (:func:`trainers.pretrain.build_sources`) train alongside instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from trainers.config import MixEntry, TrainConfig
+from trainers.data import GridItem, Source
+from trainers.joint import JointTrainer, seed_everything
+from trainers.pretrain import build_sources, default_config, make_source
+from unimed.datasets.datastore import read_structure
+from unimed.datasets.sample import Sample
+from unimed.label_growth import add_label, canonical_name, fit_label_token
+from unimed.labels import Label
+from unimed.metrics import mask_box
+from unimed.networks.unimednet import UniMed
+from unimed.predictor import Predictor
+from unimed.task_names import Task
+
+__all__ = ["TEACHABLE_TASKS", "teach_config", "with_pseudo_labels", "teach"]
+
+logger = logging.getLogger(__name__)
+
+#: what a mask teaches: the structure's segmentation, and its box
+TEACHABLE_TASKS = (Task.SEGMENTATION, Task.DETECTION)
+
+#: images (of one grid shape) the new token starts from
+TOKEN_ITEMS = 4
+
+
+def teach_config(steps: int = 300, minutes: float | None = 10.0, tasks: Sequence[Task] = TEACHABLE_TASKS,
+                 seed: int = 0) -> TrainConfig:
+    """The fine-tuning recipe: a tenth of pretraining's learning rate, a short warm-up, one
+    item of the new label per step.
+
+    Example:
+        >>> teach_config(steps=20).mix["teach"].tasks
+        ('segmentation', 'detection')
+    """
+    return TrainConfig(steps=steps, max_minutes=minutes, lr=1e-4, warmup_steps=min(10, max(1, steps // 10)),
+                       seed=seed, mix={"teach": MixEntry(tuple(t.value for t in tasks), batch_size=1)}, log_every=1)
+
+
+def with_pseudo_labels(sample: Sample, label: Label, base: Predictor, tasks: Sequence[Task]) -> Sample:
+    """``sample`` (its ``label_map`` marks the new structure) with the base network's answers
+    for the old labels added as targets: the structure wins where both claim a voxel.
+
+    Every old label of a task is listed as annotated (``seg_labels`` / ``det_labels``), so the
+    base network's "absent" is replayed too. Detection gets the structure's box.
+    """
+    structure = np.asarray(sample.label_map) == label.id
+    out = replace(sample)
+    registry = base.model.registry
+    image = sample.meta_image()
+    if Task.SEGMENTATION in tasks:
+        old = [lab for lab in registry.for_task(Task.SEGMENTATION)]
+        label_map = np.asarray(base.predict(image, Task.SEGMENTATION, old).label_map()).astype(np.uint8)
+        label_map[structure] = label.id
+        out.label_map = label_map
+        out.seg_labels = tuple(lab.name for lab in old) + (label.name,)
+    else:
+        out.seg_labels = (label.name,)
+    if Task.DETECTION in tasks:
+        old = [lab for lab in registry.for_task(Task.DETECTION)]
+        boxes, names = [], []
+        if old:
+            ann = base.predict(image, Task.DETECTION, old).annotation
+            boxes, names = [np.asarray(b, np.float64) for b in ann.boxes], list(ann.labels)
+        boxes.append(mask_box(structure))
+        names.append(label.name)
+        out.boxes, out.box_labels = np.stack(boxes), names
+        out.det_labels = tuple(lab.name for lab in old) + (label.name,)
+    return out
+
+
+def _structure_only(sample: Sample, label: Label, tasks: Sequence[Task]) -> Sample:
+    """``sample`` with the new structure as its only target (replay comes from other data)."""
+    structure = np.asarray(sample.label_map) == label.id
+    out = replace(sample, seg_labels=(label.name,) if Task.SEGMENTATION in tasks else ())
+    if Task.DETECTION in tasks:
+        out.boxes, out.box_labels, out.det_labels = mask_box(structure)[None], [label.name], (label.name,)
+    return out
+
+
+def _largest_shape_group(items: Sequence[GridItem]) -> list[GridItem]:
+    groups: dict[tuple, list[GridItem]] = {}
+    for it in items:
+        groups.setdefault(tuple(it.image.shape), []).append(it)
+    return max(groups.values(), key=len)
+
+
+def teach(
+    model: UniMed,
+    name: str,
+    folder: str | Path,
+    *,
+    tasks: Sequence[Task | str] = TEACHABLE_TASKS,
+    steps: int = 300,
+    minutes: float | None = 10.0,
+    replay_data: str | Path | None = None,
+    token_steps: int = 30,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Teach ``model`` (in place) the structure that ``folder``'s masks mark, as label ``name``.
+
+    Args:
+        model: the base network; its label space grows by ``name``.
+        name: the new label's name.
+        folder: images at the top, masks (nonzero = the structure) under ``labels/final/``.
+        tasks: what the label is taught and can be asked for (segmentation, detection).
+        steps: fine-tuning steps (the run may stop earlier at ``minutes``).
+        minutes: wall-clock budget of the whole run (reading, pseudo-labels, the token's start
+            and the fine-tuning, which gets what is left); None for no limit.
+        replay_data: a shared-data-layout folder whose datasets replay the old labels; None:
+            the base network's own answers on ``folder``'s images do.
+        token_steps: steps that start the new token from the examples (:func:`fit_label_token`).
+        seed: seeds Python, NumPy and torch.
+        progress: show a progress bar.
+
+    Returns:
+        A report: the label, samples, steps, minutes, the first and last losses, the replay.
+
+    Raises:
+        ValueError: the label exists, no or unknown tasks, a task a mask cannot teach, or
+            ``steps < 1``.
+        DatasetError: the folder is missing, has no mask, or a mask is empty or mismatched.
+    """
+    task_list = tuple(dict.fromkeys(Task.parse(t) for t in tasks))
+    if not task_list:
+        raise ValueError("teach needs at least one task (segmentation, detection)")
+    unteachable = [t.value for t in task_list if t not in TEACHABLE_TASKS]
+    if unteachable:
+        raise ValueError(f"a mask cannot teach {', '.join(unteachable)}; tasks must be among "
+                         f"{', '.join(t.value for t in TEACHABLE_TASKS)}")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    key = canonical_name(name)
+    if key in model.registry:
+        raise ValueError(f"label {key!r} already exists in the checkpoint (as {model.registry.get(key).name!r}); "
+                         "choose another name")
+    seed_everything(seed)
+    start = time.time()
+    samples = read_structure(folder, key, model.registry.next_id())
+    config = teach_config(steps, minutes, task_list, seed)
+    replay_sources: list[Source] = []
+    if replay_data is not None:
+        replay = default_config()
+        replay_sources = build_sources(Path(replay_data), replay)[0]
+        if not replay_sources:
+            raise ValueError(f"replay data {replay_data} holds none of the shared datasets")
+        config.mix.update({src.name: replay.mix[src.name] for src in replay_sources})
+    base = None if replay_data is not None else Predictor(copy.deepcopy(model).eval())
+    label = add_label(model, key, task_list)
+    logger.info("label %s: id %d, class index %d, token %d; %d annotated images", label.name, label.id,
+                model.registry.class_index(label), model.vocab.label_token(label), len(samples))
+    if base is not None:
+        samples = [with_pseudo_labels(s, label, base, task_list) for s in samples]
+    else:
+        samples = [_structure_only(s, label, task_list) for s in samples]
+    source = make_source("teach", samples, config.mix["teach"])
+
+    token_losses: list[float] = []
+    shown = [it for it in source.items if bool((it.label_map == label.id).any())]
+    if shown:
+        group = _largest_shape_group(shown)[:TOKEN_ITEMS]
+        images = torch.stack([it.image for it in group])
+        masks = torch.stack([(it.label_map == label.id) for it in group]).float()
+        modalities = torch.stack([model.modality_ids(it.modalities, images.shape[1]) for it in group])
+        token_losses = fit_label_token(model, label, images, masks, modalities=modalities, steps=token_steps)
+        logger.info("token start: loss %.4f -> %.4f in %d steps", token_losses[0], token_losses[-1], token_steps)
+    else:
+        logger.warning("the structure vanishes on the model grid of every image: the token starts from the mean "
+                       "label token")
+    if minutes is not None:  # the budget covers the whole run, the preparation too
+        config.max_minutes = max(0.05, minutes - (time.time() - start) / 60)
+    sources = [source, *replay_sources]
+    trainer = JointTrainer(model, sources, config)
+    history = trainer.train(progress=progress)
+    return {
+        "label": {"name": label.name, "id": label.id, "class_index": model.registry.class_index(label),
+                  "tasks": [t.value for t in task_list]},
+        "samples": len(samples),
+        "token_loss": [token_losses[0], token_losses[-1]] if token_losses else None,
+        "steps": trainer.step_count,
+        "first_loss": history[0].loss if history else None,
+        "last_loss": history[-1].loss if history else None,
+        "minutes": round((time.time() - start) / 60, 2),
+        "replay": "pseudo-labels of the base network" if replay_data is None else f"shared data at {replay_data}",
+    }
