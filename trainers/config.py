@@ -19,6 +19,7 @@ class MixEntry:
         every: the source joins every ``every``-th step (1: every step).
         channel_dropout: probability that a multi-channel batch keeps a random subset of its channels.
         modality_dropout: probability that a batch's modalities read as unknown.
+        augment_intensity: intensity and resolution augmentation besides flips.
     """
 
     tasks: tuple[str, ...]
@@ -26,6 +27,7 @@ class MixEntry:
     every: int = 1
     channel_dropout: float = 0.0
     modality_dropout: float = 0.0
+    augment_intensity: bool = True
 
 
 @dataclass

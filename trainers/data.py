@@ -99,9 +99,9 @@ def augment_intensity(image: torch.Tensor, seed: int) -> torch.Tensor:
     return out.unsqueeze(-1) if flat else out
 
 
-def augment(item: GridItem, rng: random.Random) -> GridItem:
-    """Random flips along each spatial axis (boxes follow), :func:`augment_intensity` and
-    per-channel intensity jitter."""
+def augment(item: GridItem, rng: random.Random, intensity: bool = True) -> GridItem:
+    """Random flips along each spatial axis (boxes follow) and, with ``intensity``,
+    :func:`augment_intensity` and per-channel intensity jitter."""
     image, label_map = item.image, item.label_map
     boxes = None if item.boxes is None else item.boxes.clone()
     for axis in range(3):
@@ -113,6 +113,8 @@ def augment(item: GridItem, rng: random.Random) -> GridItem:
         if boxes is not None and len(boxes):
             lo, hi = boxes[:, axis].clone(), boxes[:, axis + 3].clone()
             boxes[:, axis], boxes[:, axis + 3] = 1 - hi, 1 - lo
+    if not intensity:
+        return replace(item, image=image, label_map=label_map, boxes=boxes)
     image = augment_intensity(image, rng.randrange(2**31))
     scale = torch.tensor([rng.uniform(0.9, 1.1) for _ in range(image.shape[0])]).view(-1, 1, 1, 1)
     shift = torch.tensor([rng.uniform(-0.1, 0.1) for _ in range(image.shape[0])]).view(-1, 1, 1, 1)
@@ -153,6 +155,10 @@ class Source:
             (enhancing tumour on T1c) cannot be learnt without it.
         modality_dropout: the probability that a batch's modalities read as unknown, so that an
             image whose modalities nobody names is still answered.
+        augment_intensity: intensity and resolution augmentation besides the flips. Off for
+            images whose intensities are the signal (AdrenalMNIST3D's binary shape masks: after
+            per-image normalisation the foreground's value encodes the organ's volume, which
+            intensity jitter blurs).
     """
 
     name: str
@@ -162,6 +168,7 @@ class Source:
     every: int = 1
     channel_dropout: float = 0.0
     modality_dropout: float = 0.0
+    augment_intensity: bool = True
 
     def __post_init__(self) -> None:
         if not self.items:
@@ -182,7 +189,7 @@ class Source:
         picked = [self.items[i] for i in (rng.sample(group, self.batch_size) if len(group) >= self.batch_size
                                            else rng.choices(group, k=self.batch_size))]
         if augment_items:
-            picked = [augment(it, rng) for it in picked]
+            picked = [augment(it, rng, self.augment_intensity) for it in picked]
         n = picked[0].image.shape[0]
         channels = None
         if n > 1 and rng.random() < self.channel_dropout:

@@ -57,9 +57,10 @@ def mix_entry(share: TrainingShare) -> MixEntry:
 
     Example:
         >>> mix_entry(DATASETS["voc"].training)
-        MixEntry(tasks=('detection',), batch_size=6, every=1, channel_dropout=0.0, modality_dropout=0.1)
+        MixEntry(tasks=('detection',), batch_size=6, every=1, channel_dropout=0.0, modality_dropout=0.1, augment_intensity=True)
     """
-    return MixEntry(share.tasks, share.batch_size, share.every, share.channel_dropout, share.modality_dropout)
+    return MixEntry(share.tasks, share.batch_size, share.every, share.channel_dropout, share.modality_dropout,
+                    share.augment_intensity)
 
 
 def default_config(minutes: float = 80.0) -> TrainConfig:
@@ -79,7 +80,8 @@ def make_source(name: str, samples: list[Sample], mix: MixEntry) -> Source:
     """
     items = [to_grid_item(s) for s in samples]
     logger.info("source %s: %d samples, tasks %s", name, len(items), ", ".join(mix.tasks) or "(self-supervised)")
-    return Source(name, items, mix.tasks, mix.batch_size, mix.every, mix.channel_dropout, mix.modality_dropout)
+    return Source(name, items, mix.tasks, mix.batch_size, mix.every, mix.channel_dropout, mix.modality_dropout,
+                  mix.augment_intensity)
 
 
 def images_only(samples: list[Sample]) -> list[Sample]:
@@ -262,13 +264,15 @@ def _train_saving(trainer: JointTrainer, state: Callable[[], dict[str, Any]], pa
 
 
 def validate(model: UniMed, data: Path, progress: bool = False) -> dict[str, Any]:
-    """Every dataset's validation split through the served inference path."""
+    """The validation split of every dataset the folder holds, through the served inference path."""
     from unimed.evaluation import evaluate
     from unimed.predictor import Predictor
 
     predictor = Predictor(model)
     out = {}
     for name, spec in DATASETS.items():
+        if not (data / spec.folder).exists():  # trained without it (build_sources said so)
+            continue
         result = evaluate(spec.kind, data / spec.folder, predictor, split=spec.val_split, progress=progress)
         result["command"] = f"python main.py evaluate --dataset {spec.kind} --data {data / spec.folder} --split {spec.val_split}"
         out[name] = result

@@ -200,6 +200,9 @@ SPEC = DatasetSpec(
     default_split="train",
     eval_split="val",
     folder="adrenalmnist3d",
-    training=TrainingShare(("classification",), batch_size=16),
+    # binary shape masks: per-image normalisation turns the organ's volume into the foreground's
+    # value, so intensity augmentation would blur the very signal (val auc 0.38 with it, 0.80 without
+    # in 3 minutes of classification-only training)
+    training=TrainingShare(("classification",), batch_size=16, augment_intensity=False),
     splits=medmnist_splits,
 )

@@ -34,6 +34,8 @@ class TrainingShare:
         every: it joins every ``every``-th step (1: every step).
         channel_dropout: probability that a multi-channel batch keeps a random subset of its channels.
         modality_dropout: probability that a batch's channel modalities read as unknown.
+        augment_intensity: intensity and resolution augmentation besides flips (off where the
+            intensities are the signal, as in binary shape masks).
     """
 
     tasks: tuple[str, ...]
@@ -41,6 +43,7 @@ class TrainingShare:
     every: int = 1
     channel_dropout: float = 0.0
     modality_dropout: float = 0.1
+    augment_intensity: bool = True
 
 
 @dataclass(frozen=True)
