@@ -138,11 +138,7 @@ class JointTrainer:
                            ratio=config.ssl_mask_ratio, threshold=config.ssl_threshold)
         self.ssl = ssl
         self.ssl.to(self.device)
-        self.extra_modules: dict[str, torch.nn.Module] = self._make_extra_modules()
-        for module in self.extra_modules.values():
-            module.to(self.device)
-        self.params = (list(model.parameters()) + list(self.ssl.parameters())
-                       + [p for m in self.extra_modules.values() for p in m.parameters()])
+        self.params = list(model.parameters()) + list(self.ssl.parameters())
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         # under torchrun every rank draws its own batches; rank 0's weights are everyone's start
         self.world = dist.get_world_size() if dist.is_initialized() else 1
@@ -155,11 +151,6 @@ class JointTrainer:
         self.step_count = 0
         self.elapsed_seconds = 0.0  # training time of every part of the run so far
         self._torn = False  # a step was cut off halfway: weights and random states disagree
-
-    def _make_extra_modules(self) -> dict[str, torch.nn.Module]:
-        """Trained modules besides the network and the unsupervised loss (optimised with them and
-        kept in :meth:`state_dict`); none yet."""
-        return {}
 
     @property
     def torn(self) -> bool:
@@ -324,8 +315,7 @@ class JointTrainer:
     # -- the run's state -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything the next step depends on: the config it was made for, the weights of the
-        network, the unsupervised loss (and a mean teacher's average) and :attr:`extra_modules`,
-        the optimiser, the step, the time spent, and the trainer's and the process's random
+        network, the unsupervised loss (and a mean teacher's average), the optimiser, the step, the time spent, and the trainer's and the process's random
         states. Tensors are the live ones, as in ``torch.nn.Module.state_dict``: save it
         (:func:`trainers.run_state.save_state`) before training on.
 
@@ -352,7 +342,6 @@ class JointTrainer:
             "model": self.model.state_dict(),
             "ssl": self.ssl.state_dict(),
             "ssl_teacher": teacher,
-            "extra_modules": {name: module.state_dict() for name, module in self.extra_modules.items()},
             "optimizer": self.optimizer.state_dict(),
             "rng": {"trainer": self.rng.getstate(), "generator": self.generator.get_state(),
                     "global": global_rng_state()},
@@ -365,20 +354,14 @@ class JointTrainer:
 
         Raises:
             ValueError: a config that differs in anything that changes the run (each difference
-                named), another number of processes, other extra modules, or weights that do not
-                fit the network.
+                named), another number of processes, or weights that do not fit the network.
         """
         check_same_run(state, self.config)
         if state["world"] != self.world:
             raise ValueError(f"the saved run had {state['world']} processes, this one {self.world}: resume with as many")
-        if set(state["extra_modules"]) != set(self.extra_modules):
-            raise ValueError(f"the saved run trained the extra modules {sorted(state['extra_modules'])}, "
-                             f"this one {sorted(self.extra_modules)}")
         try:
             self.model.load_state_dict(state["model"])
             self.ssl.load_state_dict(state["ssl"])
-            for name, module in self.extra_modules.items():
-                module.load_state_dict(state["extra_modules"][name])
         except RuntimeError as exc:  # torch's message lists the missing, unexpected and misshapen keys
             raise ValueError(f"the saved weights do not fit this trainer's modules: {exc}") from exc
         if isinstance(self.ssl, PseudoLabelConsistency):
