@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from unimed.clicks import ClickPrompt, click_tensors
 from unimed.labels import LabelRegistry
 from unimed.networks.layers import Conv
 from unimed.networks.unimednet import UniMed, UniMedConfig, unimed_small, unimed_tiny
@@ -59,6 +61,13 @@ def test_gradients_reach_every_parameter(net):
     loss = sum(out[k].float().pow(2).mean() for k in ("mask_logits", "class_logits", "boxes", "presence_logits",
                                                       "heat_logits", "extents"))
     loss = loss + out["query_mask_logits"].pow(2).mean()
+    # clicks: the refiner's last convolution starts at zero (no correction untrained), which
+    # also stops gradients to its inner layers; give it weights to see them flow
+    torch.nn.init.normal_(net.click_refiner.net[-1].weight)
+    points, kinds = click_tensors([ClickPrompt(np.full((1, 3), 0.4), np.full((1, 3), 0.7))] * 2)
+    clicked = net.decode(net.encode(torch.randn(2, 2, 32, 32, 16)), *net.prompt([("segmentation", ["edema"])] * 2),
+                         clicks=(points, kinds))
+    loss = loss + clicked["mask_logits"].pow(2).mean()
     loss.backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []

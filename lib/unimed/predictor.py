@@ -15,6 +15,7 @@ from typing import Hashable, Sequence
 import numpy as np
 import torch
 
+from unimed.clicks import ClickPrompt, click_tensors
 from unimed.composer import ComposedDecoder
 from unimed.labels import Label
 from unimed.modalities import image_modalities
@@ -23,7 +24,10 @@ from unimed.tasks import Task
 from unimed.tokens import Annotation
 from unimed.transforms import GridSpec, to_model_grid
 
-__all__ = ["Predictor", "Prediction"]
+__all__ = ["Predictor", "Prediction", "CLICKED_OBJECT"]
+
+#: what a class-agnostic click answer is labelled: value 1 of its label map
+CLICKED_OBJECT = Label(1, "object", "Clicked object", frozenset({Task.SEGMENTATION}), (255, 255, 0))
 
 
 @dataclass
@@ -206,3 +210,50 @@ class Predictor:
         t3 = time.perf_counter()
         seconds = {"encode": t1 - t0, "decode": t2 - t1, "compose": t3 - t2}
         return Prediction(task=task, labels=resolved, annotation=ann, spec=spec, seconds=seconds)
+
+    @torch.inference_mode()
+    def predict_clicks(
+        self,
+        image: torch.Tensor,
+        clicks: ClickPrompt,
+        label: str | Label | None = None,
+        *,
+        key: Hashable | None = None,
+    ) -> Prediction:
+        """Segment the object that clicks and a box point at, in a channel-first image.
+
+        The backbone's features come from the cache when ``key`` was seen, so each further click
+        costs one decode.
+
+        Args:
+            image: the image, as for :meth:`predict`.
+            clicks: the clicks and box, normalised to the image (:meth:`ClickPrompt.from_voxels`).
+            label: the label the clicks refine; None for the clicked object, whatever it is
+                (answered as :data:`CLICKED_OBJECT`, value 1).
+            key: cache key of the image.
+
+        Raises:
+            UnknownLabelError: an unknown label, or one that is no segmentation label.
+            ValueError: no click and no box, or, with no label, no foreground click or box.
+        """
+        if clicks.is_empty():
+            raise ValueError("give at least one click or a box")
+        _, resolved = self.resolve(Task.SEGMENTATION, [label] if label is not None else None)
+        t0 = time.perf_counter()
+        feats, spec = self.features(image, key)
+        t1 = time.perf_counter()
+        ids, pad = self.model.prompt([(Task.SEGMENTATION, resolved[:1])])
+        if label is None:
+            ids, pad = ids[:, :1], pad[:, :1]
+        pts, kinds = click_tensors([clicks], self.device)
+        out = {k: v[0].cpu() for k, v in self.model.decode(feats, ids, pad, clicks=(pts, kinds)).items()}
+        t2 = time.perf_counter()
+        ann = self.composer.answer(Task.SEGMENTATION, out, resolved[:1], spec)
+        answered = resolved[:1]
+        if label is None:  # the object's mask was composed under a stand-in label: give it its own value
+            ann.label_map = (np.asarray(ann.label_map) != 0).astype(np.uint8) * CLICKED_OBJECT.id
+            ann.scores = {CLICKED_OBJECT.name: s for s in (ann.scores or {}).values()}
+            answered = [CLICKED_OBJECT]
+        t3 = time.perf_counter()
+        seconds = {"encode": t1 - t0, "decode": t2 - t1, "compose": t3 - t2}
+        return Prediction(task=Task.SEGMENTATION, labels=answered, annotation=ann, spec=spec, seconds=seconds)

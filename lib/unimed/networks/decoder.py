@@ -108,6 +108,9 @@ class DecomposedDecoder(nn.Module):
         prompt_pad: torch.Tensor,
         query_content: torch.Tensor | None = None,
         query_boxes: torch.Tensor | None = None,
+        point_tokens: torch.Tensor | None = None,
+        point_pos: torch.Tensor | None = None,
+        point_pad: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Run the queue through the decoder.
 
@@ -118,9 +121,12 @@ class DecomposedDecoder(nn.Module):
             prompt_pad: ``(B, P)`` True where ``prompt_ids`` is padding.
             query_content: ``(B, Q, dim)`` added to the learned queries (their proposals' features).
             query_boxes: ``(B, Q, 6)`` reference boxes of the queries; the boxes start there.
+            point_tokens: ``(B, N, dim)`` prompt tokens of clicks and box corners
+                (:class:`unimed.networks.click_prompt.ClickEncoder`), queued after the prompt;
+                ``point_pos`` their position encodings, ``point_pad`` True at padding.
 
         Returns:
-            ``mask_embed`` ``(B, P + Q, mask_dim)``; ``class_logits`` ``(B, Q, num_classes + 1)``;
+            ``mask_embed`` ``(B, P + N + Q, mask_dim)`` (``N = 0`` without points); ``class_logits`` ``(B, Q, num_classes + 1)``;
             ``box_logits`` ``(B, Q, 6, num_bins)``; ``presence_logits`` ``(B, P)``;
             ``prompt_state`` ``(B, P, dim)`` the prompt tokens' final states.
         """
@@ -131,14 +137,20 @@ class DecomposedDecoder(nn.Module):
             queries = queries + query_content
         if query_boxes is not None:
             qpos = qpos + self.ref_pos(query_boxes)
-        x = torch.cat([self.token_embed(prompt_ids), queries], dim=1)
-        pos = torch.cat([self.prompt_pos.expand(b, p, -1), qpos], 1)
-        pad = torch.cat([prompt_pad, prompt_pad.new_zeros(b, self.num_queries)], dim=1)
+        items, item_pos, item_pad = [self.token_embed(prompt_ids)], [self.prompt_pos.expand(b, p, -1)], [prompt_pad]
+        if point_tokens is not None:
+            items.append(point_tokens)
+            item_pos.append(point_pos if point_pos is not None else torch.zeros_like(point_tokens))
+            item_pad.append(point_pad if point_pad is not None else prompt_pad.new_zeros(point_tokens.shape[:2]))
+        n = sum(t.shape[1] for t in items)
+        x = torch.cat(items + [queries], dim=1)
+        pos = torch.cat(item_pos + [qpos], 1)
+        pad = torch.cat(item_pad + [prompt_pad.new_zeros(b, self.num_queries)], dim=1)
         for i, layer in enumerate(self.layers):
             level = i % len(memory)
             x = layer(x, pos, pad, memory[level], memory_pos[level].unsqueeze(0))
         x = self.norm(x)
-        q = x[:, p:]
+        q = x[:, n:]
         return {
             "mask_embed": self.mask_head(x),
             "class_logits": grouped_linear(q, self.class_head),  # bit-stable when the label space grows

@@ -19,6 +19,7 @@ from torch import nn
 from unimed.labels import DEFAULT_LABELS, Label, LabelRegistry, label_to_dict, registry_from_config
 from unimed.modalities import MODALITIES, UNKNOWN, parse_modality
 from unimed.networks.backbone import Backbone
+from unimed.networks.click_prompt import ClickEncoder, ClickRefiner, object_index, point_features
 from unimed.networks.decoder import DecomposedDecoder
 from unimed.networks.layers import SIZE_DIVISOR, position_encoding
 from unimed.networks.pixel_decoder import PixelDecoder
@@ -57,6 +58,8 @@ class UniMedConfig:
             unknown); empty for a stem blind to which channel is which (version 1).
         presence_evidence: presence logits also read attention-pooled pixel embeddings and the
             pooled backbone embedding (:class:`PresenceEvidence`), not only the token's state.
+        clicks: the decoder takes clicks and boxes as prompt tokens (:mod:`unimed.clicks`,
+            :mod:`unimed.networks.click_prompt`).
     """
 
     channels: tuple[int, ...] = (16, 32, 64, 128)
@@ -72,6 +75,7 @@ class UniMedConfig:
     label_definitions: tuple[dict, ...] = ()
     modalities: tuple[str, ...] = MODALITIES
     presence_evidence: bool = True
+    clicks: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,6 +86,7 @@ class UniMedConfig:
         # a version-1 checkpoint's config predates these fields: it had neither
         known.setdefault("modalities", ())
         known.setdefault("presence_evidence", False)
+        known.setdefault("clicks", False)
         for k in ("channels", "blocks", "labels", "modalities", "label_definitions"):
             if k in known:
                 known[k] = tuple(known[k])
@@ -181,6 +186,8 @@ class UniMed(nn.Module):
         self.proposal_proj = nn.Linear(config.dim, config.dim)
         self.presence = (PresenceEvidence(dim=config.dim, mask_dim=config.mask_dim, embed_dim=config.channels[-1])
                          if config.presence_evidence else None)
+        self.click_encoder = ClickEncoder(dim=config.dim, mask_dim=config.mask_dim) if config.clicks else None
+        self.click_refiner = ClickRefiner() if config.clicks else None
         self.register_buffer("bin_centres", (torch.arange(config.num_bins) + 0.5) / config.num_bins, persistent=False)
 
     # -- prompts -----------------------------------------------------------------------------
@@ -252,9 +259,23 @@ class UniMed(nn.Module):
         return Features(pixel=pixel, memory=memory, dense=dense, embedding=feats[-1].mean(dim=(2, 3, 4)))
 
     def decode(
-        self, features: Features, prompt_ids: torch.Tensor, prompt_pad: torch.Tensor | None = None
+        self,
+        features: Features,
+        prompt_ids: torch.Tensor,
+        prompt_pad: torch.Tensor | None = None,
+        clicks: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The decomposed decoder and its heads over cached :class:`Features`."""
+        """The decomposed decoder and its heads over cached :class:`Features`.
+
+        ``clicks``: ``(points, kinds)`` of :func:`unimed.clicks.click_tensors`, for a segmentation
+        prompt with at most one label. The points join the queue as prompt tokens; then
+        ``mask_logits`` is ``(B, 2, X/2, Y/2, Z/2)``: the background and the object, which is the
+        label when the prompt names one, else the clicked object (class-agnostic).
+
+        Raises:
+            ValueError: clicks for a network built without them, with more than one label, or with
+                neither a label nor a foreground click or box.
+        """
         if prompt_pad is None:
             prompt_pad = torch.zeros_like(prompt_ids, dtype=torch.bool)
         if prompt_ids.shape[0] != features.pixel.shape[0]:
@@ -267,18 +288,49 @@ class UniMed(nn.Module):
         props = select_proposals(heat, extents, features.dense, self.prompt_classes(prompt_ids), self.config.num_queries)
         label_ids = (props.classes - 1 + self.vocab.label_offset).clamp(max=self.vocab.size - 1)
         content = self.proposal_proj(props.features) + self.decoder.token_embed(label_ids)
-        out = self.decoder(memory, memory_pos, prompt_ids, prompt_pad, content, props.boxes)
+        point_args, points = {}, None
+        if clicks is not None:
+            point_args, points = self._point_tokens(features, prompt_ids, prompt_pad, clicks)
+        out = self.decoder(memory, memory_pos, prompt_ids, prompt_pad, content, props.boxes, **point_args)
         out.update(heat_logits=heat, extents=extents, proposal_boxes=props.boxes)
         p = prompt_ids.shape[1]
+        n = p + (0 if points is None else points[1].shape[1])
         masks = torch.einsum("bqd,bdxyz->bqxyz", out.pop("mask_embed"), features.pixel)
-        out["mask_logits"], out["query_mask_logits"] = masks[:, :p], masks[:, p:]
+        out["mask_logits"], out["query_mask_logits"] = masks[:, :p], masks[:, n:]
         state = out.pop("prompt_state")
         if self.presence is not None:
             out["presence_logits"] = out["presence_logits"] + self.presence(
                 state, out["mask_logits"], features.pixel, features.embedding)
+        if points is not None:
+            pts, kinds, at = points
+            idx = object_index(prompt_pad, kinds)
+            background = masks[:, 0]
+            obj = masks[torch.arange(masks.shape[0], device=masks.device), idx] - background
+            refined = self.click_refiner(obj, features.pixel, pts, kinds, at)
+            out["mask_logits"] = torch.stack([background, background + refined], 1)
         out["boxes"] = (out["box_logits"].softmax(-1) * self.bin_centres).sum(-1)
         out["embedding"] = features.embedding
         return out
+
+    def _point_tokens(self, features: Features, prompt_ids: torch.Tensor, prompt_pad: torch.Tensor,
+                      clicks: tuple[torch.Tensor, torch.Tensor]) -> tuple[dict, tuple]:
+        """The decoder's point arguments, and ``(points, kinds, pixel embeddings under them)``."""
+        if self.click_encoder is None:
+            raise ValueError("this network was built without click prompts (config.clicks is False)")
+        points, kinds = clicks
+        if points.ndim != 3 or points.shape[-1] != 3 or kinds.shape != points.shape[:2]:
+            raise ValueError(f"clicks must be points (B, N, 3) and kinds (B, N), got {tuple(points.shape)} and "
+                             f"{tuple(kinds.shape)}")
+        if points.shape[0] != prompt_ids.shape[0]:
+            raise ValueError(f"clicks for {points.shape[0]} images, prompts for {prompt_ids.shape[0]}")
+        if prompt_ids.shape[1] > 2 and bool((~prompt_pad[:, 2:]).any()):
+            raise ValueError("clicks refine one object: name at most one label with them")
+        n = self.config.num_bins
+        bins = (points.float() * n).floor().clamp(0, n - 1).long()
+        at = point_features(features.pixel, points)
+        coord_embed = self.decoder.token_embed(self.vocab.coord_offset + bins)  # (B, N, 3, dim)
+        tokens, pos = self.click_encoder((bins.float() + 0.5) / n, kinds, coord_embed, at)
+        return {"point_tokens": tokens, "point_pos": pos, "point_pad": kinds.eq(0)}, (points, kinds, at)
 
     def forward(
         self,
