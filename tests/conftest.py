@@ -44,12 +44,13 @@ def shared_data() -> Path:
 
 @contextlib.contextmanager
 def monailabel_server(studies: str | Path, workdir: Path, conf: dict[str, str] | None = None,
-                      env: dict[str, str] | None = None, timeout: float = 180) -> Iterator[dict]:
+                      env: dict[str, str] | None = None, timeout: float = 180,
+                      checkpoint: Path | None = None) -> Iterator[dict]:
     """Start ``monailabel start_server`` with the UniMed app on a free port and yield
     ``{"url", "client", "model_dir", "log"}``; stops it on exit.
 
-    The model is a copy of the shipped checkpoint in ``workdir/model``, so training in a test
-    never touches the shipped model.
+    The model is a copy of ``checkpoint`` (default: the shipped checkpoint) in
+    ``workdir/model``, so training in a test never touches the shipped model.
     """
     from monailabel.client import MONAILabelClient
 
@@ -57,9 +58,9 @@ def monailabel_server(studies: str | Path, workdir: Path, conf: dict[str, str] |
 
     model_dir = workdir / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
-    shipped = REPO / "apps" / "unimed" / "model" / "unimed.pt"
-    if shipped.exists():
-        shutil.copy(shipped, model_dir / "unimed.pt")
+    source = checkpoint or REPO / "apps" / "unimed" / "model" / "unimed.pt"
+    if source.exists():
+        shutil.copy(source, model_dir / "unimed.pt")
     server = ServerProcess(app_dir=REPO / "apps" / "unimed", studies=studies, model_path=model_dir / "unimed.pt",
                            timeout=timeout, log_path=workdir / "server.log", conf=conf, env=env)
     try:
@@ -71,6 +72,49 @@ def monailabel_server(studies: str | Path, workdir: Path, conf: dict[str, str] |
                "log": server.log_path}
     finally:
         server.stop()
+
+
+def make_clicking_model(amplitude: float = 80.0, offset: float = 20.0):
+    """``unimed_tiny()`` (clicks on) whose click refiner is set by hand so that its answer
+    follows the clicks, as a trained one should, for tests of the click plumbing:
+    refined logit = logit - ``offset`` + ``amplitude`` * (h(g_fg) - h(g_bg)), where g_fg and g_bg
+    are the refiner's narrow Gaussians of the distance to the nearest foreground and background
+    click (its input channels 1 and 4; channel 0 is the logit) and h is GELU applied twice (one
+    hidden unit passes each Gaussian through both inner convolutions' centre taps). Near a
+    foreground click the object is there, near a background click and far from every click it
+    is not (an untrained logit is a few units, well under ``offset``)."""
+    import torch
+
+    from unimed.networks.unimednet import unimed_tiny
+
+    torch.manual_seed(0)
+    model = unimed_tiny()
+    first, inner, last = model.click_refiner.net[0], model.click_refiner.net[2], model.click_refiner.net[4]
+    with torch.no_grad():
+        for conv in (first, inner, last):
+            conv.weight.zero_()
+            conv.bias.zero_()
+        first.weight[0, 1, 1, 1, 1] = 1.0  # hidden 0 <- narrow foreground Gaussian
+        first.weight[1, 4, 1, 1, 1] = 1.0  # hidden 1 <- narrow background Gaussian
+        inner.weight[0, 0, 1, 1, 1] = inner.weight[1, 1, 1, 1, 1] = 1.0
+        last.weight[0, 0] = amplitude
+        last.weight[0, 1] = -amplitude
+        last.bias.fill_(-offset)
+    return model
+
+
+@pytest.fixture
+def clicking_model():
+    """A fresh :func:`make_clicking_model`."""
+    return make_clicking_model()
+
+
+@pytest.fixture(scope="session")
+def clicking_checkpoint(tmp_path_factory) -> Path:
+    """:func:`make_clicking_model` saved as a checkpoint."""
+    from unimed.checkpoint import save_checkpoint
+
+    return save_checkpoint(make_clicking_model(), tmp_path_factory.mktemp("clicking") / "unimed.pt", {"version": 1})
 
 
 @pytest.fixture(scope="session")

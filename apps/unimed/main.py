@@ -19,6 +19,7 @@ from lib.activelearning.scoring import model_tag, stored_score
 from lib.configs.unimed import UniMedTaskConfig
 from lib.endpoints.train_route import register_train_route
 from lib.infers.image_access import PrivateUploads, ServerPathPolicy
+from lib.infers.interactive import ClicksUnsupportedError
 from lib.infers.unimed import InferRequestError, UniMedInferTask
 from lib.log_redaction import install_log_redaction
 from lib.safe_text import scrub_paths
@@ -39,8 +40,9 @@ class UniMedApp(MONAILabelApp):
     """One universal network for segmentation, detection and classification.
 
     Bad requests get a 4xx whose message names the problem: an unknown model or image id
-    (404), an unknown task or label or malformed params (400), an image that cannot be read
-    (422), an image above conf ``max_voxels`` (413, before its pixels are read). Inference runs
+    (404), an unknown task or label or malformed params, clicks among them (400), clicks sent to
+    a checkpoint not trained for them (409), an image that cannot be read (422), an image above
+    conf ``max_voxels`` (413, before its pixels are read). Inference runs
     off the event loop, conf ``max_concurrent_infers`` (default 1) at a time, so ``/info``
     answers while images are inferred.
 
@@ -221,6 +223,8 @@ class UniMedApp(MONAILabelApp):
             return super().infer(request, datastore)
         except (UnknownTaskError, UnknownLabelError, InferRequestError, OutputError) as exc:
             raise HTTPException(400, scrub_paths(str(exc))) from exc
+        except ClicksUnsupportedError as exc:
+            raise HTTPException(409, str(exc)) from exc
         except VoxelLimitError as exc:
             raise HTTPException(413, scrub_paths(str(exc))) from exc
         except (ImageLoadError, DicomSeriesError, SegError) as exc:

@@ -84,9 +84,10 @@ class ModelService:
 
     def info(self) -> dict[str, Any]:
         """What is served: the checkpoint path, whether it is trained, its version, when it was
-        trained, and until when the datastore's labels were read for it (``labels_until``,
-        seconds since the epoch; None for a model not trained on the datastore)."""
-        self.predictor()
+        trained, until when the datastore's labels were read for it (``labels_until``, seconds
+        since the epoch; None for a model not trained on the datastore), and whether it takes
+        click and box prompts (``clicks``)."""
+        model = self.predictor().model
         return {
             "checkpoint": str(self.path),
             "trained": self._error is None,
@@ -94,4 +95,5 @@ class ModelService:
             "trained_at": self._meta.get("trained_at"),
             "labels_until": self._meta.get("labels_until"),
             "problem": self._error,
+            "clicks": model.click_encoder is not None,
         }

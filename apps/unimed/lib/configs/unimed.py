@@ -1,4 +1,4 @@
-"""TaskConfig of the UniMed app: one network behind four infer models."""
+"""TaskConfig of the UniMed app: one network behind five infer models."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from lib.activelearning.scoring import UncertaintyScoring
 from lib.activelearning.strategies import UncertaintyStrategy
+from lib.infers.interactive import UniMedInteractiveTask
 from lib.infers.unimed import UniMedInferTask
 from lib.trainers.unimed import UniMedTrainTask
 from unimed.large_images import DEFAULT_MAX_VOXELS
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 class UniMedTaskConfig(TaskConfig):
     """Builds the shared :class:`ModelService` and the models ``unimed``, ``unimed_seg``,
-    ``unimed_det`` and ``unimed_cls``.
+    ``unimed_det``, ``unimed_cls`` and ``unimed_interactive`` (clicks and a box, type ``deepedit``).
 
     Conf keys (``--conf KEY VALUE``): ``model_path`` (default ``<app>/model/unimed.pt``; training
     publishes there and keeps numbered versions in ``versions/`` beside it),
@@ -51,6 +52,9 @@ class UniMedTaskConfig(TaskConfig):
                                        max_voxels=self.max_voxels),
             **{f"{self.name}_{task.token}": UniMedInferTask(self.service, task, f"UniMed {task.value}",
                                                             max_voxels=self.max_voxels) for task in Task},
+            f"{self.name}_interactive": UniMedInteractiveTask(
+                self.service, "UniMed from clicks: foreground/background points (and a box) on a structure, or on any "
+                "object with no label", max_voxels=self.max_voxels),
         }
 
     def trainer(self) -> Optional[TrainTask]:

@@ -31,19 +31,26 @@ PATH = "/infer/{model}"
 
 def check_params(params: str) -> None:
     """The request's ``params`` must be a JSON object (:func:`~lib.endpoints.routes.parse_params`)
-    that does not set what the endpoint sets itself (``image``, ``model``, ``session``,
-    ``label``): an HTTP 400 names the problem.
+    that does not set what the endpoint sets itself (``image``, ``model``, ``session``): an HTTP
+    400 names the problem. ``label``, where the endpoint puts a label file's path, may only name a
+    structure (DeepEdit's click requests do): a plain name, no path.
 
     Example:
         >>> check_params('{"image": "/etc/passwd"}')
         Traceback (most recent call last):
         ...
         fastapi.exceptions.HTTPException: 400: params may not set 'image': name the image with ?image=ID or send it as the file
+        >>> check_params('{"label": "edema", "edema": [[1, 2, 3]]}')
     """
     value = parse_params(params)
     for key in REQUEST_KEYS:
-        if key in value:
-            raise HTTPException(400, f"params may not set {key!r}: name the image with ?image=ID or send it as the file")
+        if key not in value:
+            continue
+        if key == "label" and isinstance(value[key], str) and not any(c in value[key] for c in "/\\"):
+            continue
+        if key == "label":
+            raise HTTPException(400, f"params 'label' names a structure (a label name, no path), got {value[key]!r}")
+        raise HTTPException(400, f"params may not set {key!r}: name the image with ?image=ID or send it as the file")
 
 
 def register_threaded_infer_route(server: FastAPI, max_concurrent: int = 1, uploads: PrivateUploads | None = None) -> None:

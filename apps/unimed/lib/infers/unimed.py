@@ -32,7 +32,7 @@ from unimed.modalities import modalities_from_name, parse_modalities, tag_modali
 from unimed.transforms import load_image
 from unimed.writers import OutputError, check_label_extension, write_dicom_seg, write_label_map
 
-__all__ = ["UniMedInferTask", "InferRequestError", "ResolvedRequest", "OUTPUTS"]
+__all__ = ["UniMedInferTask", "InferRequestError", "ResolvedRequest", "OUTPUTS", "image_cache_key"]
 
 #: values of the ``output`` param: the default label image, or a DICOM SEG
 OUTPUTS = ("image", "dicom_seg")
@@ -163,17 +163,26 @@ class UniMedInferTask(BasicInferTask):
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cpu") -> dict[str, Any]:
         resolved = data.get(RESOLVED_KEY) or self.validate(data)
-        path = data["image_path"]
-        key = (path, os.stat(path).st_mtime_ns) if isinstance(path, str) and os.path.exists(path) else None
-        image = data["image"]
+        image = self.tagged_image(data)
+        data["prediction"] = self.service.predictor().predict(image, resolved.task, resolved.labels,
+                                                              key=image_cache_key(data["image_path"]))
+        data["image"] = None  # the pixels are not needed past here: free them before the answer is written
+        return data
+
+    def tagged_image(self, data: dict[str, Any]) -> Any:
+        """The loaded image, its channels tagged with the request's modalities (else the file
+        name's, else unknown).
+
+        Raises:
+            InferRequestError: the request names another number of modalities than the image has channels.
+        """
+        resolved: ResolvedRequest = data[RESOLVED_KEY]
+        path, image = data["image_path"], data["image"]
         channels = int(image.shape[0])
         if resolved.modalities is not None and len(resolved.modalities) != channels:
             raise InferRequestError(f"'modalities' names {len(resolved.modalities)} channels; the image has {channels}")
         modalities = resolved.modalities or (modalities_from_name(path, channels) if isinstance(path, str) else None)
-        image = tag_modalities(image, modalities)
-        data["prediction"] = self.service.predictor().predict(image, resolved.task, resolved.labels, key=key)
-        data["image"] = None  # the pixels are not needed past here: free them before the answer is written
-        return data
+        return tag_modalities(image, modalities)
 
     def run_detector(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cpu") -> dict[str, Any]:
         return self.run_inferer(data, convert_to_batch, device)
@@ -195,6 +204,12 @@ class UniMedInferTask(BasicInferTask):
         if spec.output_file == "roi_markup" and data.get("result_write_to_file", True):
             return write_roi_markup(result, data), result  # written even when empty: clients expect the file
         return None, result
+
+
+def image_cache_key(path: Any) -> tuple[str, int] | None:
+    """The predictor's feature-cache key of an image file: its path and modification time (a
+    file replaced in place is encoded again); None for anything that is not a file path."""
+    return (path, os.stat(path).st_mtime_ns) if isinstance(path, str) and os.path.exists(path) else None
 
 
 def write_roi_markup(result: dict[str, Any], data: dict[str, Any]) -> str:
