@@ -15,13 +15,13 @@ MODULES = [
     "unimed.tasks.spec", "unimed.tasks.segmentation", "unimed.tasks.classification", "unimed.boxes",
     "benchmarks.machine", "benchmarks.timing", "benchmarks.report", "benchmarks.stock",
     "servers.child_process", "servers.users", "servers.auth_realm", "trainers.ssl", "benchmarks.al_simulation",
-    "trainers.train_request", "unimed.datasets.datastore",
+    "trainers.train_request", "unimed.datasets.datastore", "unimed.clicks", "unimed.interactive_evaluation",
 ]
 
 #: modules of the MONAI Label app (its package ``lib``, importable with the app folder on the path)
 APP_MODULES = ["lib.datastore.dicomweb", "lib.log_redaction", "lib.endpoints.cors", "lib.endpoints.routes",
                "lib.datastore.errors", "lib.datastore.names", "lib.datastore.files", "lib.datastore.local",
-               "lib.safe_text", "lib.infers.image_access", "lib.endpoints.infer_route"]
+               "lib.safe_text", "lib.infers.image_access", "lib.endpoints.infer_route", "lib.infers.click_request"]
 
 
 def _check(name: str) -> None:

@@ -97,17 +97,17 @@ def _box(value: Any) -> tuple[float, ...] | None:
     return tuple(value)
 
 
-def _named(params: dict[str, Any], registry: LabelRegistry) -> Label | None:
-    """The structure ``label`` or ``labels`` names (None: none, or the clicked object)."""
+def _named(params: dict[str, Any], registry: LabelRegistry) -> tuple[bool, Label | None]:
+    """Whether ``label`` or ``labels`` names a structure, and which (None: the clicked object)."""
     label = params.get("label")
     if label is not None and not isinstance(label, str):
         raise ClickRequestError(f"'label' must be one label name, got {label!r}")
     names = [label] if label else (parse_labels(params.get("labels")) or [])
     if len(names) > 1:
         raise ClickRequestError(f"clicks segment one structure at a time: name one label, got {names}")
-    if not names or names[0] == CLICKED_OBJECT.name:
-        return None
-    return _segmentation_label(registry, names[0])
+    if not names:
+        return False, None
+    return True, None if names[0] == CLICKED_OBJECT.name else _segmentation_label(registry, names[0])
 
 
 def _segmentation_label(registry: LabelRegistry, name: str) -> Label:
@@ -155,13 +155,13 @@ def parse_click_request(params: dict[str, Any], registry: LabelRegistry) -> Clic
     """
     box = _box(params.get("box"))
     background = _points(params.get("background"), "background")
-    named = _named(params, registry)
+    is_named, named = _named(params, registry)
     if "foreground" in params:
         targets = [ClickTarget(named, _points(params["foreground"], "foreground"), background)]
     else:
         lists = _per_label(params, registry)
-        chosen = [lab for lab, pts in lists.items() if pts and lab != named]
-        if named is not None or not chosen:
+        chosen = [lab for lab, pts in lists.items() if pts and not (is_named and lab == named)]
+        if is_named or not chosen:
             chosen.append(named)  # the edited segment is painted last; alone, a box or background clicks
         targets = []
         for lab in chosen:
