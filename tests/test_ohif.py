@@ -150,6 +150,61 @@ def test_ohif_runs_unimed_segmentation_from_the_monai_label_panel(browser, pacs_
 
 
 @pytest.fixture(scope="module")
+def pacs_click_server(pacs, tmp_path_factory, start_server, clicking_checkpoint):
+    """The UniMed server on the Orthanc of ``pacs``, serving conftest's hand-set click model (its
+    answer is there near foreground clicks: the test checks the panel's plumbing, not accuracy)."""
+    work = tmp_path_factory.mktemp("pacs_click_server")
+    with start_server(pacs["orthanc"].dicomweb, work, checkpoint=clicking_checkpoint,
+                      env={"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(work / "cache")}) as srv:
+        yield srv
+
+
+def _open_in_monai_label_mode(browser: Browser, url: str) -> None:
+    """The BraTS MR study in OHIF's MONAI Label mode, its panel connected to the server at ``url``."""
+    browser.open(f"{url}/ohif/")
+    # the OHIF MONAI Label panel reads its server from this cookie (default: port 8000 of the page's host)
+    browser.set_cookie("MONAILABEL_SERVER_URL", f"{url}/")
+    browser.click(browser.wait_for("//*[contains(text(),'brats_pat0001_flair')]", 120))
+    browser.click(browser.wait_for("//button[normalize-space(.)='MONAI Label']", 30))
+    for notice in browser.find("//button[contains(., 'Confirm and Hide')]"):
+        browser.click(notice)
+    browser.click(browser.wait_for("//button[@class='actionButton']", 120))  # connect to the server
+
+
+def test_ohif_point_prompts_run_unimed_interactive_from_clicks_on_the_canvas(browser, pacs_click_server, artifacts):
+    """The panel's Point Prompts tab (its click tool for deepgrow, deepedit and vista3d models):
+    pick a label, click on the image, run; the panel sends its deepedit request (one click list
+    per label) and draws the answer."""
+    url = pacs_click_server["url"]
+    _open_in_monai_label_mode(browser, url)
+    browser.click(browser.wait_for("//label[normalize-space(.)='Point Prompts']", 120))  # activates the probe tool
+    browser.click(browser.wait_for("//tr[@class='clickable-row']/td[normalize-space(.)='edema']", 30))
+    time.sleep(5)  # let the viewports finish loading the series
+    before = _coloured_pixels(browser.screenshot(artifacts / "ohif_before_clicks.png"))
+    canvas = browser.wait_for("//div[contains(@class,'viewport-element')]//canvas", 60)
+    rect = browser._call("GET", f"/element/{canvas}/rect")
+    x, y = int(rect["x"] + rect["width"] / 2), int(rect["y"] + rect["height"] / 2)  # the brain, mid-slice
+    browser._call("POST", "/actions", {"actions": [{"type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
+                                                    "actions": [{"type": "pointerMove", "origin": "viewport", "x": x, "y": y},
+                                                                {"type": "pointerDown", "button": 0},
+                                                                {"type": "pointerUp", "button": 0}]}]})
+    time.sleep(1)
+    browser.click(browser.wait_for("//*[contains(text(),'Point Prompts')]/following::button[normalize-space(.)='Run'][1]", 30))
+    browser.wait_for("//*[not(self::script)][contains(text(),'Point Prompts - Successful') or "
+                     "contains(text(),'Failed to Run Inference for Point Prompts')]", 300)
+    assert "Failed" not in browser.text()
+    time.sleep(5)  # the label map is drawn asynchronously
+    for notice in browser.find("//button[contains(., 'Confirm and Hide')]"):
+        browser.click(notice)
+    browser.click(browser.wait_for("//a[normalize-space(.)='Clear Points']", 30))  # the click's marker shares the colour
+    time.sleep(2)
+    after = _coloured_pixels(browser.screenshot(artifacts / "ohif_unimed_clicks.png"))
+    assert after > before + 300, f"no segment drawn around the click ({before} -> {after} coloured pixels; canvas {rect})"
+    log = Path(pacs_click_server["log"]).read_text()
+    assert "'edema': [[" in log and "unimed_interactive" in log  # the panel's deepedit format: a click list per label
+
+
+@pytest.fixture(scope="module")
 def local_server(tmp_path_factory, start_sample_server):
     with start_sample_server(tmp_path_factory) as srv:
         yield srv
