@@ -85,6 +85,13 @@ def test_foreground_format_class_agnostic_and_a_background_click_removes_the_obj
     assert cut.sum() < grown.sum()
 
 
+def test_a_further_click_costs_a_decode_only(server):
+    """The backbone's features are cached per image (path and modification time)."""
+    infer(server, {"foreground": [list(P)]})
+    _, result = infer(server, {"foreground": [list(P)], "background": [list(FAR)]})
+    assert result["seconds"]["encode"] < 0.05 < result["seconds"]["decode"] + 0.05
+
+
 def test_a_box_is_taken(server):
     out, _ = infer(server, {"foreground": [list(P)], "box": [10, 10, 6, 30, 28, 18]})
     assert out[P] == 1

@@ -267,8 +267,10 @@ def plot_click_curves(result: dict[str, Any], path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     xs = np.arange(1, result["clicks"] + 1)
     for c in result["cases"]:
         ax.plot(xs, c["dice"], color="grey", alpha=0.25, linewidth=0.8)
