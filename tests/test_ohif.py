@@ -159,16 +159,27 @@ def pacs_click_server(pacs, tmp_path_factory, start_server, clicking_checkpoint)
         yield srv
 
 
-def _open_in_monai_label_mode(browser: Browser, url: str) -> None:
+def _open_in_monai_label_mode(browser: Browser, url: str, artifacts: Path) -> None:
     """The BraTS MR study in OHIF's MONAI Label mode, its panel connected to the server at ``url``."""
     browser.open(f"{url}/ohif/")
-    # the OHIF MONAI Label panel reads its server from this cookie (default: port 8000 of the page's host)
+    # the OHIF MONAI Label panel reads its server from this cookie (default: port 8000 of the page's host);
+    # cookies are shared by every port of a host, and an earlier test's server may have left one behind
+    browser._call("DELETE", "/cookie")
     browser.set_cookie("MONAILABEL_SERVER_URL", f"{url}/")
     browser.click(browser.wait_for("//*[contains(text(),'brats_pat0001_flair')]", 120))
     browser.click(browser.wait_for("//button[normalize-space(.)='MONAI Label']", 30))
     for notice in browser.find("//button[contains(., 'Confirm and Hide')]"):
         browser.click(notice)
-    browser.click(browser.wait_for("//button[@class='actionButton']", 120))  # connect to the server
+    connected = "//label[normalize-space(.)='Point Prompts']"
+    for _ in range(3):  # the panel may still be mounting when first asked to connect
+        browser.click(browser.wait_for("//button[@class='actionButton']", 120))  # connect to the server
+        deadline = time.time() + 30
+        while time.time() < deadline and not browser.find(connected):
+            time.sleep(1)
+        if browser.find(connected):
+            return
+    browser.screenshot(artifacts / "ohif_panel_not_connected.png")
+    raise AssertionError(f"the MONAI Label panel did not connect to {url}; page text:\n{browser.text()[:3000]}")
 
 
 def test_ohif_point_prompts_run_unimed_interactive_from_clicks_on_the_canvas(browser, pacs_click_server, artifacts):
@@ -176,8 +187,8 @@ def test_ohif_point_prompts_run_unimed_interactive_from_clicks_on_the_canvas(bro
     pick a label, click on the image, run; the panel sends its deepedit request (one click list
     per label) and draws the answer."""
     url = pacs_click_server["url"]
-    _open_in_monai_label_mode(browser, url)
-    browser.click(browser.wait_for("//label[normalize-space(.)='Point Prompts']", 120))  # activates the probe tool
+    _open_in_monai_label_mode(browser, url, artifacts)
+    browser.click(browser.wait_for("//label[normalize-space(.)='Point Prompts']", 30))  # activates the probe tool
     browser.click(browser.wait_for("//tr[@class='clickable-row']/td[normalize-space(.)='edema']", 30))
     time.sleep(5)  # let the viewports finish loading the series
     before = _coloured_pixels(browser.screenshot(artifacts / "ohif_before_clicks.png"))
