@@ -33,6 +33,7 @@ from trainers.ssl import check_ssl_loss, make_ssl
 from unimed.datasets import read_dataset
 from unimed.datasets.sample import Sample
 from unimed.evaluation import evaluate_samples
+from unimed.figures import save_figure
 from unimed.networks.unimednet import UniMed
 from unimed.predictor import Predictor
 from unimed.selection import select_diverse, select_sampled, select_uncertain
@@ -566,9 +567,4 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
     ax.set_ylabel(f"{result['metric']} (validation)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -15,7 +15,7 @@ MODULES = [
     "unimed.tasks.spec", "unimed.tasks.segmentation", "unimed.tasks.classification", "unimed.boxes",
     "benchmarks.machine", "benchmarks.timing", "benchmarks.report", "benchmarks.stock",
     "servers.child_process", "servers.users", "servers.auth_realm", "trainers.ssl", "benchmarks.al_simulation",
-    "trainers.train_request", "unimed.datasets.datastore", "unimed.clicks", "unimed.interactive_evaluation",
+    "trainers.train_request", "unimed.datasets.datastore", "unimed.clicks", "unimed.interactive_evaluation", "unimed.figures",
 ]
 
 #: modules of the MONAI Label app (its package ``lib``, importable with the app folder on the path)

@@ -21,6 +21,7 @@ import numpy as np
 
 from unimed.clicks import ClickPrompt, next_click
 from unimed.datasets import DatasetError, Sample, dataset_spec
+from unimed.figures import save_figure
 from unimed.labels import Label
 from unimed.metrics import dice
 from unimed.predictor import Predictor
@@ -287,9 +288,4 @@ def plot_click_curves(result: dict[str, Any], path: str | Path) -> Path:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
