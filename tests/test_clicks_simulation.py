@@ -194,6 +194,7 @@ def test_foreground_format_and_box(parse):
     assert req.box == (0, 0, 0, 5, 5, 5)
     assert parse({"foreground": [[1, 2, 3]], "labels": ["oedema"]}).targets[0].label.name == "edema"
     assert parse({"box": [0, 0, 0, 5, 5, 5]}).targets[0].label is None  # a box alone: the boxed object
+    assert parse({"label": "edema", "edema": [], "roi": [9, 2, 3, 8, 4, 7]}).box == (9, 3, 4, 2, 8, 7)  # Slicer's ROI
 
 
 @pytest.mark.parametrize("params, message", [
@@ -204,6 +205,7 @@ def test_foreground_format_and_box(parse):
     ({"background": [[1, 2, 3]]}, "foreground click"),
     ({"edema": [[1, 2, 3]], "object": [[3, 4, 5]]}, "segmented alone"),
     ({"foreground": [[1, 2, 3]], "label": 3}, "one label name"),
+    ({"foreground": [[1, 2, 3]], "roi": [1, 2, 3]}, r"'roi' must be \[i0, i1"),
 ])
 def test_bad_click_requests_name_the_problem(app_lib, parse, params, message):
     from lib.infers.click_request import ClickRequestError

@@ -11,7 +11,8 @@ Two click formats reach the server, both in voxel indices of the image as stored
   is segmented; a click placed on one label is also a background click for the others (the
   structures are disjoint), and the clicks of the ``background`` segment are background for all.
 
-An optional ``box`` (``[i0, j0, k0, i1, j1, k1]``, first and last voxel) joins either format.
+An optional ``box`` (``[i0, j0, k0, i1, j1, k1]``, first and last voxel; or 3D Slicer's ``roi``,
+``[i0, i1, j0, j1, k0, k1]``) joins either format.
 Only the format is checked here (before the image is read); whether the points fit the image
 is checked by :meth:`unimed.clicks.ClickPrompt.from_voxels` once its shape is known.
 """
@@ -87,14 +88,23 @@ def _points(value: Any, key: str) -> tuple[tuple[float, ...], ...]:
     return tuple(out)
 
 
-def _box(value: Any) -> tuple[float, ...] | None:
+def _box(params: dict[str, Any]) -> tuple[float, ...] | None:
+    """``box`` (``[i0, j0, k0, i1, j1, k1]``), else 3D Slicer's ROI (``roi``: ``[i0, i1, j0, j1, k0,
+    k1]``, its corners per axis) in the same order; None when neither is given.
+
+    Example:
+        >>> _box({"roi": [10, 20, 30, 40, 5, 6]})
+        (10, 30, 5, 20, 40, 6)
+    """
+    key = "box" if params.get("box") not in (None, []) else "roi"
+    value = params.get(key)
     if value is None or value == []:
         return None
     if not (isinstance(value, (list, tuple)) and len(value) in (4, 6)
             and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)):
-        raise ClickRequestError(f"'box' must be [i0, j0, k0, i1, j1, k1] (voxel indices of the first and last voxel), "
-                                f"got {value!r}")
-    return tuple(value)
+        form = "[i0, j0, k0, i1, j1, k1]" if key == "box" else "[i0, i1, j0, j1, k0, k1]"
+        raise ClickRequestError(f"{key!r} must be {form} (voxel indices of the first and last voxel), got {value!r}")
+    return tuple(value) if key == "box" else tuple(value[0::2]) + tuple(value[1::2])
 
 
 def _named(params: dict[str, Any], registry: LabelRegistry) -> tuple[bool, Label | None]:
@@ -153,7 +163,7 @@ def parse_click_request(params: dict[str, Any], registry: LabelRegistry) -> Clic
         >>> parse_click_request({"foreground": [[2, 3, 4]]}, reg).targets[0].label is None
         True
     """
-    box = _box(params.get("box"))
+    box = _box(params)
     background = _points(params.get("background"), "background")
     is_named, named = _named(params, registry)
     if "foreground" in params:
