@@ -21,7 +21,8 @@ MODULES = [
 #: modules of the MONAI Label app (its package ``lib``, importable with the app folder on the path)
 APP_MODULES = ["lib.datastore.dicomweb", "lib.log_redaction", "lib.endpoints.cors", "lib.endpoints.routes",
                "lib.datastore.errors", "lib.datastore.names", "lib.datastore.files", "lib.datastore.local",
-               "lib.safe_text", "lib.infers.image_access", "lib.endpoints.infer_route", "lib.infers.click_request"]
+               "lib.safe_text", "lib.infers.image_access", "lib.endpoints.infer_route", "lib.infers.click_request",
+               "lib.infers.interactive"]
 
 
 def _check(name: str) -> None:

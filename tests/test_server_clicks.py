@@ -34,6 +34,7 @@ def server(tmp_path_factory, start_server, clicking_checkpoint):
     studies = tmp_path_factory.mktemp("click_datastore")
     image = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
     nib.save(nib.Nifti1Image(image, AFFINE), str(studies / f"{IMAGE}.nii.gz"))
+    nib.save(nib.Nifti1Image(image[:, :, 0], np.eye(4)), str(studies / "picture.nii.gz"))  # a 2D image
     with start_server(studies, tmp_path_factory.mktemp("click_server"), checkpoint=clicking_checkpoint,
                       conf={"auto_train_labels": "0", "max_size_3d": "64"},
                       env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}) as srv:
@@ -90,6 +91,13 @@ def test_a_further_click_costs_a_decode_only(server):
     infer(server, {"foreground": [list(P)]})
     _, result = infer(server, {"foreground": [list(P)], "background": [list(FAR)]})
     assert result["seconds"]["encode"] < 0.05 < result["seconds"]["decode"] + 0.05
+
+
+def test_a_2d_image_takes_i_j_points_and_a_viewers_i_j_0(server):
+    for point in ([20, 18], [20, 18, 0]):
+        path, _ = server["client"].infer(MODEL, "picture", {"foreground": [point], "box": [2, 2, 0, 30, 30, 0]})
+        out = np.asarray(nib.load(path).dataobj)
+        assert out.shape == SHAPE[:2] and out[20, 18] == 1
 
 
 def test_a_box_is_taken(server):

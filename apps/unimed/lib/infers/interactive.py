@@ -16,7 +16,7 @@ modification time), so each further click costs one decode.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferType
@@ -94,20 +94,31 @@ class UniMedInteractiveTask(UniMedInferTask):
         key = image_cache_key(data["image_path"])
         image = self.tagged_image(data)
         shape = tuple(int(n) for n in image.shape[1:])
-        if len(shape) == 3 and shape[-1] == 1 and all(len(p) == 2 for t in clicks.targets
-                                                        for p in t.foreground + t.background):
-            shape = shape[:2]  # a 2D picture: [i, j] points
+        box = _on_image(shape, [clicks.box[:len(clicks.box) // 2], clicks.box[len(clicks.box) // 2:]]) if clicks.box else None
         predictor = self.service.predictor()
         answers = []
         for target in clicks.targets:
             try:
-                prompt = ClickPrompt.from_voxels(shape, target.foreground, target.background, clicks.box)
+                prompt = ClickPrompt.from_voxels(shape, _on_image(shape, target.foreground),
+                                                 _on_image(shape, target.background),
+                                                 None if box is None else [v for corner in box for v in corner])
             except PointError as exc:
                 raise InferRequestError(str(exc)) from exc
             answers.append(predictor.predict_clicks(image, prompt, target.label, key=key))
         data["prediction"] = _painted(answers)
         data["image"] = None
         return data
+
+
+def _on_image(shape: tuple[int, ...], points: Sequence[Sequence[float]]) -> list[Sequence[float]]:
+    """Points of a 2D image as it takes them: a viewer's ``[i, j, 0]`` (slice 0 of a one-slice
+    volume) as ``[i, j]``; anything else as it is, for :meth:`ClickPrompt.from_voxels` to check.
+
+    Example:
+        >>> _on_image((48, 48), [(3, 4, 0), (5, 6)])
+        [(3, 4), (5, 6)]
+    """
+    return [p[:2] if len(shape) == 2 and len(p) == 3 and p[2] == 0 else p for p in points]
 
 
 def _painted(answers: list[Prediction]) -> Prediction:
