@@ -94,14 +94,16 @@ class UniMedInteractiveTask(UniMedInferTask):
         key = image_cache_key(data["image_path"])
         image = self.tagged_image(data)
         shape = tuple(int(n) for n in image.shape[1:])
-        box = _on_image(shape, [clicks.box[:len(clicks.box) // 2], clicks.box[len(clicks.box) // 2:]]) if clicks.box else None
+        box = None
+        if clicks.box is not None:  # its first and last voxel, each as a point of this image
+            half = len(clicks.box) // 2
+            box = [v for corner in _on_image(shape, [clicks.box[:half], clicks.box[half:]]) for v in corner]
         predictor = self.service.predictor()
         answers = []
         for target in clicks.targets:
             try:
                 prompt = ClickPrompt.from_voxels(shape, _on_image(shape, target.foreground),
-                                                 _on_image(shape, target.background),
-                                                 None if box is None else [v for corner in box for v in corner])
+                                                 _on_image(shape, target.background), box)
             except PointError as exc:
                 raise InferRequestError(str(exc)) from exc
             answers.append(predictor.predict_clicks(image, prompt, target.label, key=key))
