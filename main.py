@@ -294,6 +294,33 @@ def cmd_teach(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_clicks(args: argparse.Namespace) -> int:
+    """Teach a checkpoint clicks and boxes on the segmentation datasets of a data folder.
+
+    Every weight but the click modules stays frozen, so the checkpoint's automatic answers are
+    bit-identical to the base's; writes a new checkpoint (atomically).
+    """
+    from trainers.click_training import ClickTrainConfig, click_sources, enable_clicks, train_clicks
+    from unimed.checkpoint import load_checkpoint, save_checkpoint
+
+    if not Path(args.data).is_dir():
+        raise CommandError(f"--data {args.data}: no such folder")
+    if args.minutes <= 0 or args.steps <= 0:
+        raise CommandError("--minutes and --steps must be positive")
+    base, meta = load_checkpoint(args.checkpoint)
+    model = enable_clicks(base)
+    config = ClickTrainConfig(steps=args.steps, max_minutes=args.minutes, seed=args.seed)
+    try:
+        report = train_clicks(model, click_sources(args.data), config, progress=not args.no_progress)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    out = save_checkpoint(model, args.out, {**meta, "clicks": {**report, "base": str(args.checkpoint),
+                                                               "command": f"python main.py train-clicks --data {args.data}"}})
+    print(json.dumps({k: report[k] for k in ("steps", "minutes", "sources", "last_losses")}, indent=2))
+    print(f"checkpoint with clicks written to {out}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Measure a checkpoint on a dataset folder: prints a table, optionally writes JSON."""
     from unimed.checkpoint import load_checkpoint
@@ -726,6 +753,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_teach)
+
+    p = sub.add_parser("train-clicks", help="teach a checkpoint clicks and boxes (other weights frozen)",
+                       description=cmd_train_clicks.__doc__)
+    p.add_argument("--data", required=True, help="a folder laid out like ../shared/data (its segmentation datasets)")
+    p.add_argument("--out", required=True, help="the new checkpoint")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="the base checkpoint")
+    p.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget")
+    p.add_argument("--steps", type=int, default=2000, help="optimiser steps (the budget may stop it earlier)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train_clicks)
 
     p = sub.add_parser("evaluate", help="measure a checkpoint on a dataset folder", description=cmd_evaluate.__doc__)
     p.add_argument("--dataset", required=True, choices=list(DATASETS))
