@@ -97,6 +97,29 @@ def start_sample_server():
     return sample_server
 
 
+def _train_and_wait(client, params: dict, seconds: float = 600) -> str:
+    """Start ``POST /train/unimed`` with ``params`` through ``client`` (a ``MONAILabelClient``),
+    wait until the run ends, check it is DONE, and return its log lines (``GET /train/``)."""
+    import time
+
+    client.train_start("unimed", params)
+    deadline = time.time() + seconds
+    while True:
+        status = client.train_status()
+        if status.get("status") in ("DONE", "ERROR") or time.time() > deadline:
+            break
+        time.sleep(2)
+    details = "\n".join(status.get("details", []))
+    assert status["status"] == "DONE", details[-3000:]
+    return details
+
+
+@pytest.fixture(scope="session")
+def finished_training():
+    """:func:`_train_and_wait`: a training run through the client, waited for and checked DONE."""
+    return _train_and_wait
+
+
 @pytest.fixture(scope="session")
 def port_factory():
     """:func:`servers.monailabel_server.free_port`: a free TCP port on 127.0.0.1."""

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -96,9 +95,9 @@ def test_a_label_the_server_cannot_use_gets_a_4xx_with_the_reason(server, params
     assert "final" not in server["client"].datastore()["objects"]["cube2"].get("labels", {})  # nothing saved
 
 
-def test_training_teaches_the_new_label_and_publishes_it(server):
+def test_training_teaches_the_new_label_and_publishes_it(server, finished_training):
     client = server["client"]
-    details = _train(client, {"max_minutes": 1, "teach_steps": 3, "token_steps": 3})
+    details = finished_training(client, {"max_minutes": 1, "teach_steps": 3, "token_steps": 3})
     assert "teach spinal_cord step 3/3 loss" in details and "eta" in details
     info = client.info()
     lab = _label_entry(info, "spinal_cord")
@@ -119,20 +118,6 @@ def test_infer_with_the_new_label_returns_its_mask_name_and_colour(server):
     assert result["asked_labels"] == ["spinal_cord"] and result["label_names"]["spinal_cord"] == 12
     assert result["label_info"] == [
         {"name": "spinal_cord", "idx": 12, "display": "Spinal cord", "color": [255, 204, 0]}]
-
-
-def _train(client, params: dict) -> str:
-    """Start a training run and wait for it; its log lines."""
-    client.train_start("unimed", params)
-    deadline = time.time() + 300
-    while True:
-        status = client.train_status()
-        if status.get("status") in ("DONE", "ERROR") or time.time() > deadline:
-            break
-        time.sleep(2)
-    details = "\n".join(status.get("details", []))
-    assert status["status"] == "DONE", details[-3000:]
-    return details
 
 
 def _fresh_process(code: str) -> dict:
@@ -174,7 +159,7 @@ print(json.dumps({{"same_old_labels": described(list(grown.registry)[:11]) == de
     assert fresh.shape == served.shape and np.array_equal(fresh, served)
 
 
-def test_a_token_only_teach_leaves_every_old_output_bit_identical(server):
+def test_a_token_only_teach_leaves_every_old_output_bit_identical(server, finished_training):
     """``teach_steps: 0`` grows the label space and starts the token, without fine-tuning: in a
     fresh process, the new version answers every label it had (spinal_cord too) bit for bit as
     the version it grew from. (A run with fine-tuning moves the old outputs a little; replay
@@ -182,7 +167,7 @@ def test_a_token_only_teach_leaves_every_old_output_bit_identical(server):
     mask = np.zeros(SHAPE, np.uint8)
     mask[4:10, 4:10, 2:6] = 3  # a Slicer segment numbered 3
     _save(server, "cube2", mask, {"label_info": [{"name": "Kidney", "idx": 3}]})
-    details = _train(server["client"], {"max_minutes": 1, "teach_steps": 0, "token_steps": 2})
+    details = finished_training(server["client"], {"max_minutes": 1, "teach_steps": 0, "token_steps": 2})
     assert "teaching new label kidney (1/1) from 1 case(s), 0 steps" in details
     info = server["client"].info()
     assert info["unimed"]["version"] == 3 and _label_entry(info, "kidney")["taught_cases"] == 1

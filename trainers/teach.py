@@ -110,26 +110,17 @@ def _largest_shape_group(items: Sequence[GridItem]) -> list[GridItem]:
     return max(groups.values(), key=len)
 
 
-def teach(
-    model: UniMed,
-    name: str,
-    folder: str | Path,
-    *,
-    tasks: Sequence[Task | str] = TEACHABLE_TASKS,
-    steps: int = 300,
-    minutes: float | None = 10.0,
-    replay_data: str | Path | None = None,
-    token_steps: int = 30,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict[str, Any]:
+def teach(model: UniMed, name: str, folder: str | Path, **options: Any) -> dict[str, Any]:
     """Teach ``model`` (in place) the structure that ``folder``'s masks mark, as label ``name``.
 
     Reads the folder (:func:`unimed.datasets.datastore.read_structure`), then
-    :func:`teach_samples`, whose arguments these are.
+    :func:`teach_samples`.
 
     Args:
+        model: the base network; its label space grows by ``name``.
+        name: the new label's name.
         folder: images at the top, masks (nonzero = the structure) under ``labels/final/``.
+        options: :func:`teach_samples`'s keyword arguments (tasks, steps, minutes, ...).
 
     Raises:
         ValueError: as :func:`teach_samples`.
@@ -139,9 +130,7 @@ def teach(
         >>> teach(model, "spinal_cord", "my_cases", steps=100, minutes=5)  # doctest: +SKIP
     """
     key = _new_label_name(model, name)
-    samples = read_structure(folder, key, model.registry.next_id())
-    return teach_samples(model, key, samples, tasks=tasks, steps=steps, minutes=minutes, replay_data=replay_data,
-                         token_steps=token_steps, seed=seed, progress=progress)
+    return teach_samples(model, key, read_structure(folder, key, model.registry.next_id()), **options)
 
 
 def _new_label_name(model: UniMed, name: str) -> str:
