@@ -745,7 +745,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="the base checkpoint")
     p.add_argument("--tasks", default="segmentation,detection", help="what the label is taught (comma-separated)")
     p.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of the whole run (the fine-tuning gets what the preparation leaves)")
-    p.add_argument("--steps", type=int, default=300, help="fine-tuning steps (the budget may stop it earlier)")
+    p.add_argument("--steps", type=int, default=300,
+                   help="fine-tuning steps (the budget may stop it earlier); 0: the token's start only, "
+                        "old outputs unchanged")
     p.add_argument("--token-steps", type=int, default=30, help="steps that start the new token from the examples")
     p.add_argument("--replay-data", default=None,
                    help="a folder in the shared data layout whose datasets replay the old labels "
