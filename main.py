@@ -328,13 +328,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from unimed.predictor import Predictor
 
     model, meta = load_checkpoint(args.checkpoint)
-    result = evaluate(args.dataset, args.data, Predictor(model), split=args.split, progress=not args.no_progress)
+    if args.label is not None:
+        result = _evaluate_structure(model, args)
+    else:
+        result = evaluate(args.dataset, args.data, Predictor(model), split=args.split, progress=not args.no_progress)
     result["checkpoint"] = {"path": str(args.checkpoint), "version": meta.get("version")}
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=float))
         print(f"written to {args.json}")
     return 0
+
+
+def _evaluate_structure(model, args: argparse.Namespace) -> dict:
+    """``evaluate --dataset datastore --label NAME``: a folder in ``teach``'s layout (nonzero mask
+    = the structure), scored as the checkpoint's label NAME."""
+    from unimed.datasets.datastore import read_structure
+    from unimed.evaluation import evaluate_samples
+    from unimed.labels import UnknownLabelError
+    from unimed.predictor import Predictor
+
+    if args.dataset != "datastore":
+        raise CommandError(f"--label scores one structure of a datastore-style folder: use --dataset datastore, "
+                           f"not {args.dataset}")
+    try:
+        label = model.registry.get(args.label)
+    except UnknownLabelError as exc:
+        raise CommandError(f"--label {args.label}: {exc}") from exc
+    samples = read_structure(args.data, label.name, label.id)
+    metrics = evaluate_samples("datastore", samples, Predictor(model), progress=not args.no_progress)
+    return {"dataset": "datastore", "split": None, "n": len(samples), "label": label.name, "metrics": metrics}
 
 
 def cmd_lopo(args: argparse.Namespace) -> int:
@@ -773,6 +796,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="split name (default: val where the folder has its own split "
                    "files and val among them, their one split if it has only one, else every case)")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    p.add_argument("--label", default=None,
+                   help="with --dataset datastore: a folder in teach's layout (nonzero mask = the structure), "
+                        "scored as this label of the checkpoint (e.g. one it was taught)")
     p.add_argument("--json", default=None, help="write the result here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)

@@ -239,17 +239,21 @@ def read_labelled(folder: str | Path, split: str | None = None) -> list[Sample]:
     return read_datastore(folder, skipped=[])[0]
 
 
-def _segmentable_labels(samples: Sequence[Sample]) -> list[str]:
+def _segmentable_labels(samples: Sequence[Sample], registry: LabelRegistry) -> list[str]:
     """The segmentable labels present in any of the samples, in registry order."""
     present = {name for s in samples for name in s.seg_labels}
-    return [lab.name for lab in LabelRegistry() if lab.name in present and Task.SEGMENTATION in lab.tasks]
+    return [lab.name for lab in registry if lab.name in present and Task.SEGMENTATION in lab.tasks]
 
 
 def evaluate_datastore(samples: Sequence[Sample], predictor: Predicts) -> dict[str, Any]:
     """``dice_<label>`` (mean over the images whose label holds it) for every segmentable label
-    present, and their mean ``dice_mean``; every image is prompted with all those labels."""
-    registry = LabelRegistry()
-    names = _segmentable_labels(samples)
+    present, and their mean ``dice_mean``; every image is prompted with all those labels.
+
+    Labels are those of the predictor's network (a taught checkpoint's grown label space), or
+    the default registry for a predictor without one."""
+    model = getattr(predictor, "model", None)
+    registry = getattr(model, "registry", None) or LabelRegistry()
+    names = _segmentable_labels(samples, registry)
     scores: dict[str, list[float]] = {name: [] for name in names}
     for s in samples:
         wanted = [n for n in names if n in s.seg_labels]
