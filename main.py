@@ -294,6 +294,33 @@ def cmd_teach(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_clicks(args: argparse.Namespace) -> int:
+    """Teach a checkpoint clicks and boxes on the segmentation datasets of a data folder.
+
+    Every weight but the click modules stays frozen, so the checkpoint's automatic answers are
+    bit-identical to the base's; writes a new checkpoint (atomically).
+    """
+    from trainers.click_training import ClickTrainConfig, click_sources, enable_clicks, train_clicks
+    from unimed.checkpoint import load_checkpoint, save_checkpoint
+
+    if not Path(args.data).is_dir():
+        raise CommandError(f"--data {args.data}: no such folder")
+    if args.minutes <= 0 or args.steps <= 0:
+        raise CommandError("--minutes and --steps must be positive")
+    base, meta = load_checkpoint(args.checkpoint)
+    model = enable_clicks(base)
+    config = ClickTrainConfig(steps=args.steps, max_minutes=args.minutes, seed=args.seed)
+    try:
+        report = train_clicks(model, click_sources(args.data), config, progress=not args.no_progress)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    out = save_checkpoint(model, args.out, {**meta, "clicks": {**report, "base": str(args.checkpoint),
+                                                               "command": f"python main.py train-clicks --data {args.data}"}})
+    print(json.dumps({k: report[k] for k in ("steps", "minutes", "sources", "last_losses")}, indent=2))
+    print(f"checkpoint with clicks written to {out}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Measure a checkpoint on a dataset folder: prints a table, optionally writes JSON."""
     from unimed.checkpoint import load_checkpoint
@@ -301,7 +328,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from unimed.predictor import Predictor
 
     model, meta = load_checkpoint(args.checkpoint)
-    result = evaluate(args.dataset, args.data, Predictor(model), split=args.split, progress=not args.no_progress)
+    if args.label is not None:
+        result = _evaluate_structure(model, args)
+    else:
+        result = evaluate(args.dataset, args.data, Predictor(model), split=args.split, progress=not args.no_progress)
     result["checkpoint"] = {"path": str(args.checkpoint), "version": meta.get("version")}
     print(format_table(result))
     if args.json:
@@ -340,6 +370,26 @@ def cmd_clicks_eval(args: argparse.Namespace) -> int:
     if args.png:
         print(f"plot written to {plot_click_curves(result, args.png)}")
     return 0
+
+
+def _evaluate_structure(model, args: argparse.Namespace) -> dict:
+    """``evaluate --dataset datastore --label NAME``: a folder in ``teach``'s layout (nonzero mask
+    = the structure), scored as the checkpoint's label NAME."""
+    from unimed.datasets.datastore import read_structure
+    from unimed.evaluation import evaluate_samples
+    from unimed.labels import UnknownLabelError
+    from unimed.predictor import Predictor
+
+    if args.dataset != "datastore":
+        raise CommandError(f"--label scores one structure of a datastore-style folder: use --dataset datastore, "
+                           f"not {args.dataset}")
+    try:
+        label = model.registry.get(args.label)
+    except UnknownLabelError as exc:
+        raise CommandError(f"--label {args.label}: {exc}") from exc
+    samples = read_structure(args.data, label.name, label.id)
+    metrics = evaluate_samples("datastore", samples, Predictor(model), progress=not args.no_progress)
+    return {"dataset": "datastore", "split": None, "n": len(samples), "label": label.name, "metrics": metrics}
 
 
 def cmd_lopo(args: argparse.Namespace) -> int:
@@ -750,7 +800,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="the base checkpoint")
     p.add_argument("--tasks", default="segmentation,detection", help="what the label is taught (comma-separated)")
     p.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of the whole run (the fine-tuning gets what the preparation leaves)")
-    p.add_argument("--steps", type=int, default=300, help="fine-tuning steps (the budget may stop it earlier)")
+    p.add_argument("--steps", type=int, default=300,
+                   help="fine-tuning steps (the budget may stop it earlier); 0: the token's start only, "
+                        "old outputs unchanged")
     p.add_argument("--token-steps", type=int, default=30, help="steps that start the new token from the examples")
     p.add_argument("--replay-data", default=None,
                    help="a folder in the shared data layout whose datasets replay the old labels "
@@ -759,12 +811,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_teach)
 
+    p = sub.add_parser("train-clicks", help="teach a checkpoint clicks and boxes (other weights frozen)",
+                       description=cmd_train_clicks.__doc__)
+    p.add_argument("--data", required=True, help="a folder laid out like ../shared/data (its segmentation datasets)")
+    p.add_argument("--out", required=True, help="the new checkpoint")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="the base checkpoint")
+    p.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget")
+    p.add_argument("--steps", type=int, default=2000, help="optimiser steps (the budget may stop it earlier)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train_clicks)
+
     p = sub.add_parser("evaluate", help="measure a checkpoint on a dataset folder", description=cmd_evaluate.__doc__)
     p.add_argument("--dataset", required=True, choices=list(DATASETS))
     p.add_argument("--data", required=True, help="the dataset's folder or file")
     p.add_argument("--split", default=None, help="split name (default: val where the folder has its own split "
                    "files and val among them, their one split if it has only one, else every case)")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    p.add_argument("--label", default=None,
+                   help="with --dataset datastore: a folder in teach's layout (nonzero mask = the structure), "
+                        "scored as this label of the checkpoint (e.g. one it was taught)")
     p.add_argument("--json", default=None, help="write the result here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)

@@ -49,8 +49,8 @@ def monailabel_server(studies: str | Path, workdir: Path, conf: dict[str, str] |
     """Start ``monailabel start_server`` with the UniMed app on a free port and yield
     ``{"url", "client", "model_dir", "log"}``; stops it on exit.
 
-    The model is a copy of ``checkpoint`` (default: the shipped checkpoint) in
-    ``workdir/model``, so training in a test never touches the shipped model.
+    The model is a copy of ``checkpoint`` (default: the shipped checkpoint) in ``workdir/model``,
+    so training in a test never touches the shipped model.
     """
     from monailabel.client import MONAILabelClient
 
@@ -58,9 +58,9 @@ def monailabel_server(studies: str | Path, workdir: Path, conf: dict[str, str] |
 
     model_dir = workdir / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
-    source = checkpoint or REPO / "apps" / "unimed" / "model" / "unimed.pt"
-    if source.exists():
-        shutil.copy(source, model_dir / "unimed.pt")
+    shipped = checkpoint or REPO / "apps" / "unimed" / "model" / "unimed.pt"
+    if shipped.exists():
+        shutil.copy(shipped, model_dir / "unimed.pt")
     server = ServerProcess(app_dir=REPO / "apps" / "unimed", studies=studies, model_path=model_dir / "unimed.pt",
                            timeout=timeout, log_path=workdir / "server.log", conf=conf, env=env)
     try:
@@ -138,6 +138,29 @@ def sample_server(tmp_path_factory, conf: dict[str, str] | None = None,
 def start_sample_server():
     """:func:`sample_server`, for module-scoped server fixtures."""
     return sample_server
+
+
+def _train_and_wait(client, params: dict, seconds: float = 600) -> str:
+    """Start ``POST /train/unimed`` with ``params`` through ``client`` (a ``MONAILabelClient``),
+    wait until the run ends, check it is DONE, and return its log lines (``GET /train/``)."""
+    import time
+
+    client.train_start("unimed", params)
+    deadline = time.time() + seconds
+    while True:
+        status = client.train_status()
+        if status.get("status") in ("DONE", "ERROR") or time.time() > deadline:
+            break
+        time.sleep(2)
+    details = "\n".join(status.get("details", []))
+    assert status["status"] == "DONE", details[-3000:]
+    return details
+
+
+@pytest.fixture(scope="session")
+def finished_training():
+    """:func:`_train_and_wait`: a training run through the client, waited for and checked DONE."""
+    return _train_and_wait
 
 
 @pytest.fixture(scope="session")

@@ -116,18 +116,10 @@ def test_unreadable_upload_gets_422(server, tmp_path):
     assert "Status: 422" in err.value.msg and "cannot read" in err.value.msg
 
 
-def test_training_through_the_rest_api_publishes_a_version_that_infer_then_serves(server):
+def test_training_through_the_rest_api_publishes_a_version_that_infer_then_serves(server, finished_training):
     client = server["client"]
     before = client.info()["unimed"]["version"]
-    client.train_start("unimed", {"max_epochs": 1, "max_minutes": 5})
-    deadline = time.time() + 600
-    while True:
-        status = client.train_status()
-        if status.get("status") in ("DONE", "ERROR") or time.time() > deadline:
-            break
-        time.sleep(2)
-    details = "\n".join(status.get("details", []))
-    assert status["status"] == "DONE", details[-3000:]
+    details = finished_training(client, {"max_epochs": 1, "max_minutes": 5})
     assert "epoch 1/1 step 2/2 loss" in details and "eta" in details  # two labelled images, one epoch
     after = client.info()["unimed"]["version"]
     assert after == (before or 0) + 1

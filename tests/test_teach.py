@@ -233,6 +233,14 @@ def test_teach_then_infer(tmp_path, tiny_checkpoint):
     seg = np.asarray(nib.load(label_out).dataobj)
     assert seg.shape == (32, 32, 16)
     assert set(np.unique(seg)) <= {0, 12} and (seg == 12).any()
+    scores = tmp_path / "scores.json"
+    done = _main("evaluate", "--checkpoint", str(out), "--dataset", "datastore", "--data", str(data), "--label", "cube",
+                 "--json", str(scores), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(scores.read_text())
+    assert result["n"] == 2 and result["label"] == "cube" and 0.0 <= result["metrics"]["dice_cube"] <= 1.0
+    done = _main("evaluate", "--checkpoint", str(out), "--dataset", "brats", "--data", str(data), "--label", "cube")
+    assert done.returncode == 2 and "use --dataset datastore" in done.stderr
 
 
 @pytest.mark.slow

@@ -20,6 +20,8 @@ class MixEntry:
         channel_dropout: probability that a multi-channel batch keeps a random subset of its channels.
         modality_dropout: probability that a batch's modalities read as unknown.
         augment_intensity: intensity and resolution augmentation besides flips.
+        clicks: probability that a segmentation batch also trains with simulated clicks
+            (:func:`trainers.click_training.click_loss`).
     """
 
     tasks: tuple[str, ...]
@@ -28,6 +30,7 @@ class MixEntry:
     channel_dropout: float = 0.0
     modality_dropout: float = 0.0
     augment_intensity: bool = True
+    clicks: float = 0.0
 
 
 @dataclass

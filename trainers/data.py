@@ -159,6 +159,7 @@ class Source:
             images whose intensities are the signal (AdrenalMNIST3D's binary shape masks: after
             per-image normalisation the foreground's value encodes the organ's volume, which
             intensity jitter blurs).
+        clicks: the probability that a segmentation batch also trains with simulated clicks.
     """
 
     name: str
@@ -169,11 +170,12 @@ class Source:
     channel_dropout: float = 0.0
     modality_dropout: float = 0.0
     augment_intensity: bool = True
+    clicks: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.items:
             raise ValueError(f"source {self.name!r} has no samples")
-        for name in ("channel_dropout", "modality_dropout"):
+        for name in ("channel_dropout", "modality_dropout", "clicks"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value}")

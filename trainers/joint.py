@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from trainers.click_training import click_loss
 from trainers.config import TrainConfig
 from trainers.data import GridItem, Source, View, batch_modalities, collate
 from trainers.run_state import STATE_FORMAT, check_same_run, comparable_config, global_rng_state, set_global_rng_state
@@ -184,14 +185,18 @@ class JointTrainer:
         return torch.stack([self.model.modality_ids(m, images_channels) for m in batch_modalities(items, view)]).to(
             self.device)
 
-    def batch_losses(self, items: list[GridItem], tasks: Sequence[str], view: View | None) -> dict[str, torch.Tensor]:
+    def batch_losses(self, items: list[GridItem], tasks: Sequence[str], view: View | None,
+                     clicks: bool = False) -> dict[str, torch.Tensor]:
         """Losses of one batch of one source: one backbone pass, one decode per task whose
-        ground truth every item carries."""
+        ground truth every item carries; with ``clicks``, a segmentation batch also trains with
+        simulated clicks (:func:`trainers.click_training.click_loss`)."""
         feats = self.model.encode(collate(items, view).to(self.device), self.modality_batch(items, view))
         losses: dict[str, torch.Tensor] = {}
         for spec in (TASKS[Task.parse(task)] for task in tasks):
             if spec.has_targets(items):
                 losses.update(spec.loss(self.model, feats, items, self.config.loss))
+                if clicks and spec.task == Task.SEGMENTATION and self.model.config.clicks:
+                    losses.update(click_loss(self.model, feats, items, self.rng, self.config.loss))
         return losses
 
     def _backward(self, loss: torch.Tensor) -> None:
@@ -229,7 +234,7 @@ class JointTrainer:
             if self.step_count % src.every:
                 continue
             items, view = src.batch(self.rng, self.config.augment)
-            losses = self.batch_losses(items, src.tasks, view)
+            losses = self.batch_losses(items, src.tasks, view, clicks=src.clicks > 0 and self.rng.random() < src.clicks)
             if losses:
                 self._backward(sum(losses.values()))
             for k, v in losses.items():

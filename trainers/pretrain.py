@@ -57,10 +57,10 @@ def mix_entry(share: TrainingShare) -> MixEntry:
 
     Example:
         >>> mix_entry(DATASETS["voc"].training)
-        MixEntry(tasks=('detection',), batch_size=6, every=1, channel_dropout=0.0, modality_dropout=0.1, augment_intensity=True)
+        MixEntry(tasks=('detection',), batch_size=6, every=1, channel_dropout=0.0, modality_dropout=0.1, augment_intensity=True, clicks=0.0)
     """
     return MixEntry(share.tasks, share.batch_size, share.every, share.channel_dropout, share.modality_dropout,
-                    share.augment_intensity)
+                    share.augment_intensity, share.clicks)
 
 
 def default_config(minutes: float = 80.0) -> TrainConfig:
@@ -81,7 +81,7 @@ def make_source(name: str, samples: list[Sample], mix: MixEntry) -> Source:
     items = [to_grid_item(s) for s in samples]
     logger.info("source %s: %d samples, tasks %s", name, len(items), ", ".join(mix.tasks) or "(self-supervised)")
     return Source(name, items, mix.tasks, mix.batch_size, mix.every, mix.channel_dropout, mix.modality_dropout,
-                  mix.augment_intensity)
+                  mix.augment_intensity, mix.clicks)
 
 
 def images_only(samples: list[Sample]) -> list[Sample]:

@@ -20,14 +20,14 @@ import logging
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from trainers.config import MixEntry, TrainConfig
 from trainers.data import GridItem, Source
-from trainers.joint import JointTrainer, seed_everything
+from trainers.joint import JointTrainer, StepReport, seed_everything
 from trainers.pretrain import build_sources, default_config, make_source
 from unimed.datasets.datastore import read_structure
 from unimed.datasets.sample import Sample
@@ -38,7 +38,7 @@ from unimed.networks.unimednet import UniMed
 from unimed.predictor import Predictor
 from unimed.task_names import Task
 
-__all__ = ["TEACHABLE_TASKS", "teach_config", "with_pseudo_labels", "teach"]
+__all__ = ["TEACHABLE_TASKS", "teach_config", "with_pseudo_labels", "teach", "teach_samples"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +110,41 @@ def _largest_shape_group(items: Sequence[GridItem]) -> list[GridItem]:
     return max(groups.values(), key=len)
 
 
-def teach(
+def teach(model: UniMed, name: str, folder: str | Path, **options: Any) -> dict[str, Any]:
+    """Teach ``model`` (in place) the structure that ``folder``'s masks mark, as label ``name``.
+
+    Reads the folder (:func:`unimed.datasets.datastore.read_structure`), then
+    :func:`teach_samples`.
+
+    Args:
+        model: the base network; its label space grows by ``name``.
+        name: the new label's name.
+        folder: images at the top, masks (nonzero = the structure) under ``labels/final/``.
+        options: :func:`teach_samples`'s keyword arguments (tasks, steps, minutes, ...).
+
+    Raises:
+        ValueError: as :func:`teach_samples`.
+        DatasetError: the folder is missing, has no mask, or a mask is empty or mismatched.
+
+    Example:
+        >>> teach(model, "spinal_cord", "my_cases", steps=100, minutes=5)  # doctest: +SKIP
+    """
+    key = _new_label_name(model, name)
+    return teach_samples(model, key, read_structure(folder, key, model.registry.next_id()), **options)
+
+
+def _new_label_name(model: UniMed, name: str) -> str:
+    key = canonical_name(name)
+    if key in model.registry:
+        raise ValueError(f"label {key!r} already exists in the checkpoint (as {model.registry.get(key).name!r}); "
+                         "choose another name")
+    return key
+
+
+def teach_samples(
     model: UniMed,
     name: str,
-    folder: str | Path,
+    samples: Sequence[Sample],
     *,
     tasks: Sequence[Task | str] = TEACHABLE_TASKS,
     steps: int = 300,
@@ -122,30 +153,44 @@ def teach(
     token_steps: int = 30,
     seed: int = 0,
     progress: bool = True,
+    display: str | None = None,
+    color: Sequence[int] | None = None,
+    callback: Callable[[StepReport], bool | None] | None = None,
 ) -> dict[str, Any]:
-    """Teach ``model`` (in place) the structure that ``folder``'s masks mark, as label ``name``.
+    """Teach ``model`` (in place) the structure that ``samples`` mark, as label ``name``.
+
+    What ``main.py teach`` and the app's ``POST /train`` both run: grow the label space
+    (:func:`~unimed.label_growth.add_label`), start the token from the examples
+    (:func:`~unimed.label_growth.fit_label_token`), fine-tune with replay.
 
     Args:
         model: the base network; its label space grows by ``name``.
         name: the new label's name.
-        folder: images at the top, masks (nonzero = the structure) under ``labels/final/``.
+        samples: images whose ``label_map`` is ``model.registry.next_id()`` on the structure
+            and 0 elsewhere (:func:`~unimed.datasets.datastore.read_structure` reads them).
         tasks: what the label is taught and can be asked for (segmentation, detection).
-        steps: fine-tuning steps (the run may stop earlier at ``minutes``).
-        minutes: wall-clock budget of the whole run (reading, pseudo-labels, the token's start
-            and the fine-tuning, which gets what is left); None for no limit.
+        steps: fine-tuning steps (the run may stop earlier at ``minutes``); 0: the token's
+            start only, no fine-tuning, so that every old label's output stays bit-identical.
+        minutes: wall-clock budget of the whole run (pseudo-labels, the token's start and the
+            fine-tuning, which gets what is left); None for no limit.
         replay_data: a shared-data-layout folder whose datasets replay the old labels; None:
-            the base network's own answers on ``folder``'s images do.
+            the base network's own answers on the samples' images do.
         token_steps: steps that start the new token from the examples (:func:`fit_label_token`).
         seed: seeds Python, NumPy and torch.
         progress: show a progress bar.
+        display: the label's name in viewers (default: from ``name``).
+        color: its RGB colour (default: a hue of its own).
+        callback: called with each fine-tuning step's report (as :meth:`JointTrainer.train`).
 
     Returns:
         A report: the label, samples, steps, minutes, the first and last losses, the replay.
 
     Raises:
-        ValueError: the label exists, no or unknown tasks, a task a mask cannot teach, or
-            ``steps < 1``.
-        DatasetError: the folder is missing, has no mask, or a mask is empty or mismatched.
+        ValueError: the label exists, no samples, no or unknown tasks, a task a mask cannot
+            teach, or ``steps < 0``.
+
+    Example:
+        >>> teach_samples(model, "spinal_cord", samples, steps=50, color=(255, 200, 0))  # doctest: +SKIP
     """
     task_list = tuple(dict.fromkeys(Task.parse(t) for t in tasks))
     if not task_list:
@@ -154,25 +199,30 @@ def teach(
     if unteachable:
         raise ValueError(f"a mask cannot teach {', '.join(unteachable)}; tasks must be among "
                          f"{', '.join(t.value for t in TEACHABLE_TASKS)}")
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    key = canonical_name(name)
-    if key in model.registry:
-        raise ValueError(f"label {key!r} already exists in the checkpoint (as {model.registry.get(key).name!r}); "
-                         "choose another name")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0 (0: the token's start only), got {steps}")
+    key = _new_label_name(model, name)
+    if not samples:
+        raise ValueError(f"label {key!r} needs at least one annotated image to be taught from")
+    value = model.registry.next_id()
+    stray = [s.name for s in samples if s.label_map is None or not set(np.unique(s.label_map).tolist()) <= {0, value}]
+    if stray:
+        raise ValueError(f"samples {stray} must mark the structure with value {value} (the new label's id) and "
+                         "nothing else")
     seed_everything(seed)
     start = time.time()
-    samples = read_structure(folder, key, model.registry.next_id())
-    config = teach_config(steps, minutes, task_list, seed)
+    config = teach_config(max(steps, 1), minutes, task_list, seed)
     replay_sources: list[Source] = []
-    if replay_data is not None:
+    if steps == 0:  # the token's start alone: nothing to replay
+        replay_data = None
+    elif replay_data is not None:
         replay = default_config()
         replay_sources = build_sources(Path(replay_data), replay)[0]
         if not replay_sources:
             raise ValueError(f"replay data {replay_data} holds none of the shared datasets")
         config.mix.update({src.name: replay.mix[src.name] for src in replay_sources})
-    base = None if replay_data is not None else Predictor(copy.deepcopy(model).eval())
-    label = add_label(model, key, task_list)
+    base = None if replay_data is not None or steps == 0 else Predictor(copy.deepcopy(model).eval())
+    label = add_label(model, key, task_list, display=display, color=color)
     logger.info("label %s: id %d, class index %d, token %d; %d annotated images", label.name, label.id,
                 model.registry.class_index(label), model.vocab.label_token(label), len(samples))
     if base is not None:
@@ -195,17 +245,24 @@ def teach(
                        "label token")
     if minutes is not None:  # the budget covers the whole run, the preparation too
         config.max_minutes = max(0.05, minutes - (time.time() - start) / 60)
-    sources = [source, *replay_sources]
-    trainer = JointTrainer(model, sources, config)
-    history = trainer.train(progress=progress)
+    history: list[StepReport] = []
+    done = 0
+    if steps > 0:
+        trainer = JointTrainer(model, [source, *replay_sources], config)
+        history = trainer.train(callback=callback, progress=progress)
+        done = trainer.step_count
+    if steps == 0:
+        replay = "none: the token's start only, every old output unchanged"
+    else:
+        replay = "pseudo-labels of the base network" if replay_data is None else f"shared data at {replay_data}"
     return {
         "label": {"name": label.name, "id": label.id, "class_index": model.registry.class_index(label),
                   "tasks": [t.value for t in task_list]},
         "samples": len(samples),
         "token_loss": [token_losses[0], token_losses[-1]] if token_losses else None,
-        "steps": trainer.step_count,
+        "steps": done,
         "first_loss": history[0].loss if history else None,
         "last_loss": history[-1].loss if history else None,
         "minutes": round((time.time() - start) / 60, 2),
-        "replay": "pseudo-labels of the base network" if replay_data is None else f"shared data at {replay_data}",
+        "replay": replay,
     }

@@ -53,6 +53,10 @@ class TrainRequest:
         seed: seeds the run (>= 0).
         ssl_loss: the unsupervised loss on the unlabelled images, one of
             :data:`trainers.ssl.SSL_LOSSES`.
+        teach_steps: fine-tuning steps per new label when the run teaches new labels
+            (:func:`trainers.teach.teach_samples`; ``max_minutes`` bounds the whole run); 0: the
+            new token's start only, every old output stays bit-identical.
+        token_steps: steps that start a new label's token from its cases (>= 0).
 
     Example:
         >>> TrainRequest.parse({"max_epochs": "3", "ssl_loss": "consistency"}).max_epochs
@@ -60,7 +64,7 @@ class TrainRequest:
         >>> TrainRequest.parse({"epochs": 3}, strict=True)
         Traceback (most recent call last):
         ...
-        trainers.train_request.TrainRequestError: unknown train parameter 'epochs'; known: max_epochs, lr, max_minutes, seed, ssl_loss
+        trainers.train_request.TrainRequestError: unknown train parameter 'epochs'; known: max_epochs, lr, max_minutes, seed, ssl_loss, teach_steps, token_steps
     """
 
     max_epochs: int = 2
@@ -68,6 +72,8 @@ class TrainRequest:
     max_minutes: float = 30.0
     seed: int = 0
     ssl_loss: str = "reconstruction"
+    teach_steps: int = 300
+    token_steps: int = 30
 
     def __post_init__(self) -> None:
         if self.max_epochs < 1:
@@ -78,6 +84,9 @@ class TrainRequest:
             raise TrainRequestError(f"max_minutes must be > 0, got {self.max_minutes}")
         if self.seed < 0:
             raise TrainRequestError(f"seed must be >= 0, got {self.seed}")
+        if self.teach_steps < 0 or self.token_steps < 0:
+            raise TrainRequestError(f"teach_steps and token_steps must be >= 0, got {self.teach_steps} and "
+                                    f"{self.token_steps}")
         if self.ssl_loss not in SSL_LOSSES:
             raise TrainRequestError(f"ssl_loss must be one of {', '.join(SSL_LOSSES)}, got {self.ssl_loss!r}")
 

@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import Callable
 
 from fastapi import HTTPException
 from monailabel.interfaces.app import MONAILabelApp
@@ -27,7 +28,7 @@ from trainers.train_request import TrainRequest
 from unimed import __version__
 from unimed.dicom.seg import SegError
 from unimed.dicom.series import DicomSeriesError
-from unimed.labels import UnknownLabelError
+from unimed.labels import LabelRegistry, UnknownLabelError
 from unimed.large_images import VoxelLimitError
 from unimed.tasks import UnknownTaskError
 from unimed.transforms import IMAGE_SUFFIXES, ImageLoadError
@@ -50,6 +51,12 @@ class UniMedApp(MONAILabelApp):
     and ``diversity``; the scoring method ``unimed_uncertainty`` runs in the background. Saving
     a final label starts a short fine-tuning run once ``auto_train_labels`` new labels have
     arrived (conf keys: see :class:`~lib.activelearning.retrain.AutoRetrain`).
+
+    New structures from the viewer: a saved label's segments (``label_info``) are checked
+    against the served checkpoint's labels at save (4xx naming why); a segment with a new name
+    is kept as a pending label, which the next training run teaches (``main.py teach``'s code)
+    and ``/info`` lists (``unimed.labels``, ``unimed.pending_labels``; see
+    :mod:`lib.datastore.segments`).
 
     With ``--studies http(s)://.../dicom-web`` the datastore is a PACS: every series of the
     modalities in conf ``dicomweb_modalities`` (default ``CT,MR``) is an image, and a final
@@ -89,15 +96,20 @@ class UniMedApp(MONAILabelApp):
 
             if settings.MONAI_LABEL_DATASTORE.lower() in ("xnat", "dsa"):
                 return super().init_datastore()
-            _use_unimed_seg_writer(label_to_seg)
+            _use_unimed_seg_writer(label_to_seg, self.served_registry)
             modalities = self.conf.get("dicomweb_modalities", "CT,MR")
             logger.info(f"DICOMweb datastore {self.studies}, modalities {modalities}")
-            return UniMedDICOMwebDatastore.from_settings(self.studies, modalities.split(","))
+            return UniMedDICOMwebDatastore.from_settings(self.studies, modalities.split(","), self.served_registry)
         from lib.datastore.local import UniMedLocalDatastore
         from lib.safe_text import install_log_escaping
 
         install_log_escaping()  # ids come from requests: a newline in one must not forge a log line
-        return UniMedLocalDatastore(self.studies, extensions=[f"*{s}" for s in IMAGE_SUFFIXES], auto_reload=True)
+        return UniMedLocalDatastore(self.studies, extensions=[f"*{s}" for s in IMAGE_SUFFIXES], auto_reload=True,
+                                    registry=self.served_registry)
+
+    def served_registry(self) -> LabelRegistry:
+        """The label space of the checkpoint served now (taught labels too)."""
+        return self.task_config.service.model.registry
 
     def init_infers(self):
         return self.task_config.infer()
@@ -147,7 +159,24 @@ class UniMedApp(MONAILabelApp):
         service_info = self.task_config.service.info()
         meta["unimed"] = service_info
         meta["unimed"]["active_learning"] = self.active_learning_status(service_info)
+        meta["unimed"].update(self.label_space(service_info))
         return meta
+
+    def label_space(self, service_info: dict) -> dict:
+        """Every label of the served checkpoint with its colour, tasks, how many cases taught it
+        (``taught_cases``: labels taught after pretraining) and how many final labels of the
+        datastore mark it (``datastore_cases``); and the new labels that wait to be taught."""
+        from lib.datastore.segments import label_case_counts, pending_labels
+
+        registry = self.served_registry()
+        datastore = self.datastore()
+        counts = label_case_counts(datastore, registry)
+        taught = service_info.get("taught_labels") or {}
+        labels = [{"name": lab.name, "display": lab.display, "id": lab.id, "color": list(lab.color),
+                   "tasks": sorted(t.value for t in lab.tasks), "taught": lab.name in taught,
+                   "taught_cases": len(taught.get(lab.name, {}).get("cases", ())),
+                   "datastore_cases": counts.get(lab.name, 0)} for lab in registry]
+        return {"labels": labels, "pending_labels": [p.to_dict() for p in pending_labels(datastore, registry)]}
 
     def active_learning_status(self, service_info: dict) -> dict:
         """How many images the served version has scored, and how many new labels wait."""
@@ -236,19 +265,20 @@ class UniMedApp(MONAILabelApp):
             raise HTTPException(500, f"inference failed: {type(exc).__name__}: {scrub_paths(str(exc))}") from exc
 
 
-def _use_unimed_seg_writer(label_to_seg) -> None:
+def _use_unimed_seg_writer(label_to_seg, registry: Callable[[], LabelRegistry]) -> None:
     """Make ``POST /infer/{model}?output=dicom_seg`` write its SEG with UniMed's writer.
 
     MONAI Label's infer endpoint converts the result with dcmqi's ``itkimage2segimage``, a
     binary it downloads from GitHub; the endpoint offers no hook, so its converter is replaced
-    by one with the same signature.
+    by one with the same signature, which names segments from the served checkpoint's labels
+    (``registry``).
     """
     import monailabel.endpoints.infer as endpoint
 
     def nifti_to_dicom_seg(series_dir, label, label_info, file_ext="*", use_itk=True) -> str:
         names = [info["name"] for info in label_info or [] if isinstance(info, dict) and info.get("name")]
         try:
-            return label_to_seg(series_dir, label, names)
+            return label_to_seg(series_dir, label, names, registry=registry())
         except (SegError, DicomSeriesError) as exc:  # called after the app's infer: map its errors here
             raise HTTPException(422, str(exc)) from exc
 

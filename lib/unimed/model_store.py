@@ -25,7 +25,11 @@ from typing import Any
 from unimed.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from unimed.networks.unimednet import UniMed
 
-__all__ = ["ModelStore", "ModelVersion"]
+__all__ = ["ModelStore", "ModelVersion", "TAUGHT_KEY"]
+
+#: the meta key of the labels taught after pretraining: ``{name: {"cases": [image names], ...}}``,
+#: carried from version to version
+TAUGHT_KEY = "taught_labels"
 
 _VERSION = re.compile(r"^v(\d{4,})\.pt$")
 

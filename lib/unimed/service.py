@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from unimed.checkpoint import CheckpointError, load_checkpoint
+from unimed.model_store import TAUGHT_KEY
 from unimed.networks.unimednet import UniMed, unimed_small
 from unimed.predictor import Predictor
 
@@ -85,8 +86,9 @@ class ModelService:
     def info(self) -> dict[str, Any]:
         """What is served: the checkpoint path, whether it is trained, its version, when it was
         trained, until when the datastore's labels were read for it (``labels_until``, seconds
-        since the epoch; None for a model not trained on the datastore), and whether it takes
-        click and box prompts (``clicks``)."""
+        since the epoch; None for a model not trained on the datastore), the labels taught after
+        pretraining with their cases (``taught_labels``), and whether it takes click and box
+        prompts (``clicks``)."""
         model = self.predictor().model
         return {
             "checkpoint": str(self.path),
@@ -94,6 +96,7 @@ class ModelService:
             "version": self._meta.get("version"),
             "trained_at": self._meta.get("trained_at"),
             "labels_until": self._meta.get("labels_until"),
+            "taught_labels": self._meta.get(TAUGHT_KEY, {}),
             "problem": self._error,
             "clicks": model.click_encoder is not None,
         }

@@ -165,5 +165,5 @@ SPEC = DatasetSpec(
     primary_metric="dice_wt",
     folder="brats2013",
     training=TrainingShare(("segmentation", "detection", "classification"), batch_size=1, every=2,
-                           channel_dropout=0.35, modality_dropout=0.25),
+                           channel_dropout=0.35, modality_dropout=0.25, clicks=0.5),
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 import torch
@@ -65,13 +65,16 @@ def _label_file(folder: Path, image: Path) -> Path | None:
     return hits[0] if hits else None
 
 
-def check_label_map(values: np.ndarray, spatial_shape: tuple[int, ...], registry: LabelRegistry) -> tuple[np.ndarray, tuple[str, ...]]:
+def check_label_map(values: np.ndarray, spatial_shape: tuple[int, ...], registry: LabelRegistry,
+                    named: Collection[int] = ()) -> tuple[np.ndarray, tuple[str, ...]]:
     """A label map's values as registry ids (uint8) and the names of the labels present in it.
 
     Args:
         values: the label map, spatial axes only (no channel axis).
         spatial_shape: the image's spatial shape.
         registry: the label space whose ids the values must be.
+        named: values that stand for labels named elsewhere (a viewer's segments): accepted
+            in 1..255, and not among the names returned.
 
     Raises:
         DatasetError: another number of axes or another shape than the image's, a value that
@@ -93,6 +96,8 @@ def check_label_map(values: np.ndarray, spatial_shape: tuple[int, ...], registry
     present = np.unique(values).astype(np.int64)
     names = []
     for value in present[present != 0]:
+        if int(value) in named and 1 <= value <= 255:
+            continue
         try:
             names.append(registry.by_id(int(value)).name)
         except UnknownLabelError:
@@ -234,17 +239,21 @@ def read_labelled(folder: str | Path, split: str | None = None) -> list[Sample]:
     return read_datastore(folder, skipped=[])[0]
 
 
-def _segmentable_labels(samples: Sequence[Sample]) -> list[str]:
+def _segmentable_labels(samples: Sequence[Sample], registry: LabelRegistry) -> list[str]:
     """The segmentable labels present in any of the samples, in registry order."""
     present = {name for s in samples for name in s.seg_labels}
-    return [lab.name for lab in LabelRegistry() if lab.name in present and Task.SEGMENTATION in lab.tasks]
+    return [lab.name for lab in registry if lab.name in present and Task.SEGMENTATION in lab.tasks]
 
 
 def evaluate_datastore(samples: Sequence[Sample], predictor: Predicts) -> dict[str, Any]:
     """``dice_<label>`` (mean over the images whose label holds it) for every segmentable label
-    present, and their mean ``dice_mean``; every image is prompted with all those labels."""
-    registry = LabelRegistry()
-    names = _segmentable_labels(samples)
+    present, and their mean ``dice_mean``; every image is prompted with all those labels.
+
+    Labels are those of the predictor's network (a taught checkpoint's grown label space), or
+    the default registry for a predictor without one."""
+    model = getattr(predictor, "model", None)
+    registry = getattr(model, "registry", None) or LabelRegistry()
+    names = _segmentable_labels(samples, registry)
     scores: dict[str, list[float]] = {name: [] for name in names}
     for s in samples:
         wanted = [n for n in names if n in s.seg_labels]

@@ -138,5 +138,5 @@ SPEC = DatasetSpec(
     annotated=lambda s: s.label_map is not None,
     primary_metric="dice",
     folder="msd_lung_patches",
-    training=TrainingShare(("segmentation", "detection", "classification"), batch_size=16),
+    training=TrainingShare(("segmentation", "detection", "classification"), batch_size=16, clicks=0.25),
 )

@@ -36,6 +36,7 @@ class TrainingShare:
         modality_dropout: probability that a batch's channel modalities read as unknown.
         augment_intensity: intensity and resolution augmentation besides flips (off where the
             intensities are the signal, as in binary shape masks).
+        clicks: probability that a segmentation batch also trains with simulated clicks.
     """
 
     tasks: tuple[str, ...]
@@ -44,6 +45,7 @@ class TrainingShare:
     channel_dropout: float = 0.0
     modality_dropout: float = 0.1
     augment_intensity: bool = True
+    clicks: float = 0.0
 
 
 @dataclass(frozen=True)

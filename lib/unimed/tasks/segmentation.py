@@ -190,7 +190,9 @@ class SegmentationSpec(TaskSpec):
         return segmentation_loss(logits, torch.stack(targets).to(logits.device), weights)
 
     def result_fields(self, pred: TaskPrediction, registry: LabelRegistry) -> dict[str, Any]:
-        return {"label_names": {lab.name: lab.id for lab in pred.labels}, "scores": pred.annotation.scores or {}}
+        return {"label_names": {lab.name: lab.id for lab in pred.labels}, "scores": pred.annotation.scores or {},
+                "label_info": [{"name": lab.name, "idx": lab.id, "display": lab.display, "color": list(lab.color)}
+                               for lab in pred.labels]}
 
     def report(self, pred: TaskPrediction, source: str) -> tuple[list[str], dict[str, Any]]:
         lm = pred.label_map()

@@ -14,7 +14,7 @@ import logging
 import os
 import pathlib
 import tempfile
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from monailabel.config import settings
@@ -116,13 +116,17 @@ class UniMedDICOMwebDatastore(DICOMWebDatastore):
         url: the DICOMweb root, e.g. ``http://127.0.0.1:8042/dicom-web`` (Orthanc).
         modalities: series modalities to list as images.
         cache_path: local cache (MONAI Label's default under ``~/.cache`` when None).
+        registry: returns the served checkpoint's label space, which names a label's segments
+            (default: the default labels).
 
     Example:
         >>> # UniMedDICOMwebDatastore.from_settings("http://127.0.0.1:8042/dicom-web", ["CT", "MR"])
     """
 
-    def __init__(self, client, *, modalities: Sequence[str], cache_path: str | None = None, fetch_by_frame: bool = False):
+    def __init__(self, client, *, modalities: Sequence[str], cache_path: str | None = None,
+                 fetch_by_frame: bool = False, registry: Callable[[], LabelRegistry] | None = None):
         self.modalities = parse_modalities(modalities)
+        self._registry = registry or LabelRegistry
         base = dict(settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER or {})
         base.pop("Modality", None)
         self._filters = [{**base, "Modality": m} for m in self.modalities]
@@ -130,7 +134,8 @@ class UniMedDICOMwebDatastore(DICOMWebDatastore):
                          convert_to_nifti=True)
 
     @classmethod
-    def from_settings(cls, url: str, modalities: Sequence[str]) -> "UniMedDICOMwebDatastore":
+    def from_settings(cls, url: str, modalities: Sequence[str],
+                      registry: Callable[[], LabelRegistry] | None = None) -> "UniMedDICOMwebDatastore":
         """Build the client from MONAI Label's settings (credentials, URL prefixes, cache path)."""
         session = None
         if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
@@ -142,7 +147,8 @@ class UniMedDICOMwebDatastore(DICOMWebDatastore):
                                  wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
                                  stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX)
         cache = (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip() or None
-        return cls(client, modalities=modalities, cache_path=cache, fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME)
+        return cls(client, modalities=modalities, cache_path=cache,
+                   fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME, registry=registry)
 
     def list_images(self) -> list[str]:
         """SeriesInstanceUIDs of every series of the configured modalities (asked afresh each
@@ -176,7 +182,7 @@ class UniMedDICOMwebDatastore(DICOMWebDatastore):
         seg_file = os.path.join(seg_dir, sorted(os.listdir(seg_dir))[0])
         with tempfile.TemporaryDirectory() as tmp:
             label = seg_to_label_image(seg_file, os.path.join(self._datastore.image_path(), image_id),
-                                       os.path.join(tmp, f"{image_id}.nii.gz"))
+                                       os.path.join(tmp, f"{image_id}.nii.gz"), registry=self._registry())
             LocalDatastore.save_label(self, image_id, label, label_tag, self._dicom_info(label_id))
         return LocalDatastore.get_label_uri(self, image_id, label_tag)
 
@@ -189,7 +195,7 @@ class UniMedDICOMwebDatastore(DICOMWebDatastore):
             converted = label_filename = binary_to_image(image_uri, label_filename)
         if label_tag == DefaultLabelTag.FINAL:
             image_dir = os.path.join(self._datastore.image_path(), image_id)
-            seg_file = label_to_seg(image_dir, label_filename)
+            seg_file = label_to_seg(image_dir, label_filename, registry=self._registry())
             seg_series = dicom_web_upload_dcm(seg_file, self._client)
             os.unlink(seg_file)
             if not seg_series:

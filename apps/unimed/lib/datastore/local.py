@@ -25,7 +25,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
@@ -35,6 +35,7 @@ from lib.datastore.errors import DatastoreRequestError
 from lib.datastore.files import private_upload, remove_leftovers, temp_prefix, write_atomically
 from lib.datastore.label_check import check_image, check_label
 from lib.datastore.names import check_name, is_safe_suffix, name_problem, shown
+from lib.datastore.segments import SEGMENTS_KEY, parse_label_info
 from unimed.labels import LabelRegistry
 from unimed.transforms import IMAGE_SUFFIXES
 
@@ -98,7 +99,8 @@ class UniMedLocalDatastore(LocalDatastore):
         extensions: image file patterns; default every suffix of
             :data:`unimed.transforms.IMAGE_SUFFIXES`.
         auto_reload: watch the folder for files added or removed by hand.
-        registry: the label space a label's values must be ids of.
+        registry: returns the served checkpoint's label space, which a label's values must be
+            ids of unless the viewer names them as segments (default: the default labels).
 
     Example:
         >>> store = UniMedLocalDatastore("sample_datastore_copy")  # doctest: +SKIP
@@ -108,11 +110,11 @@ class UniMedLocalDatastore(LocalDatastore):
     """
 
     def __init__(self, datastore_path: str | Path, extensions: Sequence[str] | None = None, auto_reload: bool = True,
-                 registry: LabelRegistry | None = None):
+                 registry: Callable[[], LabelRegistry] | None = None):
         root = Path(datastore_path).resolve()
         root.mkdir(parents=True, exist_ok=True)
         self._root = root
-        self._registry = registry or LabelRegistry()
+        self._registry = registry or LabelRegistry
         self._warned: set[str] = set()
         remove_leftovers(root, [root] + self._label_folders(root))
         recover_config(root / CONFIG_NAME)
@@ -284,14 +286,22 @@ class UniMedLocalDatastore(LocalDatastore):
         """Keep a label that fits its image as ``labels/<tag>/<image id><suffix>``; returns the
         label id (the image id). A refused label leaves the saved one as it was.
 
+        The file is kept as sent; its info records the segments present (``segments``: value,
+        label name, display name, colour, whether the label is new to the served model; see
+        :mod:`lib.datastore.segments`), read from ``label_info["label_info"]`` (the viewer's).
+
         Raises:
             DatastoreRequestError: 400 bad id or tag, 404 unknown image, 415 unknown suffix,
-                422 a label that does not fit its image (:func:`~lib.datastore.label_check.check_label`).
+                422 a label that does not fit its image (:func:`~lib.datastore.label_check.check_label`),
+                400 or 422 segments the server cannot use (:mod:`lib.datastore.segments`).
         """
         tag = check_name(label_tag or DefaultLabelTag.FINAL.value, "label tag")
         obj = self._known_image(image_id)
         ext = self._upload_suffix(os.path.basename(label_filename), "the label")
-        names = check_label(label_filename, self._image_entry(image_id, obj.image.ext), self._registry)
+        registry = self._registry()
+        named = parse_label_info((label_info or {}).get("label_info"), registry)
+        segments = check_label(label_filename, self._image_entry(image_id, obj.image.ext), registry, named)
+        names = [s.name for s in segments]
         dest = self._label_entry(image_id, tag, ext)
         with FileLock(self._lock_file):
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -300,10 +310,14 @@ class UniMedLocalDatastore(LocalDatastore):
             write_atomically(dest, label_filename)
             if old is not None and old.ext != ext:
                 self._label_entry(image_id, tag, old.ext).unlink(missing_ok=True)
-            info = dict(label_info or {}, ts=int(time.time()), name=dest.name, labels=list(names))
+            info = dict(label_info or {}, ts=int(time.time()), name=dest.name, labels=names)
+            info[SEGMENTS_KEY] = [s.to_info() for s in segments]
             obj.labels[tag] = DataModel(info=info, ext=ext)
             self._update_datastore_file(lock=False)
         logger.info("saved the %s label of %s (%s)", tag, shown(image_id, 200), ", ".join(names) or "background only")
+        for s in segments:
+            if s.new:
+                logger.info("label %s (value %d) is new to the served model: training will teach it", s.name, s.value)
         return image_id
 
     def _known_label(self, label_id: str, tag: str) -> DataModel:

@@ -23,7 +23,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.utils.others.detection import create_slicer_detection_json
 
-from unimed.labels import Label, LabelRegistry, parse_labels
+from unimed.labels import Label, parse_labels
 from unimed.large_images import DEFAULT_MAX_VOXELS, check_voxel_limit
 from unimed.predictor import Prediction
 from unimed.service import ModelService
@@ -85,20 +85,29 @@ class UniMedInferTask(BasicInferTask):
 
     def __init__(self, service: ModelService, task: Task | None, description: str,
                  max_voxels: int = DEFAULT_MAX_VOXELS):
-        registry = LabelRegistry()
-        labels = registry.for_task(task) if task else list(registry)
+        self.service = service
+        self.task = task
         super().__init__(
             path=str(service.path),
             network=None,
             type=task.value if task else InferType.OTHERS,  # InferType's strings are the task names
-            labels={lab.name: lab.id for lab in labels},
+            labels=None,  # :attr:`labels` reads the served checkpoint's
             dimension=3,
             description=description,
             config={"task": task.value if task else "segmentation", "labels": []},
         )
-        self.service = service
-        self.task = task
         self.max_voxels = max_voxels
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """The served checkpoint's labels of this model's task, name -> label id (taught labels
+        too): what ``/info`` lists and every answer's ``label_names`` holds."""
+        registry = self.service.model.registry
+        return {lab.name: lab.id for lab in (registry.for_task(self.task) if self.task else registry)}
+
+    @labels.setter
+    def labels(self, value: Any) -> None:
+        """MONAI Label's constructor sets the labels; the served checkpoint decides them instead."""
 
     def is_valid(self) -> bool:
         return True  # the service serves untrained weights when no checkpoint exists
