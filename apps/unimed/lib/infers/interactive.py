@@ -51,8 +51,17 @@ class UniMedInteractiveTask(UniMedInferTask):
     def __init__(self, service: ModelService, description: str, max_voxels: int = DEFAULT_MAX_VOXELS):
         super().__init__(service, Task.SEGMENTATION, description, max_voxels=max_voxels)
         self.type = InferType.DEEPEDIT
-        self.labels = {"background": 0, **self.labels}
         self._config = {}  # the plugins send a model's config back as params: nothing to send
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """The served checkpoint's segmentation labels, and ``background`` (0): the segment whose
+        clicks the plugins send as background clicks."""
+        return {"background": 0, **super().labels}
+
+    @labels.setter
+    def labels(self, value: Any) -> None:
+        """MONAI Label's constructor sets the labels; the served checkpoint decides them instead."""
 
     def info(self) -> dict[str, Any]:
         info = super().info()
