@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainers.click_training import ClickTrainConfig, click_loss, enable_clicks, train_clicks
+from trainers.click_training import ClickTrainConfig, enable_clicks, train_clicks
+from trainers.simulated_clicks import click_loss
 from trainers.data import GridItem, Source
 from unimed.clicks import ClickPrompt, click_tensors
 from unimed.loss_weights import LossWeights

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from trainers.click_training import click_loss
 from trainers.config import TrainConfig
 from trainers.data import GridItem, Source, View, batch_modalities, collate
 from trainers.run_state import STATE_FORMAT, check_same_run, comparable_config, global_rng_state, set_global_rng_state
+from trainers.simulated_clicks import click_loss
 from trainers.ssl import PseudoLabelConsistency, make_ssl
 from unimed.networks.unimednet import UniMed
 from unimed.tasks import TASKS, Task
