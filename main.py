@@ -314,8 +314,11 @@ def cmd_train_clicks(args: argparse.Namespace) -> int:
         report = train_clicks(model, click_sources(args.data), config, progress=not args.no_progress)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
-    out = save_checkpoint(model, args.out, {**meta, "clicks": {**report, "base": str(args.checkpoint),
-                                                               "command": f"python main.py train-clicks --data {args.data}"}})
+    part = {**report, "base": str(args.checkpoint), "command": f"python main.py train-clicks --data {args.data}"}
+    parts = list(meta.get("clicks", {}).get("parts", [])) + [part]  # a continued run keeps its earlier parts
+    clicks = {"parts": parts, "steps": sum(p["steps"] for p in parts),
+              "minutes": round(sum(p["minutes"] for p in parts), 2)}
+    out = save_checkpoint(model, args.out, {**meta, "clicks": clicks})
     print(json.dumps({k: report[k] for k in ("steps", "minutes", "sources", "last_losses")}, indent=2))
     print(f"checkpoint with clicks written to {out}")
     return 0
