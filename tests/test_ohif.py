@@ -62,8 +62,17 @@ class Browser:
             time.sleep(1)
         raise AssertionError(f"nothing matched {xpath} within {timeout:.0f} s; page text:\n{self.text()[:1500]}")
 
-    def click(self, element: str) -> None:
-        self._call("POST", f"/element/{element}/click", {})
+    def click(self, element: str, attempts: int = 15) -> None:
+        """Click like a user; while the element is covered or not yet interactable (a panel still
+        laying out, a notice fading), wait a second and try again, up to ``attempts`` times."""
+        for attempt in range(attempts):
+            try:
+                self._call("POST", f"/element/{element}/click", {})
+                return
+            except RuntimeError as exc:
+                if not ("click intercepted" in str(exc) or "not interactable" in str(exc)) or attempt == attempts - 1:
+                    raise
+            time.sleep(1)
 
     def text(self) -> str:
         return self._call("POST", "/execute/sync", {"script": "return document.body.innerText", "args": []})
@@ -211,7 +220,10 @@ def test_ohif_point_prompts_run_unimed_interactive_from_clicks_on_the_canvas(bro
     time.sleep(2)
     after = _coloured_pixels(browser.screenshot(artifacts / "ohif_unimed_clicks.png"))
     assert after > before + 300, f"no segment drawn around the click ({before} -> {after} coloured pixels; canvas {rect})"
-    log = Path(pacs_click_server["log"]).read_text()
+    deadline, log = time.time() + 20, ""
+    while time.time() < deadline and "'edema': [[" not in log:  # the server's log is written asynchronously
+        log = Path(pacs_click_server["log"]).read_text()
+        time.sleep(1)
     assert "'edema': [[" in log and "unimed_interactive" in log  # the panel's deepedit format: a click list per label
 
 
