@@ -230,7 +230,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     run's budget, every part counted).
     """
     from trainers.joint import check_device
-    from trainers.pretrain import STATE_FILE, default_config, pretrain
+    from trainers.pretrain import STATE_FILE, Holdout, default_config, pretrain
     from trainers.run_state import TrainingInterrupted
 
     data = Path(args.data)
@@ -248,8 +248,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         config.steps = args.steps
     config.seed = args.seed
     try:
+        holdout = Holdout.parse(args.hold_out) if args.hold_out else None
         card = pretrain(data, args.model_dir, config, progress=not args.no_progress, evaluate_after=not args.no_eval,
-                        device=args.device, resume=args.resume)
+                        device=args.device, resume=args.resume, holdout=holdout, all_splits=args.all_splits)
     except ValueError as exc:  # a folder without datasets, or a saved run with another config
         raise CommandError(str(exc)) from exc
     except TrainingInterrupted as exc:
@@ -791,6 +792,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu (default), cuda or cuda:N (under torchrun: each process's own GPU)")
     p.add_argument("--no-eval", action="store_true", help="skip the validation figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cases = p.add_mutually_exclusive_group()
+    cases.add_argument("--hold-out", metavar="DATASET:CASE[,CASE]",
+                       help="keep these cases of one dataset out of training (from all its splits) and score them "
+                            "instead of its validation split: one fold of a cross-validation of the whole recipe, "
+                            "e.g. brats:brats_2013_pat0001_1")
+    cases.add_argument("--all-splits", action="store_true",
+                       help="train on every dataset's training and validation splits (no validation figures: "
+                            "measure the recipe with --hold-out runs first)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in MODEL_DIR/pretrain_state.pt (--minutes: the whole run's budget)")
     p.set_defaults(func=cmd_pretrain)

@@ -17,6 +17,7 @@ import logging
 import os
 import platform
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -36,8 +37,8 @@ from unimed.model_store import ModelStore
 from unimed.networks.unimednet import UniMed, unimed_small
 from unimed.transforms import image_affine, load_image
 
-__all__ = ["DATASETS", "STATE_FILE", "default_config", "mix_entry", "make_source", "images_only", "build_sources",
-           "pretrain", "write_model_card"]
+__all__ = ["DATASETS", "STATE_FILE", "Holdout", "default_config", "mix_entry", "make_source", "images_only",
+           "split_cases", "build_sources", "pretrain", "write_model_card"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,16 +91,89 @@ def images_only(samples: list[Sample]) -> list[Sample]:
     return [Sample(s.image, s.affine, "unlabelled", s.name, modalities=s.modalities) for s in samples]
 
 
-def build_sources(data: Path, config: TrainConfig) -> tuple[list[Source], Source | None]:
-    """Grid items of every dataset's training split, as the config's mix wants them."""
-    sources = []
+@dataclass(frozen=True)
+class Holdout:
+    """Cases of one dataset that a run keeps out of training and scores instead (one fold of a
+    cross-validation of the whole recipe): the dataset trains on every other case of its
+    training and validation splits.
+
+    Attributes:
+        dataset: a dataset kind of :data:`DATASETS`.
+        cases: the held-out cases' names (:attr:`Sample.name`, e.g. a BraTS case folder's name).
+
+    Example:
+        >>> Holdout.parse("brats:brats_2013_pat0001_1")
+        Holdout(dataset='brats', cases=('brats_2013_pat0001_1',))
+    """
+
+    dataset: str
+    cases: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> "Holdout":
+        """``DATASET:CASE[,CASE...]`` as a :class:`Holdout`.
+
+        Raises:
+            ValueError: not of that form, or an unknown dataset kind.
+        """
+        kind, sep, names = text.partition(":")
+        cases = tuple(n.strip() for n in names.split(",") if n.strip())
+        if not sep or not cases:
+            raise ValueError(f"hold-out {text!r}: write DATASET:CASE[,CASE...], e.g. brats:brats_2013_pat0001_1")
+        if kind not in DATASETS:
+            raise ValueError(f"hold-out {text!r}: unknown dataset {kind!r} (one of {', '.join(DATASETS)})")
+        return cls(kind, cases)
+
+
+def split_cases(data: Path, kind: str, holdout: Holdout | None = None,
+                all_splits: bool = False) -> tuple[list[Sample], list[Sample] | None, str]:
+    """One dataset's training cases, its held-out cases (None: its validation split, read by
+    :func:`validate`) and a description of the training split for the model card.
+
+    Raises:
+        ValueError: a held-out case the dataset does not hold (the message lists its cases).
+    """
+    spec = DATASETS[kind]
+    folder = data / spec.folder
+    if holdout is None or holdout.dataset != kind:
+        if all_splits:
+            return spec.read(folder, spec.train_split) + spec.read(folder, spec.val_split), None, \
+                f"{spec.train_split}+{spec.val_split}"
+        return spec.read(folder, spec.train_split), None, spec.train_split
+    every = spec.read(folder, spec.train_split) + spec.read(folder, spec.val_split)
+    names = [s.name for s in every]
+    missing = [c for c in holdout.cases if c not in names]
+    if missing:
+        raise ValueError(f"hold-out: {kind} at {folder} has no case {', '.join(missing)} (it has {', '.join(names)})")
+    train = [s for s in every if s.name not in holdout.cases]
+    held = [s for s in every if s.name in holdout.cases]
+    return train, held, f"{spec.train_split}+{spec.val_split} without {', '.join(holdout.cases)}"
+
+
+def build_sources(data: Path, config: TrainConfig, holdout: Holdout | None = None, all_splits: bool = False
+                  ) -> tuple[list[Source], Source | None, dict[str, Any]]:
+    """Grid items of every dataset's training cases, as the config's mix wants them.
+
+    Returns:
+        The labelled sources, the self-supervised source (None: no unlabelled images) and, per
+        dataset, ``{"split": description, "held_out": samples or None}``
+        (:func:`split_cases`).
+    """
+    sources, plan = [], {}
+    brats_train: list[Sample] = []
     for name, spec in DATASETS.items():
         if name not in config.mix:
             continue
         if not (data / spec.folder).exists():
             logger.warning("no %s data at %s: training without it", name, data / spec.folder)
             continue
-        sources.append(make_source(name, spec.read(data / spec.folder, spec.train_split), config.mix[name]))
+        train, held, split = split_cases(data, name, holdout, all_splits)
+        plan[name] = {"split": split, "held_out": held}
+        if name == "brats":
+            brats_train = train
+        sources.append(make_source(name, train, config.mix[name]))
+    if holdout is not None and holdout.dataset not in plan:
+        raise ValueError(f"hold-out: {data} holds no {holdout.dataset} data to hold cases out of")
     unlabelled = None
     if "unlabelled" in config.mix:
         samples = []
@@ -108,13 +182,12 @@ def build_sources(data: Path, config: TrainConfig) -> tuple[list[Source], Source
                 img = load_image(data / rel)
                 samples.append(Sample(img, image_affine(img), "unlabelled", rel,
                                       modalities=modalities_from_name(rel, int(img.shape[0]))))
-        # the labelled volumes' images count as unlabelled too: reconstruction needs no label
-        brats = DATASETS["brats"]
-        if (data / brats.folder).exists():
-            samples += images_only(brats.read(data / brats.folder, brats.train_split))
+        # the labelled volumes' images count as unlabelled too (reconstruction needs no label);
+        # only the training cases': a held-out case stays unseen
+        samples += images_only(brats_train)
         if samples:
             unlabelled = make_source("unlabelled", samples, config.mix["unlabelled"])
-    return sources, unlabelled
+    return sources, unlabelled, plan
 
 
 def pretrain(
@@ -128,6 +201,8 @@ def pretrain(
     device: str = "cpu",
     resume: bool = False,
     state_path: str | Path | None = None,
+    holdout: Holdout | None = None,
+    all_splits: bool = False,
 ) -> dict[str, Any]:
     """Train on ``data`` (a folder laid out like ``../shared/data``), publish, write the model card.
 
@@ -145,18 +220,27 @@ def pretrain(
         state_path: where the run's state is saved every ``config.checkpoint_minutes``, at the
             end and on SIGINT/SIGTERM (default ``MODEL_DIR/pretrain_state.pt``; under
             ``torchrun``, rank N > 0 keeps its own ``pretrain_state.rankN.pt`` beside it).
+        holdout: cases of one dataset kept out of training (from its training and validation
+            splits) and scored instead of its validation split: one fold of a cross-validation
+            of the whole recipe.
+        all_splits: train every dataset on its training and validation splits (the shipped
+            model after the recipe's figures were measured with held-out runs); there is no
+            validation split left to score, so the card has no validation figures.
 
     Returns:
         The model card as a dict (empty on the processes other than rank 0).
 
     Raises:
-        ValueError: an unknown device, a folder that holds none of the datasets, or a saved run
-            that has another config or has already finished.
+        ValueError: an unknown device, a folder that holds none of the datasets, a saved run
+            that has another config or has already finished, a held-out case the data does not
+            hold, or ``holdout`` with ``all_splits``.
         FileNotFoundError: ``resume`` without a saved state.
         TrainingInterrupted: SIGINT or SIGTERM stopped training (after the state was saved).
     """
     data, model_dir = Path(data), Path(model_dir)
     config = config or default_config()
+    if holdout is not None and all_splits:
+        raise ValueError("hold out cases or train on every split, not both")
     target = check_device(device)
     distributed = init_distributed(target)
     if distributed and target.type == "cuda":
@@ -164,8 +248,12 @@ def pretrain(
     rank = torch.distributed.get_rank() if distributed else 0
     state_path = rank_state_path(Path(state_path) if state_path else model_dir / STATE_FILE, rank)
     state = load_state(state_path) if resume else None
+    cases = {"hold_out": [holdout.dataset, list(holdout.cases)] if holdout else None, "all_splits": all_splits}
     if state is not None:  # refused before the data is read
         check_same_run(state, config)
+        if state.get("cases", {"hold_out": None, "all_splits": False}) != cases:
+            raise ValueError(f"the run saved at {state_path} trained on other cases ({state.get('cases')}): resume it "
+                             "with the same --hold-out / --all-splits")
         if state["step_count"] >= config.steps:
             raise ValueError(f"the run saved at {state_path} has finished its {state['step_count']} steps: "
                              "nothing to resume")
@@ -174,7 +262,7 @@ def pretrain(
             raise ValueError(f"the run saved at {state_path} has spent {spent:.1f} minutes, its whole budget of "
                              f"{config.max_minutes}: give a larger one (--minutes) to continue")
     seed_everything(config.seed)
-    sources, unlabelled = build_sources(data, config)
+    sources, unlabelled, plan = build_sources(data, config, holdout, all_splits)
     if not sources:
         raise ValueError(f"{data} holds none of the datasets {', '.join(s.folder for s in DATASETS.values())}")
     model = (model or unimed_small()).to(target)
@@ -186,14 +274,14 @@ def pretrain(
         logger.info("resuming %s at step %d/%d, %.1f of %s minutes spent", state_path, trainer.step_count, config.steps,
                     trainer.elapsed_seconds / 60, config.max_minutes)
     part = _Part(trainer, target)
-    history = _train_saving(trainer, lambda: {**trainer.state_dict(), "parts": parts + [part.record()]}, state_path,
-                            progress)
+    history = _train_saving(trainer, lambda: {**trainer.state_dict(), "parts": parts + [part.record()], "cases": cases},
+                            state_path, progress)
     parts.append(part.record())
     agree = replicas_agree(model)
     if not is_main_process():
         return {}
     card: dict[str, Any] = {
-        "data": {s.name: {"samples": len(s.items), "split": DATASETS[s.name].train_split, "tasks": list(s.tasks)}
+        "data": {s.name: {"samples": len(s.items), "split": plan[s.name]["split"], "tasks": list(s.tasks)}
                  for s in sources},
         "unlabelled_samples": len(unlabelled.items) if unlabelled else 0,
         "steps": trainer.step_count,
@@ -204,15 +292,17 @@ def pretrain(
         "machine": part.machine,
         "config": config.to_dict(),
         "device": str(target),
-        "command": f"python main.py pretrain --data {data}",
+        "command": f"python main.py pretrain --data {data}" + (" --all-splits" if all_splits else "") + (
+            f" --hold-out {holdout.dataset}:{','.join(holdout.cases)}" if holdout else ""),
         "processes": torch.distributed.get_world_size() if distributed else 1,
         "replicas_agree": agree,
         "state": str(state_path),
     }
     version = ModelStore(model_dir).publish(model, {"kind": "pretrain", "steps": trainer.step_count})
     card["version"] = version.number
-    if evaluate_after:
-        card["validation"] = validate(model, data, progress=progress)
+    if evaluate_after and not all_splits:
+        held = {name: p["held_out"] for name, p in plan.items() if p["held_out"] is not None}
+        card["validation"] = validate(model, data, progress=progress, held_out=held)
     write_model_card(model_dir, card)
     return card
 
@@ -263,9 +353,11 @@ def _train_saving(trainer: JointTrainer, state: Callable[[], dict[str, Any]], pa
     return history
 
 
-def validate(model: UniMed, data: Path, progress: bool = False) -> dict[str, Any]:
-    """The validation split of every dataset the folder holds, through the served inference path."""
-    from unimed.evaluation import evaluate
+def validate(model: UniMed, data: Path, progress: bool = False,
+             held_out: dict[str, list[Sample]] | None = None) -> dict[str, Any]:
+    """The validation split of every dataset the folder holds, through the served inference path;
+    for a dataset in ``held_out``, its held-out cases instead."""
+    from unimed.evaluation import evaluate, evaluate_samples
     from unimed.predictor import Predictor
 
     predictor = Predictor(model)
@@ -273,8 +365,16 @@ def validate(model: UniMed, data: Path, progress: bool = False) -> dict[str, Any
     for name, spec in DATASETS.items():
         if not (data / spec.folder).exists():  # trained without it (build_sources said so)
             continue
-        result = evaluate(spec.kind, data / spec.folder, predictor, split=spec.val_split, progress=progress)
-        result["command"] = f"python main.py evaluate --dataset {spec.kind} --data {data / spec.folder} --split {spec.val_split}"
+        if held_out and name in held_out:
+            cases = held_out[name]
+            result = {"dataset": spec.kind, "split": "held out: " + ", ".join(s.name for s in cases),
+                      "n": len(cases), "metrics": evaluate_samples(spec.kind, cases, predictor, progress=progress),
+                      "command": f"python main.py pretrain --data {data} --hold-out {name}:"
+                                 + ",".join(s.name for s in cases)}
+        else:
+            result = evaluate(spec.kind, data / spec.folder, predictor, split=spec.val_split, progress=progress)
+            result["command"] = (f"python main.py evaluate --dataset {spec.kind} --data {data / spec.folder} "
+                                 f"--split {spec.val_split}")
         out[name] = result
         logger.info("validation %s: %s", name, result["metrics"])
     return out
