@@ -270,6 +270,43 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cv_card(args: argparse.Namespace) -> int:
+    """Put the held-out figures of `pretrain --hold-out` runs (scripts/pretrain_cv.sh's
+    OUT/holdout_*) into the model card of the run that ships (OUT/all): the mean and sample sd
+    over runs of every metric, the held-out cases and the commands that reproduce them."""
+    from trainers.pretrain import cross_validation_section, format_cross_validation, write_model_card
+
+    cards = [_read_card(Path(run) / "model_card.json", "run") for run in args.runs]
+    for run, card in zip(args.runs, cards):
+        if not card.get("validation"):
+            raise CommandError(f"{Path(run) / 'model_card.json'} has no validation figures (an --all-splits or "
+                               "--no-eval run): give the --hold-out runs' folders")
+    model_dir = Path(args.model_dir)
+    target = _read_card(model_dir / "model_card.json", "--model-dir")
+    try:
+        section = cross_validation_section(cards, args.runs, model_dir)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    target["cross_validation"] = section
+    write_model_card(model_dir, target)
+    print(format_cross_validation(section["datasets"]))
+    print(f"written to {model_dir / 'model_card.json'} and {model_dir / 'MODEL_CARD.md'}")
+    return 0
+
+
+def _read_card(path: Path, what: str) -> dict:
+    """A model card read from ``path``; a missing or unreadable one is a CommandError naming it."""
+    if not path.is_file():
+        raise CommandError(f"{what} {path.parent}: no model_card.json (not a finished pretrain run)")
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CommandError(f"{path}: not a readable model card ({exc})") from exc
+    if not isinstance(card, dict):
+        raise CommandError(f"{path}: not a model card (a JSON object)")
+    return card
+
+
 def cmd_teach(args: argparse.Namespace) -> int:
     """Teach a checkpoint a new label from a folder of annotated images; writes a new checkpoint."""
     from trainers.teach import teach
@@ -803,6 +840,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in MODEL_DIR/pretrain_state.pt (--minutes: the whole run's budget)")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("cv-card", help="put pretrain --hold-out runs' figures (mean ± sd) into a model card",
+                       description=cmd_cv_card.__doc__)
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="the --hold-out runs' folders, e.g. OUT/holdout_*")
+    p.add_argument("--model-dir", required=True, help="the model folder whose card gets the figures, e.g. OUT/all")
+    p.set_defaults(func=cmd_cv_card)
 
     p = sub.add_parser("teach", help="teach a checkpoint a new label from annotated images", description=cmd_teach.__doc__)
     p.add_argument("--label", required=True, help="the new label's name, e.g. spinal_cord")
