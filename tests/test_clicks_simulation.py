@@ -226,14 +226,15 @@ def test_an_unknown_label_is_named(parse):
 
 def test_the_shipped_checkpoint_segments_a_tumour_from_one_click(repo, sample):
     """Real data: the sample datastore's FLAIR-only BraTS case, one click at the whole tumour's
-    innermost voxel, class-agnostic (measured 0.84 when the checkpoint shipped)."""
+    innermost voxel, class-agnostic (measured 0.84 with version 1, 0.89 with version 2, which
+    trained on this case)."""
     from monai.transforms import LoadImage
 
     from unimed.checkpoint import load_checkpoint
     from unimed.transforms import load_image
 
     model, meta = load_checkpoint(repo / "apps" / "unimed" / "model" / "unimed.pt")
-    assert model.config.clicks and meta["clicks"]["steps"] > 0
+    assert model.config.clicks and model.click_encoder is not None
     image = load_image(sample / "brats_pat0001_flair.nii.gz")
     target = np.asarray(LoadImage(image_only=True)(str(sample / "labels" / "final" / "brats_pat0001_flair.nii.gz"))) > 0
     result = simulate_clicks(Predictor(model), image, target, None, clicks=1)

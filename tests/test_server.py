@@ -38,7 +38,7 @@ def test_info_lists_the_five_models(server):
     models = info["models"]
     assert {"unimed": "others", "unimed_seg": "segmentation", "unimed_det": "detection",
             "unimed_cls": "classification", "unimed_interactive": "deepedit"} == {k: v["type"] for k, v in models.items()}
-    assert models["unimed_interactive"]["clicks"] is info["unimed"]["clicks"] is True  # version 1 with click modules
+    assert models["unimed_interactive"]["clicks"] is info["unimed"]["clicks"] is True  # the shipped checkpoint takes clicks
     assert models["unimed_seg"]["labels"]["edema"] == 2
     assert "red_blood_cell" in models["unimed_det"]["labels"]
     assert "adrenal_hyperplasia" in models["unimed_cls"]["labels"]

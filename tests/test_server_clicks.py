@@ -80,6 +80,7 @@ def test_ohif_deepedit_request_without_a_label_key_segments_every_clicked_label(
 def test_foreground_format_class_agnostic_and_a_background_click_removes_the_object(server):
     grown, result = infer(server, {"foreground": [list(P)], "background": []})
     assert result["asked_labels"] == ["object"]
+    assert result["label_names"] == {"background": 0, "object": 1}  # what Slicer names the segment
     assert grown[P] == 1 and grown[Q] == 1
     cut, _ = infer(server, {"foreground": [list(P)], "background": [list(Q)]})
     assert cut[Q] == 0

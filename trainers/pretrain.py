@@ -590,12 +590,14 @@ def _how_trained(card: dict[str, Any]) -> str:
 
 
 def write_model_card(model_dir: Path, card: dict[str, Any]) -> None:
-    """``model_card.json`` and ``MODEL_CARD.md`` beside the checkpoint: how it was trained, on
-    what, its validation figures when the card has them and its cross-validation figures
-    (:func:`cross_validation_section`, added by ``main.py cv-card``) when it has those."""
+    """``model_card.json`` and ``MODEL_CARD.md`` beside the checkpoint: how it was trained (and
+    the card's ``notes``, a list of sentences, when it has them), on what, its validation figures
+    when the card has them and its cross-validation figures (:func:`cross_validation_section`,
+    added by ``main.py cv-card``) when it has those."""
     (model_dir / "model_card.json").write_text(json.dumps(card, indent=2, default=str))
-    lines = ["# UniMed shipped checkpoint", "", f"Version {card.get('version')}, {_how_trained(card)}", "",
-             "| source | split | samples | tasks |", "|---|---|---|---|"]
+    lines = ["# UniMed shipped checkpoint", "", f"Version {card.get('version')}, {_how_trained(card)}", ""]
+    lines += [f"- {note}" for note in card.get("notes", [])] + ([""] if card.get("notes") else [])
+    lines += ["| source | split | samples | tasks |", "|---|---|---|---|"]
     for name, d in card["data"].items():
         lines.append(f"| {name} | {d['split']} | {d['samples']} | {', '.join(d['tasks'])} |")
     lines.append(f"| unlabelled (self-supervised) | - | {card['unlabelled_samples']} | masked-image reconstruction |")

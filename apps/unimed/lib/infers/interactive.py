@@ -25,7 +25,7 @@ from lib.infers.click_request import ClickRequest, ClickRequestError, parse_clic
 from lib.infers.unimed import RESOLVED_KEY, InferRequestError, ResolvedRequest, UniMedInferTask, image_cache_key
 from unimed.clicks import ClickPrompt, PointError
 from unimed.large_images import DEFAULT_MAX_VOXELS
-from unimed.predictor import Prediction
+from unimed.predictor import CLICKED_OBJECT, Prediction
 from unimed.service import ModelService
 from unimed.tasks import Task
 
@@ -62,6 +62,14 @@ class UniMedInteractiveTask(UniMedInferTask):
     @labels.setter
     def labels(self, value: Any) -> None:
         """MONAI Label's constructor sets the labels; the served checkpoint decides them instead."""
+
+    def __call__(self, request: dict, *args: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        """MONAI Label's infer, with ``label_names`` of a class-agnostic answer naming what its
+        value 1 is (MONAI Label sets every label of the model there, in which 1 is another label)."""
+        label, result = super().__call__(request, *args, **kwargs)
+        if result.get("asked_labels") == [CLICKED_OBJECT.name]:
+            result["label_names"] = {"background": 0, CLICKED_OBJECT.name: CLICKED_OBJECT.id}
+        return label, result
 
     def info(self) -> dict[str, Any]:
         info = super().info()
