@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from trainers.data import Source, batch_modalities, collate
+from trainers.data import Source, collate, modality_batch
 from trainers.simulated_clicks import click_loss
 from unimed.loss_weights import LossWeights
 from unimed.networks.unimednet import UniMed
@@ -146,9 +146,7 @@ def train_clicks(model: UniMed, sources: Sequence[Source], config: ClickTrainCon
             for src in sources:
                 items, view = src.batch(rng, True)
                 with torch.no_grad():
-                    ids = torch.stack([model.modality_ids(m, len(view.channels) if view.channels else items[0].image.shape[0])
-                                       for m in batch_modalities(items, view)])
-                    feats = model.encode(collate(items, view), ids)
+                    feats = model.encode(collate(items, view), modality_batch(model, items, view))
                 terms = click_loss(model, feats, items, rng, weights, max_rounds=config.max_rounds,
                                    box_prob=config.box_prob, agnostic_prob=config.agnostic_prob)
                 if terms:

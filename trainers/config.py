@@ -21,7 +21,7 @@ class MixEntry:
         modality_dropout: probability that a batch's modalities read as unknown.
         augment_intensity: intensity and resolution augmentation besides flips.
         clicks: probability that a segmentation batch also trains with simulated clicks
-            (:func:`trainers.click_training.click_loss`).
+            (:func:`trainers.simulated_clicks.click_loss`).
     """
 
     tasks: tuple[str, ...]

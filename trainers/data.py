@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import random
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +18,10 @@ import torch.nn.functional as F
 from unimed.datasets.sample import Sample
 from unimed.transforms import to_model_grid
 
-__all__ = ["GridItem", "View", "to_grid_item", "augment", "Source", "collate", "batch_modalities"]
+if TYPE_CHECKING:
+    from unimed.networks.unimednet import UniMed
+
+__all__ = ["GridItem", "View", "to_grid_item", "augment", "Source", "collate", "batch_modalities", "modality_batch"]
 
 
 @dataclass
@@ -137,6 +140,14 @@ def batch_modalities(items: Sequence[GridItem], view: View | None = None) -> lis
             keep = range(len(it.modalities)) if view is None or view.channels is None else view.channels
             out.append(tuple(it.modalities[i] for i in keep))
     return out
+
+
+def modality_batch(model: UniMed, items: Sequence[GridItem], view: View | None = None) -> torch.Tensor:
+    """``(B, C)`` modality indices of a batch as ``model`` sees it through ``view``, on the
+    model's device."""
+    channels = len(view.channels) if view is not None and view.channels is not None else items[0].image.shape[0]
+    ids = [model.modality_ids(m, channels) for m in batch_modalities(items, view)]
+    return torch.stack(ids).to(next(model.parameters()).device)
 
 
 @dataclass

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from trainers.config import TrainConfig
-from trainers.data import GridItem, Source, View, batch_modalities, collate
+from trainers.data import GridItem, Source, View, collate, modality_batch
 from trainers.run_state import STATE_FORMAT, check_same_run, comparable_config, global_rng_state, set_global_rng_state
 from trainers.simulated_clicks import click_loss
 from trainers.ssl import PseudoLabelConsistency, make_ssl
@@ -181,15 +181,13 @@ class JointTrainer:
     # -- losses --------------------------------------------------------------------------------
     def modality_batch(self, items: Sequence[GridItem], view: View | None) -> torch.Tensor:
         """``(B, C)`` modality indices of a batch as the network sees it."""
-        images_channels = len(view.channels) if view is not None and view.channels is not None else items[0].image.shape[0]
-        return torch.stack([self.model.modality_ids(m, images_channels) for m in batch_modalities(items, view)]).to(
-            self.device)
+        return modality_batch(self.model, items, view)
 
     def batch_losses(self, items: list[GridItem], tasks: Sequence[str], view: View | None,
                      clicks: bool = False) -> dict[str, torch.Tensor]:
         """Losses of one batch of one source: one backbone pass, one decode per task whose
         ground truth every item carries; with ``clicks``, a segmentation batch also trains with
-        simulated clicks (:func:`trainers.click_training.click_loss`)."""
+        simulated clicks (:func:`trainers.simulated_clicks.click_loss`)."""
         feats = self.model.encode(collate(items, view).to(self.device), self.modality_batch(items, view))
         losses: dict[str, torch.Tensor] = {}
         for spec in (TASKS[Task.parse(task)] for task in tasks):
