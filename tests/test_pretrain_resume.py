@@ -243,3 +243,15 @@ def test_the_model_card_tells_the_parts_of_a_run_and_their_totals(tmp_path):
     assert json.loads((tmp_path / "model_card.json").read_text())["parts"] == parts
     write_model_card(tmp_path, {**card, "parts": parts[:1], "devices": ["cpu"], "device": "cpu"})
     assert "parts" not in (tmp_path / "MODEL_CARD.md").read_text().split("\n")[2]
+
+
+def test_the_model_card_lists_its_notes_before_the_data(tmp_path):
+    machine = {"platform": "Linux", "cpus": 2, "torch": "2.13.0"}
+    card = {"version": 2, "command": "python main.py pretrain --data D", "train_minutes": 1.0, "steps": 10,
+            "parts": [], "machine": machine, "device": "cpu", "unlabelled_samples": 0,
+            "data": {"brats": {"split": "train", "samples": 3, "tasks": ["segmentation"]}},
+            "notes": ["Trained on a GPU.", "No figures of its own."]}
+    write_model_card(tmp_path, card)
+    lines = (tmp_path / "MODEL_CARD.md").read_text().split("\n")
+    assert lines[4:6] == ["- Trained on a GPU.", "- No figures of its own."]
+    assert lines.index("| source | split | samples | tasks |") > 6
