@@ -226,8 +226,8 @@ def test_an_unknown_label_is_named(parse):
 
 def test_the_shipped_checkpoint_segments_a_tumour_from_one_click(repo, sample):
     """Real data: the sample datastore's FLAIR-only BraTS case, one click at the whole tumour's
-    innermost voxel, class-agnostic (measured 0.84 with version 1, 0.89 with version 2, which
-    trained on this case)."""
+    innermost voxel, class-agnostic (measured 0.84 with version 1 and 0.77 with version 2; a
+    broken click path gives about 0)."""
     from monai.transforms import LoadImage
 
     from unimed.checkpoint import load_checkpoint
@@ -238,4 +238,4 @@ def test_the_shipped_checkpoint_segments_a_tumour_from_one_click(repo, sample):
     image = load_image(sample / "brats_pat0001_flair.nii.gz")
     target = np.asarray(LoadImage(image_only=True)(str(sample / "labels" / "final" / "brats_pat0001_flair.nii.gz"))) > 0
     result = simulate_clicks(Predictor(model), image, target, None, clicks=1)
-    assert result["dice"][0] >= 0.75, result["dice"]
+    assert result["dice"][0] >= 0.70, result["dice"]
