@@ -274,7 +274,7 @@ def cmd_cv_card(args: argparse.Namespace) -> int:
     """Put the held-out figures of `pretrain --hold-out` runs (scripts/pretrain_cv.sh's
     OUT/holdout_*) into the model card of the run that ships (OUT/all): the mean and sample sd
     over runs of every metric, the held-out cases and the commands that reproduce them."""
-    from trainers.pretrain import cross_validation_section, format_cross_validation, write_model_card
+    from trainers.model_card import cross_validation_section, format_cross_validation, write_model_card
 
     cards = [_read_card(Path(run) / "model_card.json", "run") for run in args.runs]
     for run, card in zip(args.runs, cards):

@@ -16,6 +16,7 @@ MODULES = [
     "benchmarks.machine", "benchmarks.timing", "benchmarks.report", "benchmarks.stock",
     "servers.child_process", "servers.users", "servers.auth_realm", "trainers.ssl", "benchmarks.al_simulation",
     "trainers.train_request", "unimed.datasets.datastore", "unimed.clicks", "unimed.interactive_evaluation", "unimed.figures",
+    "trainers.pretrain", "trainers.model_card",
 ]
 
 #: modules of the MONAI Label app (its package ``lib``, importable with the app folder on the path)

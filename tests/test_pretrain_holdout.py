@@ -18,8 +18,8 @@ import trainers.pretrain
 from trainers.config import MixEntry, TrainConfig
 from trainers.data import Source, to_grid_item
 from trainers.joint import JointTrainer, seed_everything
-from trainers.pretrain import (Holdout, build_sources, cross_validation_summary, default_config, pretrain, split_cases,
-                               write_model_card)
+from trainers.model_card import cross_validation_summary, write_model_card
+from trainers.pretrain import Holdout, build_sources, default_config, pretrain, split_cases
 from trainers.run_state import save_state
 from unimed.datasets.sample import Sample
 from unimed.networks.unimednet import unimed_tiny

@@ -18,7 +18,8 @@ import trainers.run_state
 from trainers.config import MixEntry, TrainConfig
 from trainers.data import Source, to_grid_item
 from trainers.joint import JointTrainer, seed_everything
-from trainers.pretrain import STATE_FILE, pretrain, write_model_card
+from trainers.model_card import write_model_card
+from trainers.pretrain import STATE_FILE, pretrain
 from trainers.run_state import TrainingInterrupted, load_state, save_state
 from unimed.datasets.sample import Sample
 from unimed.networks.unimednet import unimed_tiny
