@@ -233,7 +233,7 @@ def test_the_shipped_checkpoint_segments_a_tumour_from_one_click(repo, sample):
     from unimed.checkpoint import load_checkpoint
     from unimed.transforms import load_image
 
-    model, meta = load_checkpoint(repo / "apps" / "unimed" / "model" / "unimed.pt")
+    model, _ = load_checkpoint(repo / "apps" / "unimed" / "model" / "unimed.pt")
     assert model.config.clicks and model.click_encoder is not None
     image = load_image(sample / "brats_pat0001_flair.nii.gz")
     target = np.asarray(LoadImage(image_only=True)(str(sample / "labels" / "final" / "brats_pat0001_flair.nii.gz"))) > 0

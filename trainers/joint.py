@@ -179,16 +179,12 @@ class JointTrainer:
         return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
     # -- losses --------------------------------------------------------------------------------
-    def modality_batch(self, items: Sequence[GridItem], view: View | None) -> torch.Tensor:
-        """``(B, C)`` modality indices of a batch as the network sees it."""
-        return modality_batch(self.model, items, view)
-
     def batch_losses(self, items: list[GridItem], tasks: Sequence[str], view: View | None,
                      clicks: bool = False) -> dict[str, torch.Tensor]:
         """Losses of one batch of one source: one backbone pass, one decode per task whose
         ground truth every item carries; with ``clicks``, a segmentation batch also trains with
         simulated clicks (:func:`trainers.simulated_clicks.click_loss`)."""
-        feats = self.model.encode(collate(items, view).to(self.device), self.modality_batch(items, view))
+        feats = self.model.encode(collate(items, view).to(self.device), modality_batch(self.model, items, view))
         losses: dict[str, torch.Tensor] = {}
         for spec in (TASKS[Task.parse(task)] for task in tasks):
             if spec.has_targets(items):
@@ -243,7 +239,7 @@ class JointTrainer:
             items, view = self.unlabelled.batch(self.rng, self.config.augment)
             images = collate(items, view).to(self.device)
             loss = self.config.loss.ssl * self.ssl(self.model, images, self.generator,
-                                                   modalities=self.modality_batch(items, view))
+                                                   modalities=modality_batch(self.model, items, view))
             self._backward(loss)
             report["unlabelled/ssl"] = float(loss.detach())
             used.append(self.unlabelled.name)

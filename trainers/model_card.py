@@ -164,6 +164,11 @@ def cross_validation_section(cards: list[dict[str, Any]], run_dirs: list[str | P
     return {"runs": [d.name for d in dirs], "datasets": summary, "commands": commands}
 
 
+def _mean_sd_text(metrics: dict[str, dict[str, Any]]) -> str:
+    """``"name mean ± sd, ..."`` of a summary's metrics, three decimals."""
+    return ", ".join(f"{m} {v['mean']:.3f} ± {v['sd']:.3f}" for m, v in metrics.items())
+
+
 def _cross_validation_lines(section: dict[str, Any]) -> list[str]:
     """The model card's Markdown of a :func:`cross_validation_section`."""
     summary = section["datasets"]
@@ -180,8 +185,7 @@ def _cross_validation_lines(section: dict[str, Any]) -> list[str]:
                  "sample sd). The other datasets' rows are their validation split, scored by every run's model:", "",
              "| dataset | split | runs | cases | metrics (mean ± sd) |", "|---|---|---|---|---|"]
     for name, s in summary.items():
-        metrics = ", ".join(f"{m} {v['mean']:.3f} ± {v['sd']:.3f}" for m, v in s["metrics"].items())
-        lines.append(f"| {name} | {s['split']} | {s['runs']} | {s['cases']} | {metrics} |")
+        lines.append(f"| {name} | {s['split']} | {s['runs']} | {s['cases']} | {_mean_sd_text(s['metrics'])} |")
     if held is not None:
         runs_cases = zip(section["runs"], summary[held]["held_out"])
         pairs = ", ".join(f"{run}: {', '.join(cases)}" for run, cases in runs_cases)
@@ -201,8 +205,7 @@ def format_cross_validation(summary: dict[str, dict[str, Any]]) -> str:
     """
     rows = [f"{'dataset':12s} {'split':28s} {'runs':>4s} {'cases':>6s}  metrics (mean ± sd)"]
     for name, s in summary.items():
-        metrics = ", ".join(f"{m} {v['mean']:.3f} ± {v['sd']:.3f}" for m, v in s["metrics"].items())
-        rows.append(f"{name:12s} {s['split']:28s} {s['runs']:4d} {s['cases']:6d}  {metrics}")
+        rows.append(f"{name:12s} {s['split']:28s} {s['runs']:4d} {s['cases']:6d}  {_mean_sd_text(s['metrics'])}")
     return "\n".join(rows)
 
 

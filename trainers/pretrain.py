@@ -140,12 +140,12 @@ def split_cases(data: Path, kind: str, holdout: Holdout | None = None,
     """
     spec = DATASETS[kind]
     folder = data / spec.folder
-    if holdout is None or holdout.dataset != kind:
-        if all_splits:
-            return spec.read(folder, spec.train_split) + spec.read(folder, spec.val_split), None, \
-                f"{spec.train_split}+{spec.val_split}"
+    holds_out = holdout is not None and holdout.dataset == kind
+    if not (holds_out or all_splits):
         return spec.read(folder, spec.train_split), None, spec.train_split
     every = spec.read(folder, spec.train_split) + spec.read(folder, spec.val_split)
+    if not holds_out:
+        return every, None, f"{spec.train_split}+{spec.val_split}"
     names = [s.name for s in every]
     missing = [c for c in holdout.cases if c not in names]
     if missing:
