@@ -250,7 +250,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     try:
         holdout = Holdout.parse(args.hold_out) if args.hold_out else None
         card = pretrain(data, args.model_dir, config, progress=not args.no_progress, evaluate_after=not args.no_eval,
-                        device=args.device, resume=args.resume, holdout=holdout, all_splits=args.all_splits)
+                        device=args.device, resume=args.resume, holdout=holdout, all_splits=args.all_splits,
+                        leave_out=args.leave_out_label)
     except ValueError as exc:  # a folder without datasets, or a saved run with another config
         raise CommandError(str(exc)) from exc
     except TrainingInterrupted as exc:
@@ -314,7 +315,8 @@ def cmd_teach(args: argparse.Namespace) -> int:
 
     if not Path(args.data).is_dir():
         raise CommandError(f"--data {args.data}: no such folder")
-    if args.replay_data is not None and not Path(args.replay_data).is_dir():
+    replay = {"auto": "auto", "none": None}.get(args.replay_data.lower(), args.replay_data)
+    if replay not in ("auto", None) and not Path(replay).is_dir():
         raise CommandError(f"--replay-data {args.replay_data}: no such folder")
     if args.minutes is not None and args.minutes <= 0:
         raise CommandError(f"--minutes must be positive, got {args.minutes}")
@@ -322,7 +324,7 @@ def cmd_teach(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     try:
         report = teach(model, args.label, args.data, tasks=tasks, steps=args.steps, minutes=args.minutes,
-                       replay_data=args.replay_data, token_steps=args.token_steps, seed=args.seed,
+                       replay_data=replay, token_steps=args.token_steps, seed=args.seed,
                        progress=not args.no_progress)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
@@ -362,6 +364,13 @@ def cmd_train_clicks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_json(result: dict, path: str | Path) -> None:
+    """Write a command's result as JSON (its folder made), and say where."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2, default=float))
+    print(f"written to {path}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Measure a checkpoint on a dataset folder: prints a table, optionally writes JSON."""
     from unimed.checkpoint import load_checkpoint
@@ -376,8 +385,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result["checkpoint"] = {"path": str(args.checkpoint), "version": meta.get("version")}
     print(format_table(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2, default=float))
-        print(f"written to {args.json}")
+        _write_json(result, args.json)
     return 0
 
 
@@ -405,11 +413,34 @@ def cmd_clicks_eval(args: argparse.Namespace) -> int:
     result["checkpoint"] = {"path": str(args.checkpoint), "version": meta.get("version")}
     print(format_clicks_report(result))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"written to {args.json}")
+        _write_json(result, args.json)
     if args.png:
         print(f"plot written to {plot_click_curves(result, args.png)}")
+    return 0
+
+
+def cmd_teach_curve(args: argparse.Namespace) -> int:
+    """Leave-one-label-out: teach a checkpoint pretrained without --label (pretrain
+    --leave-out-label) that label from k annotated cases for each k, and score it on the
+    dataset's validation split beside a single-task network trained from scratch on the same
+    cases for the same budget; the old labels' figures before and after show forgetting."""
+    from benchmarks.teach_curve import TeachCurveConfig, format_teach_curve, plot_teach_curve, teach_curve
+
+    if not Path(args.data).is_dir():
+        raise CommandError(f"--data {args.data}: no such folder")
+    if not Path(args.checkpoint).is_file():
+        raise CommandError(f"--checkpoint {args.checkpoint}: no such file")
+    try:
+        config = TeachCurveConfig(Path(args.data), Path(args.checkpoint), label=args.label, ks=tuple(args.ks),
+                                  minutes=args.minutes, replay=not args.no_replay, seed=args.seed)
+        result = teach_curve(config, progress=not args.no_progress)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    print(format_teach_curve(result))
+    if args.json:
+        _write_json(result, args.json)
+    if args.png:
+        print(f"plot written to {plot_teach_curve(result, args.png, args.reference or ())}")
     return 0
 
 
@@ -462,8 +493,7 @@ def cmd_lopo(args: argparse.Namespace) -> int:
     result["init"] = args.init
     print(format_folds(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2, default=float))
-        print(f"written to {args.json}")
+        _write_json(result, args.json)
     return 0
 
 
@@ -562,9 +592,7 @@ def _report_al(result: dict, json_path: str | None, png_path: str | None) -> Non
             got = "never" if r["labels"] is None else f"at {r['labels']} labels ({r['share']:.0%})"
             print(f"  {name} reaches random's final {_value(reach['target'])} {got}")
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=2))
-        print(f"written to {json_path}")
+        _write_json(result, json_path)
     if png_path:
         print(f"plot written to {plot(result, png_path)}")
 
@@ -837,6 +865,9 @@ def build_parser() -> argparse.ArgumentParser:
     cases.add_argument("--all-splits", action="store_true",
                        help="train on every dataset's training and validation splits (no validation figures: "
                             "measure the recipe with --hold-out runs first)")
+    p.add_argument("--leave-out-label", metavar="LABEL", default=None,
+                   help="a label the run never sees (its annotations are dropped and the label space lacks it), "
+                        "so that teach can measure learning it as new, e.g. lung_tumor")
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in MODEL_DIR/pretrain_state.pt (--minutes: the whole run's budget)")
     p.set_defaults(func=cmd_pretrain)
@@ -859,12 +890,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tuning steps (the budget may stop it earlier); 0: the token's start only, "
                         "old outputs unchanged")
     p.add_argument("--token-steps", type=int, default=30, help="steps that start the new token from the examples")
-    p.add_argument("--replay-data", default=None,
-                   help="a folder in the shared data layout whose datasets replay the old labels "
-                        "(default: the base checkpoint's own answers on the images)")
+    p.add_argument("--replay-data", default="auto",
+                   help="a folder in the shared data layout whose datasets replay the old labels; auto (default): "
+                        "$UNIMED_REPLAY_DATA, else ../shared/data beside the project when present; none: the base "
+                        "checkpoint's own answers on the images (keeps less)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_teach)
+
+    p = sub.add_parser("teach-curve", help="leave-one-label-out: teach a label from k cases vs a scratch network",
+                       description=cmd_teach_curve.__doc__)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint pretrained with --leave-out-label LABEL")
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="a folder laid out like ../shared/data")
+    p.add_argument("--label", default="lung_tumor", help="the label left out (default: %(default)s)")
+    p.add_argument("--ks", type=_csv_ints, default=[1, 3, 5, 10], help="numbers of cases, e.g. 1,3,5,10")
+    p.add_argument("--minutes", type=float, default=4.0, help="budget of each teaching run and of each scratch network")
+    p.add_argument("--no-replay", action="store_true", help="teach without replaying the shared data")
+    p.add_argument("--reference", type=float, nargs=2, metavar=("MEAN", "SD"), default=None,
+                   help="the plot's band: the figure of networks pretrained with the label")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write the result here")
+    p.add_argument("--png", default=None, help="plot the curve here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_teach_curve)
 
     p = sub.add_parser("train-clicks", help="teach a checkpoint clicks and boxes (other weights frozen)",
                        description=cmd_train_clicks.__doc__)

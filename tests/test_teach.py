@@ -221,7 +221,8 @@ def test_teach_then_infer(tmp_path, tiny_checkpoint):
     data = _datastore(tmp_path / "cubes")
     out = tmp_path / "taught.pt"
     done = _main("teach", "--label", "cube", "--data", str(data), "--out", str(out), "--checkpoint",
-                 str(tiny_checkpoint), "--steps", "4", "--token-steps", "4", "--minutes", "0.5", "--no-progress")
+                 str(tiny_checkpoint), "--steps", "4", "--token-steps", "4", "--minutes", "0.5", "--no-progress",
+                 "--replay-data", "none")
     assert done.returncode == 0, done.stderr
     assert "written to" in done.stdout
     model, meta = load_checkpoint(out)

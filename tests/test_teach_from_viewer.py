@@ -50,7 +50,7 @@ def server(tmp_path_factory, start_server):
     work = tmp_path_factory.mktemp("teach_server")
     torch.manual_seed(0)
     base = save_checkpoint(unimed_tiny(), work / "base.pt", {"version": 1})
-    with start_server(studies, work, conf={"auto_train_labels": "0"}, checkpoint=base,
+    with start_server(studies, work, conf={"auto_train_labels": "0", "replay_data": "none"}, checkpoint=base,
                       env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}) as srv:
         yield {**srv, "studies": studies, "base": base, "work": work}
 

@@ -21,11 +21,12 @@ import logging
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from trainers.config import MixEntry, TrainConfig
@@ -37,13 +38,14 @@ from trainers.run_state import (TrainingInterrupted, check_same_run, deferred_in
                                 save_state)
 from unimed.datasets import TrainingShare, shared_datasets
 from unimed.datasets.sample import Sample
+from unimed.labels import LabelRegistry
 from unimed.modalities import modalities_from_name
 from unimed.model_store import ModelStore
 from unimed.networks.unimednet import UniMed, unimed_small
 from unimed.transforms import image_affine, load_image
 
 __all__ = ["DATASETS", "STATE_FILE", "Holdout", "default_config", "mix_entry", "make_source", "images_only",
-           "split_cases", "build_sources", "pretrain", "validate"]
+           "split_cases", "without_label", "build_sources", "pretrain", "validate"]
 
 logger = logging.getLogger(__name__)
 
@@ -155,9 +157,43 @@ def split_cases(data: Path, kind: str, holdout: Holdout | None = None,
     return train, held, f"{spec.train_split}+{spec.val_split} without {', '.join(holdout.cases)}"
 
 
-def build_sources(data: Path, config: TrainConfig, holdout: Holdout | None = None, all_splits: bool = False
-                  ) -> tuple[list[Source], Source | None, dict[str, Any]]:
+def without_label(samples: list[Sample], name: str) -> list[Sample]:
+    """The samples with every annotation of label ``name`` taken away: its voxels become
+    background, its boxes go, and it is no longer listed as annotated for any task (a run that
+    leaves a label out, so that ``teach`` can measure learning it as new).
+
+    Example:
+        >>> s = Sample(torch.zeros(1, 4, 4), np.eye(4), "msd_patches", "p", label_map=np.full((4, 4), 6, np.uint8),
+        ...            seg_labels=("lung_tumor",), class_labels={"lung_tumor": 1})
+        >>> out = without_label([s], "lung_tumor")[0]
+        >>> int(out.label_map.max()), out.seg_labels, out.class_labels
+        (0, (), {})
+    """
+    label = LabelRegistry().get(name)
+    out = []
+    for s in samples:
+        label_map = None if s.label_map is None else np.where(np.asarray(s.label_map) == label.id, 0, s.label_map)
+        keep = [i for i, b in enumerate(s.box_labels) if b != label.name]
+        boxes = None if s.boxes is None else np.asarray(s.boxes).reshape(-1, 6)[keep]
+        out.append(replace(s, label_map=None if label_map is None else label_map.astype(np.asarray(s.label_map).dtype),
+                           seg_labels=tuple(n for n in s.seg_labels if n != label.name), boxes=boxes,
+                           box_labels=[s.box_labels[i] for i in keep],
+                           det_labels=tuple(n for n in s.det_labels if n != label.name),
+                           class_labels=None if s.class_labels is None else
+                           {k: v for k, v in s.class_labels.items() if k != label.name}))
+    return out
+
+
+def _annotates_anything(samples: list[Sample]) -> bool:
+    return any(s.seg_labels or s.det_labels or s.class_labels for s in samples)
+
+
+def build_sources(data: Path, config: TrainConfig, holdout: Holdout | None = None, all_splits: bool = False,
+                  leave_out: str | None = None) -> tuple[list[Source], Source | None, dict[str, Any]]:
     """Grid items of every dataset's training cases, as the config's mix wants them.
+
+    ``leave_out`` names a label whose annotations every dataset loses (:func:`without_label`);
+    a dataset left with nothing annotated does not train.
 
     Returns:
         The labelled sources, the self-supervised source (None: no unlabelled images) and, per
@@ -173,6 +209,11 @@ def build_sources(data: Path, config: TrainConfig, holdout: Holdout | None = Non
             logger.warning("no %s data at %s: training without it", name, data / spec.folder)
             continue
         train, held, split = split_cases(data, name, holdout, all_splits)
+        if leave_out is not None:
+            train = without_label(train, leave_out)
+            if not _annotates_anything(train):
+                logger.info("%s annotates nothing but %s: training without it", name, leave_out)
+                continue
         plan[name] = {"split": split, "held_out": held}
         if name == "brats":
             brats_train = train
@@ -208,6 +249,7 @@ def pretrain(
     state_path: str | Path | None = None,
     holdout: Holdout | None = None,
     all_splits: bool = False,
+    leave_out: str | None = None,
 ) -> dict[str, Any]:
     """Train on ``data`` (a folder laid out like ``../shared/data``), publish, write the model card.
 
@@ -231,6 +273,9 @@ def pretrain(
         all_splits: train every dataset on its training and validation splits (the shipped
             model after the recipe's figures were measured with held-out runs); there is no
             validation split left to score, so the card has no validation figures.
+        leave_out: a label the run never sees: the network's label space lacks it and every
+            dataset loses its annotations (:func:`without_label`), so that ``teach`` can then
+            measure learning it as a new label (leave-one-label-out).
 
     Returns:
         The model card as a dict (empty on the processes other than rank 0).
@@ -238,7 +283,7 @@ def pretrain(
     Raises:
         ValueError: an unknown device, a folder that holds none of the datasets, a saved run
             that has another config or has already finished, a held-out case the data does not
-            hold, or ``holdout`` with ``all_splits``.
+            hold, ``holdout`` with ``all_splits``, or an unknown ``leave_out`` label.
         FileNotFoundError: ``resume`` without a saved state.
         TrainingInterrupted: SIGINT or SIGTERM stopped training (after the state was saved).
     """
@@ -253,12 +298,18 @@ def pretrain(
     rank = torch.distributed.get_rank() if distributed else 0
     state_path = rank_state_path(Path(state_path) if state_path else model_dir / STATE_FILE, rank)
     state = load_state(state_path) if resume else None
+    labels = LabelRegistry().names
+    if leave_out is not None:
+        leave_out = LabelRegistry().get(leave_out).name  # an unknown label: UnknownLabelError, a ValueError
+        labels = [n for n in labels if n != leave_out]
     cases = {"hold_out": [holdout.dataset, list(holdout.cases)] if holdout else None, "all_splits": all_splits}
+    if leave_out is not None:
+        cases["leave_out"] = leave_out
     if state is not None:  # refused before the data is read
         check_same_run(state, config)
         if state.get("cases", {"hold_out": None, "all_splits": False}) != cases:
             raise ValueError(f"the run saved at {state_path} trained on other cases ({state.get('cases')}): resume it "
-                             "with the same --hold-out / --all-splits")
+                             "with the same --hold-out / --all-splits / --leave-out-label")
         if state["step_count"] >= config.steps:
             raise ValueError(f"the run saved at {state_path} has finished its {state['step_count']} steps: "
                              "nothing to resume")
@@ -267,10 +318,12 @@ def pretrain(
             raise ValueError(f"the run saved at {state_path} has spent {spent:.1f} minutes, its whole budget of "
                              f"{config.max_minutes}: give a larger one (--minutes) to continue")
     seed_everything(config.seed)
-    sources, unlabelled, plan = build_sources(data, config, holdout, all_splits)
+    sources, unlabelled, plan = build_sources(data, config, holdout, all_splits, leave_out)
     if not sources:
         raise ValueError(f"{data} holds none of the datasets {', '.join(s.folder for s in DATASETS.values())}")
-    model = (model or unimed_small()).to(target)
+    model = (model or unimed_small(labels=tuple(labels))).to(target)
+    if leave_out is not None and leave_out in model.registry:
+        raise ValueError(f"leave_out: the given network's label space has {leave_out!r}")
     trainer = JointTrainer(model, sources, config, unlabelled)
     parts: list[dict[str, Any]] = []
     if state is not None:
@@ -298,7 +351,8 @@ def pretrain(
         "config": config.to_dict(),
         "device": str(target),
         "command": f"python main.py pretrain --data {data}" + (" --all-splits" if all_splits else "") + (
-            f" --hold-out {holdout.dataset}:{','.join(holdout.cases)}" if holdout else ""),
+            f" --hold-out {holdout.dataset}:{','.join(holdout.cases)}" if holdout else "") + (
+            f" --leave-out-label {leave_out}" if leave_out else ""),
         "processes": torch.distributed.get_world_size() if distributed else 1,
         "replicas_agree": agree,
         "state": str(state_path),
@@ -307,7 +361,7 @@ def pretrain(
     card["version"] = version.number
     if evaluate_after and not all_splits:
         held = {name: p["held_out"] for name, p in plan.items() if p["held_out"] is not None}
-        card["validation"] = validate(model, data, progress=progress, held_out=held)
+        card["validation"] = validate(model, data, progress=progress, held_out=held, only=set(plan))
     write_model_card(model_dir, card)
     return card
 
@@ -359,17 +413,17 @@ def _train_saving(trainer: JointTrainer, state: Callable[[], dict[str, Any]], pa
 
 
 def validate(model: UniMed, data: Path, progress: bool = False,
-             held_out: dict[str, list[Sample]] | None = None) -> dict[str, Any]:
-    """The validation split of every dataset the folder holds, through the served inference path;
-    for a dataset in ``held_out``, its held-out cases instead."""
+             held_out: dict[str, list[Sample]] | None = None, only: set[str] | None = None) -> dict[str, Any]:
+    """The validation split of every dataset the folder holds (of ``only``'s, when given),
+    through the served inference path; for a dataset in ``held_out``, its held-out cases instead."""
     from unimed.evaluation import evaluate, evaluate_samples
     from unimed.predictor import Predictor
 
     predictor = Predictor(model)
     out = {}
     for name, spec in DATASETS.items():
-        if not (data / spec.folder).exists():  # trained without it (build_sources said so)
-            continue
+        if not (data / spec.folder).exists() or (only is not None and name not in only):
+            continue  # trained without it (build_sources said so)
         if held_out and name in held_out:
             cases = held_out[name]
             result = {"dataset": spec.kind, "split": f"{HELD_OUT}: " + ", ".join(s.name for s in cases),

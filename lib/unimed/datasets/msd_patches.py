@@ -122,7 +122,10 @@ def evaluate_msd_patches(samples: Sequence[Sample], predictor: Predicts) -> dict
     label_id = LabelRegistry().get(_LABEL).id
     per_patch, inter, total = [], 0, 0
     for s in samples:
-        pred = predictor.predict(s.meta_image(), "segmentation", [_LABEL]).label_map() == label_id
+        answer = predictor.predict(s.meta_image(), "segmentation", [_LABEL])
+        # the answering model's own id: a network taught the label anew has another one
+        asked = [lab.id for lab in getattr(answer, "labels", []) if lab.name == _LABEL]
+        pred = answer.label_map() == (asked[0] if asked else label_id)
         true = np.asarray(s.label_map) == label_id
         per_patch.append(dice(pred, true))
         inter += int(np.logical_and(pred, true).sum())

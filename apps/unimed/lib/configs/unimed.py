@@ -33,7 +33,10 @@ class UniMedTaskConfig(TaskConfig):
     ``max_size_3d`` (longest side of a volume's model grid, default 128), ``al_labels``
     (comma-separated segmentation labels whose output entropy ranks images; default all),
     ``max_voxels`` (largest image an infer request may send, voxels times channels, checked from
-    the header before the pixels are read; default :data:`unimed.large_images.DEFAULT_MAX_VOXELS`).
+    the header before the pixels are read; default :data:`unimed.large_images.DEFAULT_MAX_VOXELS`),
+    ``replay_data`` (what teaching a new label replays so the old ones keep their figures:
+    ``auto``, the default, is ``$UNIMED_REPLAY_DATA`` or the shared data beside the project when
+    present; a folder in the shared data layout; ``none``: the served model's own answers).
     """
 
     def init(self, name: str, model_dir: str, conf: dict[str, str], planner: Any, **kwargs):
@@ -45,6 +48,11 @@ class UniMedTaskConfig(TaskConfig):
         self.max_voxels = int(conf.get("max_voxels", DEFAULT_MAX_VOXELS))
         if self.max_voxels <= 0:
             raise ValueError(f"conf max_voxels must be positive, got {self.max_voxels}")
+        replay = conf.get("replay_data", "auto")
+        self.replay_data = None if replay.strip().lower() in ("", "none") else replay
+        if self.replay_data not in (None, "auto") and not os.path.isdir(self.replay_data):
+            raise ValueError(f"conf replay_data {replay!r}: no such folder (auto, none, or a folder laid out "
+                             "like ../shared/data)")
 
     def infer(self) -> dict[str, InferTask]:
         return {
@@ -58,7 +66,7 @@ class UniMedTaskConfig(TaskConfig):
         }
 
     def trainer(self) -> Optional[TrainTask]:
-        return UniMedTrainTask(self.model_dir, self.path)
+        return UniMedTrainTask(self.model_dir, self.path, self.replay_data)
 
     def strategy(self) -> dict[str, Strategy]:
         return {

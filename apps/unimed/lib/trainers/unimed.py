@@ -9,7 +9,7 @@ atomically; infer serves it on its next request.
 When final labels mark segments the served model does not know (new labels named in the
 viewer, :func:`lib.datastore.segments.pending_labels`), the run teaches them instead, by the
 path of ``main.py teach`` (:func:`trainers.teach.teach_samples`: a new label token started
-from the cases, fine-tuning with replay of the model's own answers), logging ``teach NAME step
+from the cases, fine-tuning with replay of the shared data, or of the model's own answers), logging ``teach NAME step
 s/S loss ... eta``; the published checkpoint's meta ``taught_labels`` lists each taught label's
 cases. The next run fine-tunes as above.
 """
@@ -142,13 +142,17 @@ class UniMedTrainTask(TrainTask):
     Args:
         model_dir: the app's model folder (published file and numbered versions).
         published: the published checkpoint's path.
+        replay_data: what teaching a new label replays so the old ones stay
+            (:func:`trainers.teach.teach_samples`): ``"auto"`` (the shared data when present),
+            a shared-data-layout folder, or None (the served model's own answers).
 
     Request params (``POST /train/unimed`` body): those of :class:`~trainers.train_request.TrainRequest`.
     """
 
-    def __init__(self, model_dir: str | Path, published: str | Path):
+    def __init__(self, model_dir: str | Path, published: str | Path, replay_data: str | Path | None = "auto"):
         super().__init__("Joint fine-tuning of UniMed on the datastore: final labels + unlabelled images")
         self.store = ModelStore(model_dir, Path(published).name)
+        self.replay_data = replay_data
         self.stats_file = Path(model_dir) / "train_stats.json"
 
     def config(self) -> dict[str, Any]:
@@ -233,6 +237,7 @@ class UniMedTrainTask(TrainTask):
             minutes = max(0.05, (params.max_minutes - (time.time() - t0) / 60) / (len(pending) - i))
             result = teach_samples(model, label.name, samples, steps=steps, minutes=minutes,
                                    token_steps=params.token_steps, seed=params.seed, progress=False,
+                                   replay_data=self.replay_data,
                                    display=label.display, color=label.color,
                                    callback=report)
             reports.append(result)

@@ -1,0 +1,206 @@
+"""Leave-one-label-out: how well ``teach`` learns a label that pretraining never saw.
+
+``python main.py teach-curve --checkpoint BASE.pt --data ../shared/data`` takes a checkpoint
+pretrained without the label (``main.py pretrain --leave-out-label lung_tumor``) and, for each
+k of ``--ks``, teaches it the label from k annotated training cases (:func:`trainers.teach.teach_samples`,
+the path of ``main.py teach`` and of the viewer) in a fixed budget, then scores:
+
+- the taught label on the dataset's whole validation split,
+- a single-task network trained from scratch on the same k cases for the same budget (the
+  dataset's peer of ``main.py benchmark --accuracy``),
+- the old labels' figures before and after teaching (forgetting).
+
+The k cases are nested (the 3 include the 1, ...), drawn with a fixed seed from the training
+cases that show the structure: an annotator labels cases where it is.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from unimed.datasets.sample import Sample
+
+__all__ = ["CURVE_DATASETS", "TeachCurveConfig", "teach_curve", "format_teach_curve", "plot_teach_curve"]
+
+logger = logging.getLogger(__name__)
+
+#: label -> the shared dataset whose masks teach it (and which has a single-task peer)
+CURVE_DATASETS = {"lung_tumor": "msd_patches"}
+
+#: old datasets scored before and after teaching, and the figure each shows
+OLD_FIGURES = {"brats": "dice_wt", "voc": "map50"}
+
+
+@dataclass
+class TeachCurveConfig:
+    """What :func:`teach_curve` measures.
+
+    Attributes:
+        data: a folder in the shared data layout (the label's dataset, the replay, the old figures).
+        checkpoint: a checkpoint pretrained without ``label``.
+        label: the label left out and taught (a key of :data:`CURVE_DATASETS`).
+        ks: the numbers of annotated cases to teach from.
+        minutes: the budget of each teaching run; the scratch network gets the same.
+        replay: replay the shared data while teaching (as ``teach``'s default does).
+        seed: picks the cases and seeds training.
+    """
+
+    data: Path
+    checkpoint: Path
+    label: str = "lung_tumor"
+    ks: tuple[int, ...] = (1, 3, 5, 10)
+    minutes: float = 4.0
+    replay: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.data, self.checkpoint = Path(self.data), Path(self.checkpoint)
+        if self.label not in CURVE_DATASETS:
+            raise ValueError(f"teach-curve measures {', '.join(CURVE_DATASETS)} (a label with a shared dataset and a "
+                             f"single-task peer), got {self.label!r}")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"ks must be positive numbers of cases, got {self.ks}")
+        if self.minutes <= 0:
+            raise ValueError(f"minutes must be positive, got {self.minutes}")
+
+
+def _as_new_label(sample: Sample, value: int) -> Sample:
+    """``sample`` with its mask as teach takes it: the new label's id on the structure, nothing else."""
+    structure = np.asarray(sample.label_map) > 0
+    return replace(sample, label_map=structure.astype(np.uint8) * np.uint8(value), class_labels=None)
+
+
+def _old_figures(model: Any, data: Path) -> dict[str, float | None]:
+    from trainers.pretrain import DATASETS
+    from unimed.evaluation import evaluate
+    from unimed.predictor import Predictor
+
+    predictor, out = Predictor(model), {}
+    for name, metric in OLD_FIGURES.items():
+        spec = DATASETS[name]
+        if (data / spec.folder).is_dir():
+            result = evaluate(spec.kind, data / spec.folder, predictor, split=spec.val_split)
+            out[f"{name}/{metric}"] = result["metrics"].get(metric)
+    return out
+
+
+def teach_curve(config: TeachCurveConfig, progress: bool = False) -> dict[str, Any]:
+    """Teach ``config.label`` from k cases for every k, and score each run against a scratch peer.
+
+    Returns:
+        ``{"label", "dataset", "checkpoint", "minutes", "val_cases", "base_old", "rows"}``; each row:
+        ``{"k", "cases", "taught": {metric: value}, "scratch": {...}, "old": {...}, "teach": report,
+        "scratch_fit": {...}}``.
+
+    Raises:
+        ValueError: the checkpoint already has the label, the data lacks its dataset, or a k
+            exceeds the training cases that show the structure.
+
+    Example:
+        >>> cfg = TeachCurveConfig(Path("../shared/data"), Path("runs/lolo/unimed.pt"), ks=(1, 5))  # doctest: +SKIP
+        >>> print(format_teach_curve(teach_curve(cfg)))  # doctest: +SKIP
+    """
+    from benchmarks.peers import PEERS
+    from trainers.joint import seed_everything
+    from trainers.pretrain import DATASETS
+    from trainers.teach import teach_samples
+    from unimed.checkpoint import load_checkpoint
+    from unimed.evaluation import evaluate_samples
+    from unimed.predictor import Predictor
+
+    base, meta = load_checkpoint(config.checkpoint)
+    if config.label in base.registry:
+        raise ValueError(f"{config.checkpoint} already knows {config.label!r}: pretrain the base with "
+                         f"--leave-out-label {config.label}")
+    kind = CURVE_DATASETS[config.label]
+    spec = DATASETS[kind]
+    folder = config.data / spec.folder
+    if not folder.exists():
+        raise ValueError(f"no {kind} data at {folder}")
+    train, val = spec.read(folder, spec.train_split), spec.read(folder, spec.val_split)
+    showing = [s for s in train if s.label_map is not None and bool(np.asarray(s.label_map).any())]
+    if max(config.ks) > len(showing):
+        raise ValueError(f"k up to {max(config.ks)}, but only {len(showing)} training cases show {config.label}")
+    chosen = random.Random(config.seed).sample(showing, max(config.ks))
+    base_old = _old_figures(base, config.data)
+    logger.info("teach-curve %s: base %s, old figures %s", config.label, meta.get("version"), base_old)
+    rows = []
+    for k in sorted(config.ks):
+        cases = chosen[:k]
+        model = copy.deepcopy(base)
+        value = model.registry.next_id()
+        report = teach_samples(model, config.label, [_as_new_label(s, value) for s in cases], minutes=config.minutes,
+                               replay_data=config.data if config.replay else None, seed=config.seed,
+                               progress=progress)
+        taught = evaluate_samples(kind, val, Predictor(model.eval()))
+        old = _old_figures(model, config.data)
+        seed_everything(config.seed)
+        peer = PEERS[kind](cases)
+        fit = peer.fit(config.minutes * 60)
+        scratch = evaluate_samples(kind, val, peer)
+        logger.info("k=%d: taught %s, scratch %s, old %s", k, taught, scratch, old)
+        rows.append({"k": k, "cases": [s.name for s in cases], "taught": taught, "scratch": scratch, "old": old,
+                     "teach": report, "scratch_fit": {"network": peer.name, **fit}})
+    return {"label": config.label, "dataset": kind, "checkpoint": {"path": str(config.checkpoint),
+                                                                  "version": meta.get("version")},
+            "minutes": config.minutes, "replay": config.replay, "seed": config.seed, "val_cases": len(val),
+            "metric": spec.primary_metric, "base_old": base_old, "rows": rows}
+
+
+def format_teach_curve(result: dict[str, Any]) -> str:
+    """A Markdown table of :func:`teach_curve`'s result.
+
+    Example:
+        >>> row = {"k": 1, "taught": {"dice": 0.5}, "scratch": {"dice": 0.25}, "old": {"brats/dice_wt": 0.8}}
+        >>> print(format_teach_curve({"label": "x", "dataset": "d", "metric": "dice", "val_cases": 3, "minutes": 1,
+        ...                           "base_old": {"brats/dice_wt": 0.81}, "rows": [row]}).splitlines()[-1])
+        | 1 | 0.500 | 0.250 | 0.800 (0.810) |
+    """
+    metric, old_keys = result["metric"], list(result["base_old"])
+    lines = [f"{result['label']} taught anew ({result['dataset']} validation, {result['val_cases']} cases, "
+             f"{result['minutes']} min per run)", "",
+             "| k | taught " + metric + " | scratch " + metric + " | " + " | ".join(
+                 f"{key} after (before)" for key in old_keys) + " |",
+             "|---|---|---|" + "---|" * len(old_keys)]
+
+    def fmt(v: Any) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    for row in result["rows"]:
+        old = " | ".join(f"{fmt(row['old'].get(key))} ({fmt(result['base_old'][key])})" for key in old_keys)
+        lines.append(f"| {row['k']} | {fmt(row['taught'].get(metric))} | {fmt(row['scratch'].get(metric))} | {old} |")
+    return "\n".join(lines)
+
+
+def plot_teach_curve(result: dict[str, Any], path: str | Path, reference: Sequence[float] = ()) -> Path:
+    """The taught label's figure against k, the scratch network's beside it, and (``reference``:
+    mean and sd) the figure of networks pretrained with the label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from unimed.figures import save_figure
+
+    metric = result["metric"]
+    ks = [row["k"] for row in result["rows"]]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(ks, [row["taught"].get(metric) for row in result["rows"]], "o-", label="UniMed taught (teach)")
+    ax.plot(ks, [row["scratch"].get(metric) for row in result["rows"]], "s--", label="single-task from scratch")
+    if reference:
+        mean, sd = reference[0], reference[1] if len(reference) > 1 else 0.0
+        ax.axhspan(mean - sd, mean + sd, alpha=0.2, color="grey")
+        ax.axhline(mean, color="grey", label="pretrained with the label")
+    ax.set_xlabel("annotated cases (k)")
+    ax.set_ylabel(f"{result['label']} {metric} ({result['dataset']} val)")
+    ax.set_xticks(ks)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)

@@ -1,0 +1,172 @@
+"""Leave-one-label-out: ``pretrain --leave-out-label``, teaching that label anew with the shared
+data replayed (``teach``'s default) and ``main.py teach-curve``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.teach_curve import TeachCurveConfig, teach_curve
+from trainers.pretrain import build_sources, default_config, pretrain, without_label
+from trainers.teach import REPLAY_ENV, SHARED_DATA, default_replay_data, teach_samples
+from unimed.checkpoint import save_checkpoint
+from unimed.datasets.msd_patches import evaluate_msd_patches, read_msd_patches
+from unimed.datasets.sample import Sample
+from unimed.labels import Label, LabelRegistry
+from unimed.networks.unimednet import unimed_tiny
+from unimed.task_names import Task
+
+REPO = Path(__file__).resolve().parents[1]
+LUNG = LabelRegistry().get("lung_tumor")
+WITHOUT_LUNG = tuple(n for n in LabelRegistry().names if n != "lung_tumor")
+
+
+def _msd_folder(root: Path, n: int = 10, size: int = 32) -> Path:
+    """A shared-data-layout folder with MSD-style patches: a bright square is the tumour in every other one."""
+    rng = np.random.default_rng(0)
+    images = rng.normal(0, 0.1, (n, 1, size, size)).astype(np.float32)
+    labels = np.zeros((n, 1, size, size), np.uint8)
+    for i in range(0, n, 2):
+        labels[i, 0, 8 + i % 4: 18 + i % 4, 10:20] = 1
+    images[labels > 0] += 2.0
+    folder = root / "msd_lung_patches"
+    folder.mkdir(parents=True)
+    with h5py.File(folder / "patches.h5", "w") as f:
+        f["images"], f["labels"] = images, labels
+    return root
+
+
+# -- without_label / build_sources / pretrain ---------------------------------------------------------
+def test_without_label_takes_away_every_annotation_of_the_label_and_keeps_the_rest():
+    label_map = np.zeros((8, 8), np.uint8)
+    label_map[:2], label_map[4:6] = LUNG.id, 2  # lung tumour and oedema
+    sample = Sample(torch.zeros(1, 8, 8), np.eye(4), "x", "a", label_map=label_map, seg_labels=("edema", "lung_tumor"),
+                    boxes=np.array([[0, 0, 0, 0.25, 1, 1], [0.5, 0, 0, 0.75, 1, 1]]),
+                    box_labels=["lung_tumor", "edema"],
+                    det_labels=("lung_tumor", "edema"), class_labels={"lung_tumor": 1, "brain_tumor": 0})
+    out = without_label([sample], "lung_tumor")[0]
+    assert set(np.unique(out.label_map)) == {0, 2} and (out.label_map[4:6] == 2).all()
+    assert out.seg_labels == ("edema",) and out.det_labels == ("edema",)
+    assert out.box_labels == ["edema"] and np.array_equal(out.boxes, [[0.5, 0, 0, 0.75, 1, 1]])
+    assert out.class_labels == {"brain_tumor": 0}
+    assert sample.seg_labels == ("edema", "lung_tumor")  # the input is left alone
+
+
+def test_a_dataset_that_annotates_only_the_left_out_label_does_not_train(tmp_path):
+    data = _msd_folder(tmp_path)
+    assert [s.name for s in build_sources(data, default_config())[0]] == ["msd_patches"]
+    assert build_sources(data, default_config(), leave_out="lung_tumor")[0] == []
+
+
+def test_pretrain_refuses_an_unknown_left_out_label(tmp_path):
+    with pytest.raises(ValueError, match="unknown label 'nonsense'"):
+        pretrain(tmp_path, tmp_path / "out", leave_out="nonsense")
+
+
+# -- teaching with the shared data replayed ----------------------------------------------------------
+def test_the_default_replay_is_the_named_folder_or_the_shared_data(tmp_path, monkeypatch):
+    monkeypatch.setenv(REPLAY_ENV, str(tmp_path))
+    assert default_replay_data() == tmp_path
+    for off in ("", "none", "None"):
+        monkeypatch.setenv(REPLAY_ENV, off)
+        assert default_replay_data() is None
+    monkeypatch.setenv(REPLAY_ENV, str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="no such folder"):
+        default_replay_data()
+    monkeypatch.delenv(REPLAY_ENV)
+    assert default_replay_data() == (SHARED_DATA if (SHARED_DATA / "brats2013").is_dir() else None)
+
+
+def _patches_as_new_label(data: Path, value: int, k: int = 2) -> list[Sample]:
+    samples = [s for s in read_msd_patches(data / "msd_lung_patches") if s.label_map.any()][:k]
+    return [Sample(s.image, s.affine, "datastore", s.name, label_map=(s.label_map > 0).astype(np.uint8) * value,
+                   modalities=s.modalities) for s in samples]
+
+
+def test_teaching_a_left_out_label_replays_the_shared_data_without_that_label(tmp_path, monkeypatch):
+    """``teach``'s default replays the shared data; the taught label's own annotations there
+    stay out of the replay (here they are all the folder has, so nothing is left to replay)."""
+    data = _msd_folder(tmp_path / "shared")
+    monkeypatch.setenv(REPLAY_ENV, str(data))
+    torch.manual_seed(0)
+    model = unimed_tiny(labels=WITHOUT_LUNG)
+    samples = _patches_as_new_label(data, model.registry.next_id())
+    with pytest.raises(ValueError, match="holds none of the shared datasets"):
+        teach_samples(model, "lung_tumor", samples, steps=2, minutes=None, token_steps=1, progress=False,
+                      replay_data="auto")
+    taught = unimed_tiny()
+    report = teach_samples(taught, "cube", _patches_as_new_label(data, taught.registry.next_id()), steps=2,
+                           minutes=None, token_steps=1, progress=False, replay_data="auto")
+    assert report["replay"] == f"shared data at {data}" and report["steps"] == 2
+
+
+# -- scoring a label taught anew -----------------------------------------------------------------------
+class _Answer:
+    def __init__(self, label_map: np.ndarray, label: Label):
+        self._map, self.labels = label_map, [label]
+
+    def label_map(self) -> np.ndarray:
+        return self._map
+
+
+class _Answers:
+    """Answers one mask, under the answering network's own id of the label."""
+
+    def __init__(self, label: Label, mask: np.ndarray):
+        self.label, self.mask = label, mask
+
+    def predict(self, image, task, labels=None, **kwargs):
+        return _Answer(self.mask.astype(np.uint8) * self.label.id, self.label)
+
+
+def test_msd_scores_a_label_taught_anew_under_the_networks_own_id(tmp_path):
+    samples = read_msd_patches(_msd_folder(tmp_path) / "msd_lung_patches")[:1]
+    grown = Label(12, "lung_tumor", "Lung tumour", frozenset({Task.SEGMENTATION}), (255, 0, 0))
+    truth = np.asarray(samples[0].label_map) > 0
+    assert evaluate_msd_patches(samples, _Answers(grown, truth))["dice"] == 1.0
+    assert evaluate_msd_patches(samples, _Answers(grown, ~truth))["dice"] == 0.0
+
+
+# -- teach-curve ---------------------------------------------------------------------------------------
+@pytest.mark.slow  # two short teaching runs and two scratch networks: about half a minute
+def test_teach_curve_teaches_from_nested_cases_and_scores_a_scratch_network(tmp_path, monkeypatch):
+    data = _msd_folder(tmp_path / "shared", n=20)
+    torch.manual_seed(0)
+    base = save_checkpoint(unimed_tiny(labels=WITHOUT_LUNG), tmp_path / "base.pt", {"version": 1})
+    result = teach_curve(TeachCurveConfig(data, base, ks=(1, 2), minutes=0.1, replay=False))
+    assert [row["k"] for row in result["rows"]] == [1, 2]
+    first, second = result["rows"]
+    assert second["cases"][:1] == first["cases"]  # nested
+    assert result["val_cases"] == 4 and result["base_old"] == {}
+    for row in result["rows"]:
+        assert 0.0 <= row["taught"]["dice"] <= 1.0 and 0.0 <= row["scratch"]["dice"] <= 1.0
+        assert row["teach"]["label"]["name"] == "lung_tumor" and row["teach"]["steps"] >= 1
+    json.dumps(result)  # the CLI writes it as JSON
+
+
+def _main(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "lib"), str(REPO)])}
+    return subprocess.run([sys.executable, str(REPO / "main.py"), *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+@pytest.mark.slow  # subprocesses that import the CLI
+def test_teach_curve_errors_are_one_line(tmp_path):
+    data = _msd_folder(tmp_path / "shared")
+    knows = save_checkpoint(unimed_tiny(), tmp_path / "knows.pt", {"version": 1})
+    cases = [(("--checkpoint", str(knows), "--data", str(data)), "already knows 'lung_tumor'"),
+             (("--checkpoint", str(knows), "--data", str(tmp_path / "missing")), "no such folder"),
+             (("--checkpoint", str(knows), "--data", str(data), "--label", "edema"), "teach-curve measures lung_tumor"),
+             (("--checkpoint", str(knows), "--data", str(data), "--ks", "0"), "positive integers")]
+    for args, message in cases:
+        done = _main("teach-curve", *args, "--no-progress")
+        assert done.returncode == 2, (args, done.stderr)
+        assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
