@@ -884,7 +884,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images at the top, masks (nonzero = the structure) under labels/final/<image file name>")
     p.add_argument("--out", required=True, help="the new checkpoint")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="the base checkpoint")
-    p.add_argument("--tasks", default="segmentation,detection", help="what the label is taught (comma-separated)")
+    p.add_argument("--tasks", default="segmentation,detection",
+                   help="what the label is taught, comma-separated: segmentation, detection, classification "
+                        "(classification needs images whose mask is empty, which do not show the structure)")
     p.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of the whole run (the fine-tuning gets what the preparation leaves)")
     p.add_argument("--steps", type=int, default=300,
                    help="fine-tuning steps (the budget may stop it earlier); 0: the token's start only, "

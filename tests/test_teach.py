@@ -18,6 +18,7 @@ from unimed.checkpoint import load_checkpoint, save_checkpoint
 from unimed.label_growth import add_label, fit_label_token, pool_prototype
 from unimed.labels import LabelRegistry, label_from_dict, label_to_dict, registry_from_config
 from unimed.networks.unimednet import UniMed, UniMedConfig, unimed_tiny
+from unimed.task_names import Task
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -251,7 +252,8 @@ def test_teach_errors(tmp_path, tiny_checkpoint):
     cases = [
         (("--label", "cube", "--data", str(tmp_path / "missing")), "no such folder"),
         (("--label", "edema", "--data", str(data)), "already exists"),
-        (("--label", "cube", "--data", str(data), "--tasks", "classification"), "cannot teach classification"),
+        (("--label", "cube", "--data", str(data), "--tasks", "classification"), "needs images that do not show it"),
+        (("--label", "cube", "--data", str(data), "--tasks", "segmentation,shape"), "unknown task"),
     ]
     cases.append((("--label", "cube", "--data", str(data), "--replay-data", str(tmp_path)), "none of the shared datasets"))
     empty = tmp_path / "empty"
@@ -310,3 +312,44 @@ def test_a_detection_only_label_starts_from_the_examples_too():
     assert len(fit_label_token(net, label, image, mask, steps=1)) == 2
     with pytest.raises(ValueError, match="empty"):
         fit_label_token(net, label, image, torch.zeros_like(mask), steps=1)
+
+
+def _cube_samples(value: int, shown: int = 2, empty: int = 2) -> list:
+    from unimed.datasets.sample import Sample
+
+    out = []
+    for i in range(shown + empty):
+        image, mask = _cube_image(i)
+        if i >= shown:  # an image that does not show the structure: the same noise, no cube
+            image, mask = np.random.default_rng(i).normal(0, 0.1, image.shape).astype(np.float32), mask * 0
+        out.append(Sample(torch.from_numpy(image)[None], np.eye(4), "datastore", f"case{i}",
+                          label_map=mask * np.uint8(value)))
+    return out
+
+
+def test_masks_teach_classification_when_some_images_do_not_show_the_structure():
+    from trainers.teach import teach_samples
+    from unimed.predictor import Predictor
+
+    torch.manual_seed(0)
+    net = unimed_tiny()
+    samples = _cube_samples(net.registry.next_id())
+    report = teach_samples(net, "cube", samples, tasks=["segmentation", "detection", "classification"], steps=3,
+                           token_steps=2, minutes=None, replay_data=None, progress=False)
+    assert report["label"]["tasks"] == ["segmentation", "detection", "classification"] and report["steps"] == 3
+    answer = Predictor(net.eval()).predict(samples[0].image, "classification", ["cube"]).annotation
+    assert 0.0 <= dict(zip(answer.labels, answer.scores)).get("cube", 0.0) <= 1.0
+    assert "cube" in [lab.name for lab in net.registry.for_task(Task.CLASSIFICATION)]
+
+
+def test_classification_needs_images_with_and_without_the_structure():
+    from trainers.teach import teach_samples
+
+    net = unimed_tiny()
+    value = net.registry.next_id()
+    with pytest.raises(ValueError, match="needs images that do not show it too"):
+        teach_samples(net, "cube", _cube_samples(value, empty=0), tasks=["classification"], steps=1, progress=False,
+                      replay_data=None)
+    with pytest.raises(ValueError, match="no sample shows the structure"):
+        teach_samples(net, "cube", _cube_samples(value, shown=0), steps=1, progress=False, replay_data=None)
+    assert "cube" not in net.registry  # refused before the label space grew

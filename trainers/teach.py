@@ -3,8 +3,9 @@
 :func:`teach` grows the label space by one token (:func:`unimed.label_growth.add_label`),
 starts the token from the annotated examples (:func:`unimed.label_growth.fit_label_token`),
 then fine-tunes the whole network with :class:`~trainers.joint.JointTrainer` on the new
-label's masks (segmentation, and detection from each mask's box) with replay, so that the old
-labels keep their figures:
+label's masks (segmentation, detection from each mask's box and, when asked and some masks are
+empty, classification: does the image show it) with replay, so that the old labels keep their
+figures:
 
 - with ``replay_data`` (a folder in the shared data layout), the pretraining data's sources
   (:func:`trainers.pretrain.build_sources`) train alongside: the default wherever that data is
@@ -44,7 +45,7 @@ from unimed.networks.unimednet import UniMed
 from unimed.predictor import Predictor
 from unimed.task_names import Task
 
-__all__ = ["TEACHABLE_TASKS", "SHARED_DATA", "REPLAY_ENV", "default_replay_data", "teach_config",
+__all__ = ["DEFAULT_TASKS", "SHARED_DATA", "REPLAY_ENV", "default_replay_data", "teach_config",
            "with_pseudo_labels", "teach", "teach_samples"]
 
 logger = logging.getLogger(__name__)
@@ -55,8 +56,10 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 #: the environment variable that names the replay data (empty or ``none``: replay pseudo-labels)
 REPLAY_ENV = "UNIMED_REPLAY_DATA"
 
-#: what a mask teaches: the structure's segmentation, and its box
-TEACHABLE_TASKS = (Task.SEGMENTATION, Task.DETECTION)
+#: what teach learns unless told: the structure's segmentation and its box. Masks teach
+#: classification too (whether an image shows the structure) when some of them are empty:
+#: images that do not show it
+DEFAULT_TASKS = (Task.SEGMENTATION, Task.DETECTION)
 
 #: images (of one grid shape) the new token starts from
 TOKEN_ITEMS = 4
@@ -89,7 +92,7 @@ def default_replay_data() -> Path | None:
     return None
 
 
-def teach_config(steps: int = 300, minutes: float | None = 10.0, tasks: Sequence[Task] = TEACHABLE_TASKS,
+def teach_config(steps: int = 300, minutes: float | None = 10.0, tasks: Sequence[Task] = DEFAULT_TASKS,
                  seed: int = 0) -> TrainConfig:
     """The fine-tuning recipe: a tenth of pretraining's learning rate, a short warm-up, one
     item of the new label per step.
@@ -107,7 +110,8 @@ def with_pseudo_labels(sample: Sample, label: Label, base: Predictor, tasks: Seq
     for the old labels added as targets: the structure wins where both claim a voxel.
 
     Every old label of a task is listed as annotated (``seg_labels`` / ``det_labels``), so the
-    base network's "absent" is replayed too. Detection gets the structure's box.
+    base network's "absent" is replayed too. Detection gets the structure's box (none where the
+    image does not show it), classification whether it shows it.
     """
     structure = np.asarray(sample.label_map) == label.id
     out = replace(sample)
@@ -127,11 +131,21 @@ def with_pseudo_labels(sample: Sample, label: Label, base: Predictor, tasks: Seq
         if old:
             ann = base.predict(image, Task.DETECTION, old).annotation
             boxes, names = [np.asarray(b, np.float64) for b in ann.boxes], list(ann.labels)
-        boxes.append(mask_box(structure))
-        names.append(label.name)
-        out.boxes, out.box_labels = np.stack(boxes), names
+        if structure.any():
+            boxes.append(mask_box(structure))
+            names.append(label.name)
+        out.boxes, out.box_labels = np.stack(boxes) if boxes else np.zeros((0, 6)), names
         out.det_labels = tuple(lab.name for lab in old) + (label.name,)
-    return out
+    return _with_presence(out, structure, label, tasks)
+
+
+def _with_presence(sample: Sample, structure: np.ndarray, label: Label, tasks: Sequence[Task]) -> Sample:
+    """``sample`` with whether it shows the structure as its image-level label (classification)."""
+    if Task.CLASSIFICATION in tasks:
+        sample.class_labels = {label.name: int(structure.any())}
+    else:
+        sample.class_labels = None
+    return sample
 
 
 def _structure_only(sample: Sample, label: Label, tasks: Sequence[Task]) -> Sample:
@@ -139,8 +153,10 @@ def _structure_only(sample: Sample, label: Label, tasks: Sequence[Task]) -> Samp
     structure = np.asarray(sample.label_map) == label.id
     out = replace(sample, seg_labels=(label.name,) if Task.SEGMENTATION in tasks else ())
     if Task.DETECTION in tasks:
-        out.boxes, out.box_labels, out.det_labels = mask_box(structure)[None], [label.name], (label.name,)
-    return out
+        shows = bool(structure.any())
+        out.boxes = mask_box(structure)[None] if shows else np.zeros((0, 6))
+        out.box_labels, out.det_labels = [label.name] if shows else [], (label.name,)
+    return _with_presence(out, structure, label, tasks)
 
 
 def _largest_shape_group(items: Sequence[GridItem]) -> list[GridItem]:
@@ -170,7 +186,9 @@ def teach(model: UniMed, name: str, folder: str | Path, **options: Any) -> dict[
         >>> teach(model, "spinal_cord", "my_cases", steps=100, minutes=5)  # doctest: +SKIP
     """
     key = _new_label_name(model, name)
-    return teach_samples(model, key, read_structure(folder, key, model.registry.next_id()), **options)
+    classify = Task.CLASSIFICATION in {Task.parse(t) for t in options.get("tasks", DEFAULT_TASKS)}
+    return teach_samples(model, key, read_structure(folder, key, model.registry.next_id(), allow_empty=classify),
+                         **options)
 
 
 def _new_label_name(model: UniMed, name: str) -> str:
@@ -186,7 +204,7 @@ def teach_samples(
     name: str,
     samples: Sequence[Sample],
     *,
-    tasks: Sequence[Task | str] = TEACHABLE_TASKS,
+    tasks: Sequence[Task | str] = DEFAULT_TASKS,
     steps: int = 300,
     minutes: float | None = 10.0,
     replay_data: str | Path | None = None,
@@ -208,7 +226,9 @@ def teach_samples(
         name: the new label's name.
         samples: images whose ``label_map`` is ``model.registry.next_id()`` on the structure
             and 0 elsewhere (:func:`~unimed.datasets.datastore.read_structure` reads them).
-        tasks: what the label is taught and can be asked for (segmentation, detection).
+        tasks: what the label is taught and can be asked for: segmentation and detection by
+            default; classification needs samples that do not show the structure (an empty
+            mask) besides those that do.
         steps: fine-tuning steps (the run may stop earlier at ``minutes``); 0: the token's
             start only, no fine-tuning, so that every old label's output stays bit-identical.
         minutes: wall-clock budget of the whole run (pseudo-labels, the token's start and the
@@ -228,8 +248,8 @@ def teach_samples(
         A report: the label, samples, steps, minutes, the first and last losses, the replay.
 
     Raises:
-        ValueError: the label exists, no samples, no or unknown tasks, a task a mask cannot
-            teach, or ``steps < 0``.
+        ValueError: the label exists, no samples, no or unknown tasks, classification without
+            samples both with and without the structure, or ``steps < 0``.
 
     Example:
         >>> teach_samples(model, "spinal_cord", samples, steps=50, color=(255, 200, 0))  # doctest: +SKIP
@@ -237,10 +257,6 @@ def teach_samples(
     task_list = tuple(dict.fromkeys(Task.parse(t) for t in tasks))
     if not task_list:
         raise ValueError("teach needs at least one task (segmentation, detection)")
-    unteachable = [t.value for t in task_list if t not in TEACHABLE_TASKS]
-    if unteachable:
-        raise ValueError(f"a mask cannot teach {', '.join(unteachable)}; tasks must be among "
-                         f"{', '.join(t.value for t in TEACHABLE_TASKS)}")
     if steps < 0:
         raise ValueError(f"steps must be >= 0 (0: the token's start only), got {steps}")
     key = _new_label_name(model, name)
@@ -251,6 +267,12 @@ def teach_samples(
     if stray:
         raise ValueError(f"samples {stray} must mark the structure with value {value} (the new label's id) and "
                          "nothing else")
+    shows = [bool(np.asarray(s.label_map).any()) for s in samples]
+    if not any(shows):
+        raise ValueError(f"label {key!r}: no sample shows the structure (every mask is empty)")
+    if Task.CLASSIFICATION in task_list and all(shows):
+        raise ValueError(f"teaching {key!r} classification needs images that do not show it too (an empty mask "
+                         "under labels/final/), besides those that do")
     seed_everything(seed)
     start = time.time()
     config = teach_config(max(steps, 1), minutes, task_list, seed)

@@ -176,7 +176,7 @@ def read_datastore(folder: str | Path, skipped: list[tuple[str, str]] | None = N
     return labelled, unlabelled
 
 
-def read_structure(folder: str | Path, name: str, label_id: int) -> list[Sample]:
+def read_structure(folder: str | Path, name: str, label_id: int, allow_empty: bool = False) -> list[Sample]:
     """The images of a datastore-style folder whose ``labels/final/`` mask marks one structure.
 
     What ``teach`` learns a new label from: any nonzero mask value is the structure, whatever
@@ -187,13 +187,16 @@ def read_structure(folder: str | Path, name: str, label_id: int) -> list[Sample]
         folder: images at the top, masks under ``labels/final/`` with the image's file name.
         name: the structure's label name (each sample's ``seg_labels``).
         label_id: the value the structure takes in the samples' label maps.
+        allow_empty: an empty mask says the image does not show the structure (what teaching
+            classification needs besides the images that do); at least one mask must be nonempty.
 
     Returns:
         Samples with ``label_map`` = ``label_id`` on the structure, 0 elsewhere.
 
     Raises:
         DatasetError: no such folder, no image with a mask, an unreadable image or mask, a
-            mask of another shape than its image's or of more than one channel, or an empty mask.
+            mask of another shape than its image's or of more than one channel, or an empty
+            mask (without ``allow_empty``; with it, when every mask is empty).
 
     Example:
         >>> samples = read_structure("my_cases", "spinal_cord", 12)  # doctest: +SKIP
@@ -215,7 +218,7 @@ def read_structure(folder: str | Path, name: str, label_id: int) -> list[Sample]
         if values.shape != spatial:
             raise DatasetError(f"{label_path}: mask shape {values.shape} differs from the image's {spatial}")
         structure = values != 0
-        if not structure.any():
+        if not (allow_empty or structure.any()):
             raise DatasetError(f"{label_path}: the mask is empty (no nonzero voxel marks the structure)")
         samples.append(Sample(
             image=torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image),
@@ -224,6 +227,8 @@ def read_structure(folder: str | Path, name: str, label_id: int) -> list[Sample]
             modalities=modalities_from_name(path, int(image.shape[0]))))
     if not samples:
         raise DatasetError(f"{folder}: no image has a mask under labels/final/ (same file name as the image)")
+    if not any(np.asarray(s.label_map).any() for s in samples):
+        raise DatasetError(f"{folder}: every mask under labels/final/ is empty: no image shows the structure")
     return samples
 
 
