@@ -77,17 +77,23 @@ def _as_new_label(sample: Sample, value: int) -> Sample:
     return replace(sample, label_map=structure.astype(np.uint8) * np.uint8(value), class_labels=None)
 
 
-def _old_figures(model: Any, data: Path) -> dict[str, float | None]:
+def _old_samples(data: Path) -> dict[str, list[Sample]]:
+    """The validation cases of :data:`OLD_FIGURES`' datasets that ``data`` holds, read once."""
     from trainers.pretrain import DATASETS
-    from unimed.evaluation import evaluate
+
+    return {name: DATASETS[name].read(data / DATASETS[name].folder, DATASETS[name].val_split)
+            for name in OLD_FIGURES if (data / DATASETS[name].folder).is_dir()}
+
+
+def _old_figures(model: Any, old: dict[str, list[Sample]]) -> dict[str, float | None]:
+    from trainers.pretrain import DATASETS
+    from unimed.evaluation import evaluate_samples
     from unimed.predictor import Predictor
 
     predictor, out = Predictor(model), {}
-    for name, metric in OLD_FIGURES.items():
-        spec = DATASETS[name]
-        if (data / spec.folder).is_dir():
-            result = evaluate(spec.kind, data / spec.folder, predictor, split=spec.val_split)
-            out[f"{name}/{metric}"] = result["metrics"].get(metric)
+    for name, samples in old.items():
+        metric = OLD_FIGURES[name]
+        out[f"{name}/{metric}"] = evaluate_samples(DATASETS[name].kind, samples, predictor).get(metric)
     return out
 
 
@@ -129,7 +135,8 @@ def teach_curve(config: TeachCurveConfig, progress: bool = False) -> dict[str, A
     if max(config.ks) > len(showing):
         raise ValueError(f"k up to {max(config.ks)}, but only {len(showing)} training cases show {config.label}")
     chosen = random.Random(config.seed).sample(showing, max(config.ks))
-    base_old = _old_figures(base, config.data)
+    old_samples = _old_samples(config.data)
+    base_old = _old_figures(base, old_samples)
     logger.info("teach-curve %s: base %s, old figures %s", config.label, meta.get("version"), base_old)
     rows = []
     for k in sorted(config.ks):
@@ -140,7 +147,7 @@ def teach_curve(config: TeachCurveConfig, progress: bool = False) -> dict[str, A
                                replay_data=config.data if config.replay else None, seed=config.seed,
                                progress=progress)
         taught = evaluate_samples(kind, val, Predictor(model.eval()))
-        old = _old_figures(model, config.data)
+        old = _old_figures(model, old_samples)
         seed_everything(config.seed)
         peer = PEERS[kind](cases)
         fit = peer.fit(config.minutes * 60)

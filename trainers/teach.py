@@ -35,7 +35,7 @@ import torch
 from trainers.config import MixEntry, TrainConfig
 from trainers.data import GridItem, Source
 from trainers.joint import JointTrainer, StepReport, seed_everything
-from trainers.pretrain import build_sources, default_config, make_source
+from trainers.pretrain import DATASETS, build_sources, default_config, make_source
 from unimed.datasets.datastore import read_structure
 from unimed.datasets.sample import Sample
 from unimed.label_growth import add_label, canonical_name, fit_label_token
@@ -85,8 +85,6 @@ def default_replay_data() -> Path | None:
         if not Path(named).is_dir():
             raise ValueError(f"${REPLAY_ENV}={named}: no such folder (unset it, or 'none' to replay pseudo-labels)")
         return Path(named)
-    from trainers.pretrain import DATASETS
-
     if any((SHARED_DATA / spec.folder).is_dir() for spec in DATASETS.values()):
         return SHARED_DATA
     return None
