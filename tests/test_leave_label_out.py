@@ -7,13 +7,15 @@ import json
 from pathlib import Path
 
 import h5py
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
 from benchmarks.teach_curve import TeachCurveConfig, teach_curve
-from trainers.pretrain import build_sources, default_config, pretrain, without_label
-from trainers.teach import REPLAY_ENV, SHARED_DATA, default_replay_data, teach_samples
+from trainers.pretrain import DATASETS, build_sources, default_config, pretrain, without_label
+from trainers.teach import (REPLAY_ENV, SHARED_DATA, TEACH_MAX_BATCH, VOLUME_REPLAY_EVERY, default_replay_data,
+                            teach_samples)
 from unimed.checkpoint import save_checkpoint
 from unimed.datasets.msd_patches import evaluate_msd_patches, read_msd_patches
 from unimed.datasets.sample import Sample
@@ -102,6 +104,28 @@ def test_teaching_a_left_out_label_replays_the_shared_data_without_that_label(tm
     report = teach_samples(taught, "cube", _patches_as_new_label(data, taught.registry.next_id()), steps=2,
                            minutes=None, token_steps=1, progress=False, replay_data="auto")
     assert report["replay"] == f"shared data at {data}" and report["steps"] == 2
+    assert report["replay_every"] == {"msd_patches": DATASETS["msd_patches"].training.every}
+
+
+def test_volumes_replay_half_as_often_as_in_pretraining(tmp_path):
+    """A replayed dataset of 3D volumes joins every VOLUME_REPLAY_EVERY-th of its pretraining
+    steps (it costs most of a step); a 2D one keeps its pretraining share."""
+    data = _msd_folder(tmp_path / "shared")
+    rng = np.random.default_rng(0)
+    tumour = np.zeros((24, 24, 16), np.float32)
+    tumour[8:14, 8:14, 5:10] = 2.0
+    for i in (1, 2):  # BraTS trains on all cases but the last
+        case = data / DATASETS["brats"].folder / f"brats_2013_pat000{i}_1"
+        case.mkdir(parents=True)
+        for name, volume in (("Flair.nii.gz", rng.normal(size=tumour.shape) + tumour),
+                             ("T1c.nii.gz", rng.normal(size=tumour.shape)), ("OTMultiClass.nii.gz", tumour)):
+            nib.save(nib.Nifti1Image(np.asarray(volume, np.float32), np.eye(4)), str(case / name))
+    taught = unimed_tiny()
+    report = teach_samples(taught, "cube", _patches_as_new_label(data, taught.registry.next_id()), steps=2,
+                           minutes=None, token_steps=1, progress=False, replay_data=data)
+    assert report["replay_every"] == {"msd_patches": DATASETS["msd_patches"].training.every,
+                                      "brats": DATASETS["brats"].training.every * VOLUME_REPLAY_EVERY}
+    assert report["batch_size"] == TEACH_MAX_BATCH  # 32x32 patches: as many as the step takes
 
 
 # -- scoring a label taught anew -----------------------------------------------------------------------

@@ -342,6 +342,21 @@ def test_masks_teach_classification_when_some_images_do_not_show_the_structure()
     assert "cube" in [lab.name for lab in net.registry.for_task(Task.CLASSIFICATION)]
 
 
+def test_the_new_label_batch_fills_a_voxel_budget():
+    from trainers.teach import TEACH_MAX_BATCH, TEACH_VOXELS, teach_batch_size, teach_samples
+
+    assert teach_batch_size([(1, 48, 48, 1)]) == TEACH_MAX_BATCH  # small 2D patches: many per step
+    assert teach_batch_size([(4, 128, 128, 80)]) == 1  # a 3D volume: one
+    assert teach_batch_size([(1, 64, 64, 1), (1, 512, 512, 1)]) == 1  # the largest item decides
+    assert teach_batch_size([(2, 32, 32, 16)]) == TEACH_VOXELS // (32 * 32 * 16)
+    with pytest.raises(ValueError, match="at least one"):
+        teach_batch_size([])
+    net = unimed_tiny()
+    report = teach_samples(net, "cube", _cube_samples(net.registry.next_id()), steps=1, token_steps=1, minutes=None,
+                           replay_data=None, progress=False)
+    assert report["batch_size"] == teach_batch_size([(1, 32, 32, 16)]) > 1
+
+
 def test_classification_needs_images_with_and_without_the_structure():
     from trainers.teach import teach_samples
 
