@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from trainers.config import MixEntry, TrainConfig
-from trainers.data import GridItem, Source, to_grid_item
+from trainers.data import Source, to_grid_item
 from trainers.joint import (JointTrainer, StepReport, check_device, init_distributed, is_main_process, replicas_agree,
                             seed_everything)
 from trainers.model_card import HELD_OUT, write_model_card
@@ -79,14 +79,14 @@ def default_config(minutes: float = 80.0) -> TrainConfig:
     return TrainConfig(steps=2400, max_minutes=minutes, lr=1e-3, mix=mix)
 
 
-def make_source(name: str, samples: list[Sample], mix: MixEntry, items: list[GridItem] | None = None) -> Source:
+def make_source(name: str, samples: list[Sample], mix: MixEntry) -> Source:
     """A training source of ``samples`` on the model grid, with ``mix``'s tasks and share
-    (no tasks: images for the self-supervised loss); ``items``: the samples already on the grid.
+    (no tasks: images for the self-supervised loss).
 
     Raises:
         ValueError: no samples.
     """
-    items = [to_grid_item(s) for s in samples] if items is None else items
+    items = [to_grid_item(s) for s in samples]
     logger.info("source %s: %d samples, tasks %s", name, len(items), ", ".join(mix.tasks) or "(self-supervised)")
     return Source(name, items, mix.tasks, mix.batch_size, mix.every, mix.channel_dropout, mix.modality_dropout,
                   mix.augment_intensity, mix.clicks)

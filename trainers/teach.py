@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from trainers.config import MixEntry, TrainConfig
-from trainers.data import GridItem, Source, to_grid_item
+from trainers.data import GridItem, Source
 from trainers.joint import JointTrainer, StepReport, seed_everything
 from trainers.pretrain import DATASETS, build_sources, default_config, make_source
 from unimed.datasets.datastore import read_structure
@@ -336,9 +336,9 @@ def teach_samples(
         samples = [with_pseudo_labels(s, label, base, task_list) for s in samples]
     else:
         samples = [_structure_only(s, label, task_list) for s in samples]
-    items = [to_grid_item(s) for s in samples]
-    config.mix["teach"] = replace(config.mix["teach"], batch_size=teach_batch_size([it.image.shape for it in items]))
-    source = make_source("teach", samples, config.mix["teach"], items=items)
+    source = make_source("teach", samples, config.mix["teach"])
+    source.batch_size = teach_batch_size([it.image.shape for it in source.items])
+    config.mix["teach"] = replace(config.mix["teach"], batch_size=source.batch_size)
 
     token_losses: list[float] = []
     shown = [it for it in source.items if bool((it.label_map == label.id).any())]
