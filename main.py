@@ -188,7 +188,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(f"--modalities: {exc}") from exc
     modalities = modalities or modalities_from_name(args.image, int(image.shape[0]))
-    service = ModelService(args.checkpoint)
+    service = ModelService(args.checkpoint, spacing_3d=args.grid_spacing, max_size_3d=args.max_grid)
     if not service.info()["trained"]:
         print(f"warning: {service.info()['problem']}; the answer comes from UNTRAINED weights", file=sys.stderr)
     pred = service.predictor().predict(tag_modalities(image, modalities), args.task, parse_labels(args.labels))
@@ -375,13 +375,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Measure a checkpoint on a dataset folder: prints a table, optionally writes JSON."""
     from unimed.checkpoint import load_checkpoint
     from unimed.evaluation import evaluate, format_table
-    from unimed.predictor import Predictor
 
     model, meta = load_checkpoint(args.checkpoint)
     if args.label is not None:
         result = _evaluate_structure(model, args)
     else:
-        result = evaluate(args.dataset, args.data, Predictor(model), split=args.split, progress=not args.no_progress)
+        result = evaluate(args.dataset, args.data, _predictor(model, args), split=args.split,
+                          progress=not args.no_progress)
     result["checkpoint"] = {"path": str(args.checkpoint), "version": meta.get("version")}
     print(format_table(result))
     if args.json:
@@ -398,7 +398,6 @@ def cmd_clicks_eval(args: argparse.Namespace) -> int:
     --label every labelled voxel (BraTS: the whole tumour), asked for as the clicked object."""
     from unimed.checkpoint import load_checkpoint
     from unimed.interactive_evaluation import clicks_evaluation, format_clicks_report, plot_click_curves
-    from unimed.predictor import Predictor
 
     if args.clicks < 1:
         raise CommandError(f"--clicks must be >= 1, got {args.clicks}")
@@ -408,7 +407,7 @@ def cmd_clicks_eval(args: argparse.Namespace) -> int:
     if model.click_encoder is None:
         raise CommandError(f"--checkpoint {args.checkpoint} (version {meta.get('version')}) was not trained for clicks "
                            "(its config has clicks off)")
-    result = clicks_evaluation(args.dataset, args.data, Predictor(model), label=args.label, clicks=args.clicks,
+    result = clicks_evaluation(args.dataset, args.data, _predictor(model, args), label=args.label, clicks=args.clicks,
                                split=args.split, progress=not args.no_progress)
     result["checkpoint"] = {"path": str(args.checkpoint), "version": meta.get("version")}
     print(format_clicks_report(result))
@@ -450,7 +449,6 @@ def _evaluate_structure(model, args: argparse.Namespace) -> dict:
     from unimed.datasets.datastore import read_structure
     from unimed.evaluation import evaluate_samples
     from unimed.labels import UnknownLabelError
-    from unimed.predictor import Predictor
 
     if args.dataset != "datastore":
         raise CommandError(f"--label scores one structure of a datastore-style folder: use --dataset datastore, "
@@ -460,7 +458,7 @@ def _evaluate_structure(model, args: argparse.Namespace) -> dict:
     except UnknownLabelError as exc:
         raise CommandError(f"--label {args.label}: {exc}") from exc
     samples = read_structure(args.data, label.name, label.id)
-    metrics = evaluate_samples("datastore", samples, Predictor(model), progress=not args.no_progress)
+    metrics = evaluate_samples("datastore", samples, _predictor(model, args), progress=not args.no_progress)
     return {"dataset": "datastore", "split": None, "n": len(samples), "label": label.name, "metrics": metrics}
 
 
@@ -795,6 +793,43 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 # -- argument parsing ------------------------------------------------------------------------------
+def _grid_spacing(value: str) -> float | None:
+    from unimed.transforms import parse_grid_spacing
+
+    try:
+        return parse_grid_spacing(value, "--grid-spacing")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _predictor(model, args: argparse.Namespace):
+    """A :class:`unimed.predictor.Predictor` on the command's model grid (--grid-spacing, --max-grid)."""
+    from unimed.predictor import Predictor
+
+    return Predictor(model, spacing_3d=args.grid_spacing, max_size_3d=args.max_grid)
+
+
+def _positive_multiple_of_16(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of voxels, got {value!r}") from None
+    if n < 16 or n % 16:
+        raise argparse.ArgumentTypeError(f"must be a positive multiple of 16, got {n}")
+    return n
+
+
+def _add_grid_spacing(p: argparse.ArgumentParser) -> None:
+    from unimed.transforms import GRID_SPACING_3D
+
+    p.add_argument("--grid-spacing", type=_grid_spacing, default=GRID_SPACING_3D, metavar="MM",
+                   help="voxel size of a volume's model grid in mm (default %(default)s, what the shipped model was "
+                        "trained at); 'none' fits the longest side to --max-grid whatever the field of view")
+    p.add_argument("--max-grid", type=_positive_multiple_of_16, default=256, metavar="N",
+                   help="the longest side a volume's model grid may have, for memory (default %(default)s): a wider "
+                        "field of view is coarsened to fit; grids wider than the 144-voxel window are tiled")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from unimed.datasets import DATASETS, shared_datasets
     from unimed.task_names import Task
@@ -844,6 +879,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: from the file name when it names one, e.g. *_flair.nii.gz; else unknown)")
     p.add_argument("--out", default=None, help="write the label map (segmentation) or the JSON result here")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    _add_grid_spacing(p)
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("pretrain", help="train the shipped checkpoint on a data folder", description=cmd_pretrain.__doc__)
@@ -938,6 +974,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "scored as this label of the checkpoint (e.g. one it was taught)")
     p.add_argument("--json", default=None, help="write the result here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_grid_spacing(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("clicks-eval", help="interactive segmentation by simulated clicks on a dataset folder",
@@ -952,6 +989,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write per-case curves and the summary here")
     p.add_argument("--png", default=None, help="plot Dice per click here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_grid_spacing(p)
     p.set_defaults(func=cmd_clicks_eval)
 
     p = sub.add_parser("lopo", help="leave-one-patient-out (or K-fold) cross-validation on a dataset folder",

@@ -48,11 +48,30 @@ def test_every_task_answers_from_cached_features(predictor):
 
 
 @pytest.mark.slow
-def test_sliding_window_covers_a_grid_larger_than_the_window():
+def test_sliding_window_covers_a_grid_larger_than_the_window(monkeypatch):
     torch.manual_seed(0)
-    pred = Predictor(unimed_tiny(), roi_size_3d=48, max_size_3d=96).predict(torch.rand(1, 100, 90, 70), "seg")
-    assert pred.spec.grid == (96, 80, 64)
+    predictor = Predictor(unimed_tiny(), roi_size_3d=48, spacing_3d=1.0)
+    windows = []
+    encode = predictor.model.encode
+    monkeypatch.setattr(predictor.model, "encode", lambda x, m: windows.append(tuple(x.shape[2:])) or encode(x, m))
+    pred = predictor.predict(torch.rand(1, 100, 90, 70), "seg")
+    assert pred.spec.grid == (96, 96, 64)  # 1 mm voxels: the grid is not squeezed to the window
+    assert len(windows) > 1 and set(windows) == {(48, 48, 48)}
     assert pred.label_map().shape == (100, 90, 70)
+
+
+def test_a_wider_field_of_view_keeps_the_grid_voxel_size():
+    """The same anatomy scanned with a larger field of view lands on the same grid voxel size
+    (it was squeezed to the memory cap before, shrinking the anatomy by the ratio of the views)."""
+    from monai.data import MetaTensor
+
+    predictor = Predictor(unimed_tiny(), max_size_3d=64, spacing_3d=2.0)
+    for side in (64, 96):  # mm across, at 1 mm voxels
+        image = MetaTensor(torch.rand(1, side, side, 48), affine=torch.eye(4, dtype=torch.float64))
+        _, spec = predictor.features(image)
+        assert spec.grid[0] == side // 2  # 2 mm voxels whatever the view
+    _, spec = predictor.features(MetaTensor(torch.rand(1, 200, 200, 48), affine=torch.eye(4, dtype=torch.float64)))
+    assert spec.grid[0] == 64  # only the memory cap coarsens it
 
 
 def test_segmentation_tokens_pick_the_winning_channel(composer):

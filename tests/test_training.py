@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from trainers.config import MixEntry, TrainConfig
-from trainers.data import Source, augment, to_grid_item
+from trainers.data import GridItem, Source, augment, crop, to_grid_item
 from trainers.joint import JointTrainer, seed_everything
 from trainers.ssl import MaskedReconstruction, PseudoLabelConsistency, make_ssl
 from trainers.train_request import TrainRequest, TrainRequestError
@@ -62,6 +62,41 @@ def test_flip_augmentation_moves_boxes_with_the_image():
         b = (out.boxes[0] * 16).round().long().tolist()
         inside = out.image[0, b[0]:b[3], b[1]:b[4], 0]
         assert inside.mean() > out.image[0].mean() + 0.5  # the box still covers the bright square
+
+
+def test_a_wide_volume_is_cropped_to_the_training_window_with_its_labels_and_boxes():
+    # each voxel holds its own x index, so the window's origin can be read off the crop
+    x = torch.arange(160, dtype=torch.float32).view(1, 160, 1, 1).expand(1, 160, 96, 48).contiguous()
+    lm = torch.zeros(160, 96, 48, dtype=torch.long)
+    lm[140:150, 10:20, 10:20] = 2
+    boxes = torch.tensor([[140 / 160, 10 / 96, 10 / 48, 150 / 160, 20 / 96, 20 / 48],  # near the far end
+                          [0.0, 0.0, 0.0, 10 / 160, 0.5, 0.5]])  # at the near end
+    item = GridItem(x, lm, ("edema",), boxes, ["edema", "necrosis"], ("edema",), {"brain_tumor": 1}, "toy", "wide")
+    seen_kept = set()
+    for seed in range(12):
+        out = crop(item, 128, random.Random(seed))
+        assert tuple(out.image.shape) == (1, 128, 96, 48)
+        x0 = int(out.image[0, 0, 0, 0])
+        assert torch.equal(out.label_map, lm[x0:x0 + 128])  # the label map moved with the image
+        assert out.class_labels == {"brain_tumor": 1}
+        assert len(out.boxes) == len(out.box_labels)
+        for b, name in zip(out.boxes, out.box_labels):
+            lo, hi = float(b[0]) * 128 + x0, float(b[3]) * 128 + x0
+            want = (max(140, x0), min(150, x0 + 128)) if name == "edema" else (x0, 10)
+            assert (lo, hi) == pytest.approx(want, abs=1e-3)
+        seen_kept.add(tuple(out.box_labels))
+    assert ("edema",) in seen_kept and ("necrosis",) in seen_kept  # a box outside the window is dropped
+    small = dataclasses.replace(item, image=x[:, :96], label_map=lm[:96])
+    assert crop(small, 128, random.Random(0)) is small
+    with pytest.raises(ValueError, match="multiple of 16"):
+        crop(item, 100, random.Random(0))
+
+
+def test_a_source_batch_of_wide_volumes_is_cropped():
+    items = [GridItem(torch.rand(1, 160, 160, 64), None, (), None, [], (), {"brain_tumor": 1}, "toy", f"w{i}")
+             for i in range(2)]
+    picked, _ = Source("toy", items, ("classification",), batch_size=2).batch(random.Random(0))
+    assert [tuple(it.image.shape) for it in picked] == [(1, 128, 128, 64)] * 2
 
 
 @pytest.mark.slow

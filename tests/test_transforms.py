@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from unimed.transforms import GridSpec, ImageLoadError, grid_shape, load_image, normalize_intensity, resize_to_image, to_model_grid
+from unimed.transforms import (GRID_SPACING_3D, GridSpec, ImageLoadError, grid_shape, load_image, normalize_intensity,
+                               resize_to_image, to_model_grid)
 
 
 @pytest.mark.parametrize(
@@ -22,6 +23,27 @@ from unimed.transforms import GridSpec, ImageLoadError, grid_shape, load_image, 
 )
 def test_grid_shape(shape, spacing, max_size, expected):
     assert grid_shape(shape, np.array(spacing, float), max_size) == expected
+
+
+@pytest.mark.parametrize(
+    "shape, spacing, max_size, expected",
+    [
+        ((240, 240, 155), (1, 1, 1), 256, (128, 128, 80)),  # BraTS at 1 mm: 1.875 mm voxels
+        ((360, 360, 155), (1, 1, 1), 256, (192, 192, 80)),  # the same head in a wider view: same voxel size
+        ((160, 160, 103), (1.5, 1.5, 1.5), 256, (128, 128, 80)),  # the same 240 mm at 1.5 mm
+        ((122, 101, 30), (3, 3, 3), 256, (128, 96, 32)),  # coarser than the grid: the image's own voxels
+        ((28, 28, 28), (1, 1, 1), 256, (32, 32, 32)),  # a patch keeps MIN_PATCH_SIZE_3D voxels
+        ((512, 512, 600), (0.8, 0.8, 0.8), 256, (224, 224, 256)),  # a 480 mm CT fits the cap at 1.875 mm
+        ((512, 512, 700), (0.8, 0.8, 0.8), 256, (192, 192, 256)),  # a 560 mm one: only the memory cap coarsens
+    ],
+)
+def test_grid_shape_at_a_voxel_size(shape, spacing, max_size, expected):
+    assert grid_shape(shape, np.array(spacing, float), max_size, target_spacing=GRID_SPACING_3D) == expected
+
+
+def test_grid_spacing_must_be_positive():
+    with pytest.raises(ValueError, match="target_spacing must be positive"):
+        grid_shape((10, 10, 10), np.ones(3), 128, target_spacing=0)
 
 
 def test_normalize_handles_raw_ct_and_constant_images():

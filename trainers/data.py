@@ -21,7 +21,8 @@ from unimed.transforms import to_model_grid
 if TYPE_CHECKING:
     from unimed.networks.unimednet import UniMed
 
-__all__ = ["GridItem", "View", "to_grid_item", "augment", "Source", "collate", "batch_modalities", "modality_batch"]
+__all__ = ["TRAIN_WINDOW_3D", "GridItem", "View", "to_grid_item", "crop", "augment", "Source", "collate",
+           "batch_modalities", "modality_batch"]
 
 
 @dataclass
@@ -41,8 +42,16 @@ class GridItem:
     class_prevalence: dict[str, float] | None = None  # per class label: its positive share in the item's source
 
 
-def to_grid_item(sample: Sample, *, max_size_3d: int = 128, max_size_2d: int = 384) -> GridItem:
-    """Put a sample on the model grid (labels by nearest neighbour; boxes are grid-free)."""
+#: the largest side of a volume a training step sees: a wider grid is cropped at random (:func:`crop`)
+TRAIN_WINDOW_3D = 128
+
+
+def to_grid_item(sample: Sample, *, max_size_3d: int = 256, max_size_2d: int = 384) -> GridItem:
+    """Put a sample on the model grid (labels by nearest neighbour; boxes are grid-free).
+
+    The grid is the one inference uses (the same voxel size and memory cap as
+    :class:`unimed.predictor.Predictor`), so anatomy has the same size in grid voxels in training
+    and at the server; :meth:`Source.batch` crops a volume wider than :data:`TRAIN_WINDOW_3D`."""
     grid, spec = to_model_grid(sample.meta_image(), max_size_3d=max_size_3d, max_size_2d=max_size_2d)
     label_map = None
     if sample.label_map is not None:
@@ -102,6 +111,38 @@ def augment_intensity(image: torch.Tensor, seed: int) -> torch.Tensor:
     return out.unsqueeze(-1) if flat else out
 
 
+def crop(item: GridItem, size: int, rng: random.Random) -> GridItem:
+    """A random window of at most ``size`` grid voxels per side of a volume (a 2D image, or a
+    volume that fits, is returned as it is). Boxes are clipped to the window; a box left with no
+    extent inside it is dropped with its label. Image-level labels are kept.
+
+    Example:
+        >>> item = GridItem(torch.zeros(1, 160, 96, 64), None, (), None, [], (), None, "d", "n")
+        >>> tuple(crop(item, 128, random.Random(0)).image.shape)
+        (1, 128, 96, 64)
+    """
+    if size % 16 or size <= 0:
+        raise ValueError(f"the crop size must be a positive multiple of 16, got {size}")
+    shape = item.image.shape[1:]
+    if shape[2] == 1 or max(shape) <= size:
+        return item
+    lo = [rng.randrange(0, n - size + 1) if n > size else 0 for n in shape]
+    hi = [min(n, a + size) for n, a in zip(shape, lo)]
+    window = tuple(slice(a, b) for a, b in zip(lo, hi))
+    label_map = None if item.label_map is None else item.label_map[window].contiguous()
+    boxes, box_labels = item.boxes, item.box_labels
+    if boxes is not None and len(boxes):
+        n = torch.tensor(list(shape) * 2, dtype=torch.float32)
+        start = torch.tensor(lo * 2, dtype=torch.float32)
+        extent = torch.tensor([b - a for a, b in zip(lo, hi)] * 2, dtype=torch.float32)
+        moved = ((boxes * n - start) / extent).clamp(0, 1)
+        keep = ((moved[:, 3:] - moved[:, :3]) > 0).all(dim=1)
+        boxes = moved[keep]
+        box_labels = [lab for lab, k in zip(item.box_labels, keep.tolist()) if k]
+    return replace(item, image=item.image[(slice(None), *window)].contiguous(), label_map=label_map, boxes=boxes,
+                   box_labels=box_labels)
+
+
 def augment(item: GridItem, rng: random.Random, intensity: bool = True) -> GridItem:
     """Random flips along each spatial axis (boxes follow) and, with ``intensity``,
     :func:`augment_intensity` and per-channel intensity jitter."""
@@ -158,7 +199,8 @@ class Source:
         name: the source's name (a key of ``TrainConfig.mix``).
         items: its grid items.
         tasks: tasks trained on it.
-        batch_size: items per step, drawn from one grid shape.
+        batch_size: items per step, drawn from one grid shape (a volume wider than
+            :data:`TRAIN_WINDOW_3D` is cropped at random, :func:`crop`).
         every: joins every ``every``-th step.
         channel_dropout: the probability that a multi-channel batch keeps a random non-empty
             subset of its channels, so that a full study also teaches the cases with missing
@@ -201,6 +243,7 @@ class Source:
         group = rng.choice(self._groups)
         picked = [self.items[i] for i in (rng.sample(group, self.batch_size) if len(group) >= self.batch_size
                                            else rng.choices(group, k=self.batch_size))]
+        picked = [crop(it, TRAIN_WINDOW_3D, rng) for it in picked]
         if augment_items:
             picked = [augment(it, rng, self.augment_intensity) for it in picked]
         n = picked[0].image.shape[0]

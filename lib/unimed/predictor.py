@@ -22,7 +22,7 @@ from unimed.modalities import image_modalities
 from unimed.networks.unimednet import Features, UniMed
 from unimed.tasks import Task
 from unimed.tokens import Annotation
-from unimed.transforms import GridSpec, to_model_grid
+from unimed.transforms import GRID_SPACING_3D, GridSpec, to_model_grid
 
 __all__ = ["Predictor", "Prediction", "CLICKED_OBJECT"]
 
@@ -84,8 +84,11 @@ class Predictor:
         roi_size_2d: the same for a 2D image.
         overlap: sliding-window overlap; with the default 1/3 and windows of a multiple of 48,
             window origins fall on multiples of 16, where the memory levels align.
-        max_size_3d: longest side of a volume's model grid.
+        max_size_3d: the longest side a volume's model grid may have (memory); below it, the grid
+            has ``spacing_3d`` voxels and grids larger than the window are tiled.
         max_size_2d: longest side of a 2D image's model grid.
+        spacing_3d: voxel size (mm) of a volume's model grid (:func:`unimed.transforms.grid_shape`);
+            None fits the longest side to ``max_size_3d``.
         score_threshold: least class probability of a detection.
         cache_size: images whose features are kept for the next request.
 
@@ -103,8 +106,9 @@ class Predictor:
         roi_size_3d: int = 144,
         roi_size_2d: int = 384,
         overlap: float = 1 / 3,
-        max_size_3d: int = 128,
+        max_size_3d: int = 256,
         max_size_2d: int = 384,
+        spacing_3d: float | None = GRID_SPACING_3D,
         score_threshold: float = 0.3,
         cache_size: int = 4,
     ):
@@ -115,6 +119,7 @@ class Predictor:
         self.roi_size_3d, self.roi_size_2d = roi_size_3d, roi_size_2d
         self.overlap = overlap
         self.max_size_3d, self.max_size_2d = max_size_3d, max_size_2d
+        self.spacing_3d = spacing_3d
         self.composer = ComposedDecoder(model.vocab, score_threshold=score_threshold)
         self.cache_size = cache_size
         self._cache: OrderedDict[Hashable, tuple[Features, GridSpec]] = OrderedDict()
@@ -136,7 +141,8 @@ class Predictor:
             self._cache.move_to_end(key)
             return self._cache[key]
         ids = self.model.modality_ids(modalities, int(image.shape[0]))
-        grid, spec = to_model_grid(image, max_size_3d=self.max_size_3d, max_size_2d=self.max_size_2d)
+        grid, spec = to_model_grid(image, max_size_3d=self.max_size_3d, max_size_2d=self.max_size_2d,
+                                   spacing_3d=self.spacing_3d)
         feats = self._encode(grid.unsqueeze(0).to(self.device), ids.unsqueeze(0).to(self.device))
         if key is not None and self.cache_size > 0:
             self._cache[key] = (feats, spec)

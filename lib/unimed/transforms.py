@@ -2,9 +2,12 @@
 
 The model sees every image on a "model grid": intensities normalised per channel (robust to
 raw CT Hounsfield units, raw MR and 8-bit RGB alike), resampled isotropically in physical
-units so that the longest side fits ``max_size``, each side rounded to a multiple of 16
-(a 2D image keeps a depth of 1). :class:`GridSpec` remembers the original geometry so that
-outputs go back to exactly the image's shape and affine.
+units, each side rounded to a multiple of 16 (a 2D image keeps a depth of 1). A volume's grid
+has a fixed voxel size in millimetres (:data:`GRID_SPACING_3D`), so anatomy has the same size in
+grid voxels whatever the scanner's field of view; it is coarser only where the longest side would
+pass ``max_size`` (memory). A 2D image's pixels carry no reliable physical size, so its longest
+side is fit to ``max_size``. :class:`GridSpec` remembers the original geometry so that outputs
+go back to exactly the image's shape and affine.
 """
 
 from __future__ import annotations
@@ -20,8 +23,17 @@ import torch.nn.functional as F
 
 from unimed.networks.layers import SIZE_DIVISOR
 
-__all__ = ["ImageLoadError", "GridSpec", "load_image", "image_affine", "normalize_intensity", "to_model_grid", "resize_to_image",
+__all__ = ["GRID_SPACING_3D", "MIN_PATCH_SIZE_3D", "parse_grid_spacing", "ImageLoadError", "GridSpec", "load_image",
+           "image_affine", "normalize_intensity", "grid_shape", "to_model_grid", "resize_to_image",
            "resize_to_image_slabs"]
+
+#: voxel size (mm) of a volume's model grid: a 240 mm brain MR (BraTS) lands on 128 voxels, the grid
+#: the shipped checkpoint was trained on
+GRID_SPACING_3D = 1.875
+
+#: a volume whose longest side is under this many voxels at :data:`GRID_SPACING_3D` is a patch, not
+#: anatomy at scale (AdrenalMNIST3D's 28 mm crops): its grid keeps this many voxels, at most its own
+MIN_PATCH_SIZE_3D = 32
 
 #: file types a datastore or the command line can hand to UniMed
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
@@ -151,25 +163,85 @@ def image_affine(image: torch.Tensor) -> np.ndarray:
     return out
 
 
-def grid_shape(shape: tuple[int, int, int], spacing: np.ndarray, max_size: int) -> tuple[int, int, int]:
-    """Model-grid shape: isotropic in physical units, longest side at most ``max_size``,
-    each side a multiple of 16 (a depth of 1 stays 1)."""
+def grid_shape(
+    shape: tuple[int, int, int],
+    spacing: np.ndarray,
+    max_size: int,
+    *,
+    target_spacing: float | None = None,
+    min_size: int = MIN_PATCH_SIZE_3D,
+) -> tuple[int, int, int]:
+    """Model-grid shape: isotropic in physical units, each side a multiple of 16 (a depth of 1 stays 1).
+
+    Args:
+        shape: the image's spatial shape (depth 1 for a 2D image).
+        spacing: its voxel size per axis.
+        max_size: the longest side the grid may have (memory).
+        target_spacing: the grid's voxel size. None fits the longest side to ``max_size``.
+            Otherwise the grid is coarser only where its longest side would pass ``max_size``, and
+            finer only where it would be under ``min_size`` (a patch).
+        min_size: see ``target_spacing``.
+
+    The grid is never finer than the image's own smallest voxel.
+
+    Example:
+        >>> grid_shape((400, 400, 300), np.ones(3), 256, target_spacing=1.875)
+        (208, 208, 160)
+    """
+    if target_spacing is not None and target_spacing <= 0:
+        raise ValueError(f"target_spacing must be positive, got {target_spacing}")
     dims = [i for i, n in enumerate(shape) if not (i == 2 and n == 1)]
     extent = np.array([shape[i] * spacing[i] for i in dims])
-    step = max(extent.max() / max_size, spacing[dims].min())
+    if target_spacing is None:
+        step = extent.max() / max_size
+    else:
+        step = max(min(target_spacing, extent.max() / min_size), extent.max() / max_size)
+    step = max(step, spacing[dims].min())
     grid = [1, 1, 1]
     for i, e in zip(dims, extent):
         grid[i] = int(max(SIZE_DIVISOR, SIZE_DIVISOR * round(e / step / SIZE_DIVISOR)))
     return tuple(grid)
 
 
-def to_model_grid(image: torch.Tensor, *, max_size_3d: int = 128, max_size_2d: int = 384) -> tuple[torch.Tensor, GridSpec]:
+def parse_grid_spacing(value: str | None, name: str = "grid spacing") -> float | None:
+    """A grid voxel size as a user writes it (app conf, command line): millimetres, ``none`` for a
+    grid fit to the memory cap, or None (not given) for :data:`GRID_SPACING_3D`.
+
+    Raises:
+        ValueError: not a positive number of millimetres nor ``none``; the message starts with ``name``.
+
+    Example:
+        >>> parse_grid_spacing("1.5"), parse_grid_spacing("none"), parse_grid_spacing(None)
+        (1.5, None, 1.875)
+    """
+    if value is None:
+        return GRID_SPACING_3D
+    if value.strip().lower() == "none":
+        return None
+    try:
+        mm = float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be millimetres or 'none', got {value!r}") from None
+    if not mm > 0 or mm == float("inf"):
+        raise ValueError(f"{name} must be a positive, finite number of millimetres, got {value!r}")
+    return mm
+
+
+def to_model_grid(
+    image: torch.Tensor,
+    *,
+    max_size_3d: int = 128,
+    max_size_2d: int = 384,
+    spacing_3d: float | None = GRID_SPACING_3D,
+) -> tuple[torch.Tensor, GridSpec]:
     """Normalise and resample a channel-first image onto the model grid.
 
     Args:
         image: ``(C, X, Y)`` or ``(C, X, Y, Z)``; a MetaTensor's affine gives the spacing.
-        max_size_3d: longest side of a volume's grid.
+        max_size_3d: the longest side a volume's grid may have (memory).
         max_size_2d: longest side of a 2D image's grid.
+        spacing_3d: voxel size (mm) of a volume's grid (:func:`grid_shape`); None fits the
+            longest side to ``max_size_3d`` whatever the field of view.
 
     Returns:
         ``(C, gx, gy, gz)`` float tensor and the :class:`GridSpec` to map outputs back.
@@ -186,7 +258,9 @@ def to_model_grid(image: torch.Tensor, *, max_size_3d: int = 128, max_size_2d: i
     spacing[:ndim] = _spacing(affine, ndim)
     if ndim == 3 and shape[2] == 1:
         spacing[2] = spacing[:2].min()
-    grid = grid_shape(shape, spacing, max_size_3d if ndim == 3 and shape[2] > 1 else max_size_2d)
+    volume = ndim == 3 and shape[2] > 1
+    grid = grid_shape(shape, spacing, max_size_3d if volume else max_size_2d,
+                      target_spacing=spacing_3d if volume else None)
     x = _resize(x.unsqueeze(0), grid, antialias=True)[0]
     return x.contiguous(), GridSpec(shape=shape, spatial_ndim=ndim, affine=affine, grid=grid)
 
