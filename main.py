@@ -820,12 +820,12 @@ def _positive_multiple_of_16(value: str) -> int:
 
 
 def _add_grid_spacing(p: argparse.ArgumentParser) -> None:
-    from unimed.transforms import GRID_SPACING_3D
+    from unimed.transforms import GRID_SPACING_3D, MAX_GRID_SIZE_3D
 
     p.add_argument("--grid-spacing", type=_grid_spacing, default=GRID_SPACING_3D, metavar="MM",
                    help="voxel size of a volume's model grid in mm (default %(default)s, what the shipped model was "
                         "trained at); 'none' fits the longest side to --max-grid whatever the field of view")
-    p.add_argument("--max-grid", type=_positive_multiple_of_16, default=256, metavar="N",
+    p.add_argument("--max-grid", type=_positive_multiple_of_16, default=MAX_GRID_SIZE_3D, metavar="N",
                    help="the longest side a volume's model grid may have, for memory (default %(default)s): a wider "
                         "field of view is coarsened to fit; grids wider than the 144-voxel window are tiled")
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from unimed.datasets.sample import Sample
-from unimed.transforms import to_model_grid
+from unimed.transforms import MAX_GRID_SIZE_3D, to_model_grid
 
 if TYPE_CHECKING:
     from unimed.networks.unimednet import UniMed
@@ -46,7 +46,7 @@ class GridItem:
 TRAIN_WINDOW_3D = 128
 
 
-def to_grid_item(sample: Sample, *, max_size_3d: int = 256, max_size_2d: int = 384) -> GridItem:
+def to_grid_item(sample: Sample, *, max_size_3d: int = MAX_GRID_SIZE_3D, max_size_2d: int = 384) -> GridItem:
     """Put a sample on the model grid (labels by nearest neighbour; boxes are grid-free).
 
     The grid is the one inference uses (the same voxel size and memory cap as

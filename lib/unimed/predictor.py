@@ -22,7 +22,7 @@ from unimed.modalities import image_modalities
 from unimed.networks.unimednet import Features, UniMed
 from unimed.tasks import Task
 from unimed.tokens import Annotation
-from unimed.transforms import GRID_SPACING_3D, GridSpec, to_model_grid
+from unimed.transforms import GRID_SPACING_3D, MAX_GRID_SIZE_3D, GridSpec, to_model_grid
 
 __all__ = ["Predictor", "Prediction", "CLICKED_OBJECT"]
 
@@ -106,7 +106,7 @@ class Predictor:
         roi_size_3d: int = 144,
         roi_size_2d: int = 384,
         overlap: float = 1 / 3,
-        max_size_3d: int = 256,
+        max_size_3d: int = MAX_GRID_SIZE_3D,
         max_size_2d: int = 384,
         spacing_3d: float | None = GRID_SPACING_3D,
         score_threshold: float = 0.3,

@@ -23,13 +23,16 @@ import torch.nn.functional as F
 
 from unimed.networks.layers import SIZE_DIVISOR
 
-__all__ = ["GRID_SPACING_3D", "MIN_PATCH_SIZE_3D", "parse_grid_spacing", "ImageLoadError", "GridSpec", "load_image",
-           "image_affine", "normalize_intensity", "grid_shape", "to_model_grid", "resize_to_image",
-           "resize_to_image_slabs"]
+__all__ = ["GRID_SPACING_3D", "MAX_GRID_SIZE_3D", "MIN_PATCH_SIZE_3D", "parse_grid_spacing", "ImageLoadError",
+           "GridSpec", "load_image", "image_affine", "normalize_intensity", "grid_shape", "to_model_grid",
+           "resize_to_image", "resize_to_image_slabs"]
 
 #: voxel size (mm) of a volume's model grid: a 240 mm brain MR (BraTS) lands on 128 voxels, the grid
 #: the shipped checkpoint was trained on
 GRID_SPACING_3D = 1.875
+
+#: the longest side a volume's model grid may have (memory): a wider field of view is coarsened to fit
+MAX_GRID_SIZE_3D = 256
 
 #: a volume whose longest side is under this many voxels at :data:`GRID_SPACING_3D` is a patch, not
 #: anatomy at scale (AdrenalMNIST3D's 28 mm crops): its grid keeps this many voxels, at most its own
@@ -230,7 +233,7 @@ def parse_grid_spacing(value: str | None, name: str = "grid spacing") -> float |
 def to_model_grid(
     image: torch.Tensor,
     *,
-    max_size_3d: int = 128,
+    max_size_3d: int = MAX_GRID_SIZE_3D,
     max_size_2d: int = 384,
     spacing_3d: float | None = GRID_SPACING_3D,
 ) -> tuple[torch.Tensor, GridSpec]:

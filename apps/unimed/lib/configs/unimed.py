@@ -20,7 +20,7 @@ from lib.trainers.unimed import UniMedTrainTask
 from unimed.large_images import DEFAULT_MAX_VOXELS
 from unimed.service import ModelService
 from unimed.tasks import Task
-from unimed.transforms import parse_grid_spacing
+from unimed.transforms import MAX_GRID_SIZE_3D, parse_grid_spacing
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +33,9 @@ class UniMedTaskConfig(TaskConfig):
     publishes there and keeps numbered versions in ``versions/`` beside it),
     ``grid_spacing_3d`` (voxel size in mm of a volume's model grid, default
     :data:`unimed.transforms.GRID_SPACING_3D`; ``none`` fits the longest side to ``max_size_3d``),
-    ``max_size_3d`` (the longest side a volume's grid may have, for memory, default 256; larger
-    fields of view are coarsened to fit, grids wider than the window are tiled), ``al_labels``
+    ``max_size_3d`` (the longest side a volume's grid may have, for memory, default
+    :data:`unimed.transforms.MAX_GRID_SIZE_3D`; larger fields of view are coarsened to fit, grids
+    wider than the window are tiled), ``al_labels``
     (comma-separated segmentation labels whose output entropy ranks images; default all),
     ``max_voxels`` (largest image an infer request may send, voxels times channels, checked from
     the header before the pixels are read; default :data:`unimed.large_images.DEFAULT_MAX_VOXELS`),
@@ -47,7 +48,7 @@ class UniMedTaskConfig(TaskConfig):
         super().init(name, model_dir, conf, planner, **kwargs)
         self.path = conf.get("model_path", os.path.join(model_dir, "unimed.pt"))
         self.model_dir = os.path.dirname(os.path.abspath(self.path))  # versions live beside the published file
-        self.service = ModelService(self.path, max_size_3d=int(conf.get("max_size_3d", 256)),
+        self.service = ModelService(self.path, max_size_3d=int(conf.get("max_size_3d", MAX_GRID_SIZE_3D)),
                                     spacing_3d=parse_grid_spacing(conf.get("grid_spacing_3d"), "conf grid_spacing_3d"))
         self.al_labels = [n.strip() for n in conf.get("al_labels", "").split(",") if n.strip()] or None
         self.max_voxels = int(conf.get("max_voxels", DEFAULT_MAX_VOXELS))
