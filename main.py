@@ -251,7 +251,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         holdout = Holdout.parse(args.hold_out) if args.hold_out else None
         card = pretrain(data, args.model_dir, config, progress=not args.no_progress, evaluate_after=not args.no_eval,
                         device=args.device, resume=args.resume, holdout=holdout, all_splits=args.all_splits,
-                        leave_out=args.leave_out_label)
+                        leave_out=args.leave_out_label, teachers=args.teachers)
     except ValueError as exc:  # a folder without datasets, or a saved run with another config
         raise CommandError(str(exc)) from exc
     except TrainingInterrupted as exc:
@@ -447,7 +447,7 @@ def _evaluate_structure(model, args: argparse.Namespace) -> dict:
     """``evaluate --dataset datastore --label NAME``: a folder in ``teach``'s layout (nonzero mask
     = the structure), scored as the checkpoint's label NAME."""
     from unimed.datasets.datastore import read_structure
-    from unimed.evaluation import evaluate_samples
+    from unimed.evaluation import score_samples
     from unimed.labels import UnknownLabelError
 
     if args.dataset != "datastore":
@@ -458,8 +458,8 @@ def _evaluate_structure(model, args: argparse.Namespace) -> dict:
     except UnknownLabelError as exc:
         raise CommandError(f"--label {args.label}: {exc}") from exc
     samples = read_structure(args.data, label.name, label.id)
-    metrics = evaluate_samples("datastore", samples, _predictor(model, args), progress=not args.no_progress)
-    return {"dataset": "datastore", "split": None, "n": len(samples), "label": label.name, "metrics": metrics}
+    scores = score_samples("datastore", samples, _predictor(model, args), progress=not args.no_progress)
+    return {"dataset": "datastore", "split": None, "label": label.name, **scores}
 
 
 def cmd_lopo(args: argparse.Namespace) -> int:
@@ -762,7 +762,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                                          steps=args.train_steps, threads=args.threads)
         save("training", benchmark_training(config, progress=progress))
     if "accuracy" in sections:
-        from benchmarks.peers import PEERS, AccuracyConfig, default_peer_minutes, run_accuracy
+        from benchmarks.peers import PEERS, AccuracyConfig, check_held_out, default_peer_minutes, run_accuracy
+        from unimed.datasets import dataset_spec
 
         datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets is not None else list(PEERS)
         unknown = sorted(set(datasets) - set(PEERS))
@@ -771,9 +772,11 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         if not Path(args.data).is_dir():
             raise CommandError(f"--data {args.data}: no such folder")
         with _config_errors():
+            for name in datasets:  # before any peer trains: a comparison on UniMed's own training data is void
+                check_held_out(checkpoint, name, dataset_spec(name).val_split)
             minutes = args.peer_minutes if args.peer_minutes is not None else default_peer_minutes(checkpoint)
             config = AccuracyConfig(data=Path(args.data), checkpoint=checkpoint, peer_minutes=minutes,
-                                    threads=args.threads)
+                                    threads=args.threads, teachers=Path(args.teachers) if args.teachers else None)
         done = results.get("accuracy", {})
         for name in datasets:
             if name in done and not args.force:
@@ -904,6 +907,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--leave-out-label", metavar="LABEL", default=None,
                    help="a label the run never sees (its annotations are dropped and the label space lacks it), "
                         "so that teach can measure learning it as new, e.g. lung_tumor")
+    p.add_argument("--teachers", metavar="DIR", default=None,
+                   help="distil single-task specialists: a folder of teacher files (benchmark --accuracy --teachers "
+                        "DIR writes them) whose scores the classification targets of the images they scored blend in")
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in MODEL_DIR/pretrain_state.pt (--minutes: the whole run's budget)")
     p.set_defaults(func=cmd_pretrain)
@@ -1090,6 +1096,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accuracy: comma-separated datasets (default: every dataset with a peer)")
     p.add_argument("--peer-minutes", type=float, default=None,
                    help="accuracy: training budget per peer (default: UniMed's per-dataset share from its model card)")
+    p.add_argument("--teachers", metavar="DIR", default=None,
+                   help="accuracy: write each classification peer's scores on its training split to DIR/<dataset>.json "
+                        "(teacher files for pretrain --teachers)")
     p.add_argument("--force", action="store_true", help="accuracy: redo datasets already in --json")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_benchmark)

@@ -36,10 +36,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainers.distillation import TeacherScores, write_teacher_scores
 from unimed.datasets import Sample, dataset_spec, read_dataset
 from unimed.labels import LabelRegistry
 
-__all__ = ["PEERS", "AccuracyConfig", "Peer", "PeerPrediction", "ResNetFPN", "default_peer_minutes",
+__all__ = ["PEERS", "AccuracyConfig", "Peer", "PeerPrediction", "ResNetFPN", "check_held_out", "default_peer_minutes",
            "run_accuracy"]
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ class AccuracyConfig:
         small: much smaller peer networks (tests only; never for reported figures).
         threads: torch threads (None: torch's default).
         seed: seeds Python, NumPy and torch.
+        teachers: a folder where a peer that answers a classification writes its scores on the
+            training split as a teacher file (:mod:`trainers.distillation`) for ``pretrain
+            --teachers``; None: none written.
     """
 
     data: Path
@@ -66,12 +70,38 @@ class AccuracyConfig:
     small: bool = False
     threads: int | None = None
     seed: int = 0
+    teachers: Path | None = None
 
     def __post_init__(self) -> None:
         if self.peer_minutes is not None and self.peer_minutes <= 0:
             raise ValueError(f"peer_minutes must be positive, got {self.peer_minutes}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
+
+
+def check_held_out(checkpoint: Path, dataset: str, split: str | None, cases: Sequence[str] | None = None) -> None:
+    """Refuse to compare on cases UniMed trained on: the ``model_card.json`` beside
+    ``checkpoint`` names each dataset's training split (``pretrain --all-splits``: ``train+val``;
+    a ``--hold-out`` run: ``train+val without CASES``). A checkpoint without a card, or a card
+    without the dataset, passes; so does a hold-out run whose held-out cases include every one
+    of ``cases`` (the split's case names; None: a hold-out run is not checked further).
+
+    Raises:
+        ValueError: the card says the checkpoint trained on ``split`` of ``dataset``, or on some
+            of its ``cases``.
+    """
+    card_path = Path(checkpoint).parent / "model_card.json"
+    if split is None or not card_path.exists():
+        return
+    trained = str(json.loads(card_path.read_text()).get("data", {}).get(dataset, {}).get("split", ""))
+    splits, _, without = trained.partition(" without ")
+    if split not in splits.replace(" ", "").split("+"):
+        return
+    held_out = {c.strip() for c in without.split(",") if c.strip()}
+    if held_out and (cases is None or set(cases) <= held_out):
+        return
+    raise ValueError(f"{checkpoint} trained on the {split} split of {dataset} ({card_path}: {trained!r}), which the "
+                     f"comparison scores: pass --checkpoint of a run that kept it out (a pretrain --hold-out run's)")
 
 
 def default_peer_minutes(checkpoint: Path) -> float:
@@ -133,6 +163,15 @@ class Peer:
     def train_step(self, rng: random.Random) -> int:
         """One optimiser step (the network in training mode); returns the samples it used."""
         raise NotImplementedError
+
+    def teacher_scores(self, samples: Sequence[Sample], dataset: str, split: str) -> TeacherScores:
+        """The peer's class probabilities on ``samples`` (its own training split), as a teacher
+        file's content (:mod:`trainers.distillation`); for a peer that answers a classification."""
+        scores = {}
+        for s in samples:
+            answer = self.predict(s.image, self.task).annotation
+            scores[s.name] = {label: float(p) for label, p in zip(answer.labels, answer.scores)}
+        return TeacherScores(dataset, self.name, split, scores)
 
     def predict(self, image: torch.Tensor, task: str, labels: Sequence[str] | None = None, **kwargs: Any) -> PeerPrediction:
         raise NotImplementedError
@@ -460,7 +499,8 @@ def run_accuracy(name: str, config: AccuracyConfig, progress: bool = False) -> d
         "samples", "train_seconds", "metrics", "settings"}, "primary": {...}}``.
 
     Raises:
-        ValueError: an unknown dataset, or its folder is missing.
+        ValueError: an unknown dataset, its folder is missing, or UniMed's card says it trained on
+            the split the comparison scores (:func:`check_held_out`).
     """
     from trainers.joint import seed_everything
     from unimed.checkpoint import load_checkpoint
@@ -480,8 +520,15 @@ def run_accuracy(name: str, config: AccuracyConfig, progress: bool = False) -> d
     train = read_dataset(spec.kind, folder, spec.train_split)
     peer = PEERS[name](train, small=config.small)
     logger.info("accuracy %s: training %s for %.1f min", name, peer.name, minutes)
+    check_held_out(config.checkpoint, name, spec.val_split,
+                   [s.name for s in read_dataset(spec.kind, folder, spec.val_split)])
     fit = peer.fit(minutes * 60, config.max_steps, progress=progress)
     peer_result = evaluate(spec.kind, folder, peer, split=spec.val_split, progress=progress)
+    teacher_file = None
+    if config.teachers is not None and peer.task == "classification":
+        teacher_file = str(write_teacher_scores(
+            Path(config.teachers) / f"{name}.json", peer.teacher_scores(train, name, spec.train_split),
+            budget_minutes=round(minutes, 2), steps=fit["steps"], val_metrics=peer_result["metrics"]))
     model, meta = load_checkpoint(config.checkpoint)
     unimed_result = evaluate(spec.kind, folder, Predictor(model), split=spec.val_split, progress=progress)
     key = spec.primary_metric  # the figure that decides "UniMed >= peer"
@@ -493,7 +540,7 @@ def run_accuracy(name: str, config: AccuracyConfig, progress: bool = False) -> d
         "unimed": {"metrics": unimed_result["metrics"], "checkpoint": str(config.checkpoint),
                    "version": meta.get("version")},
         "peer": {"name": peer.name, "budget_minutes": round(minutes, 2), **fit, "metrics": peer_result["metrics"],
-                 "settings": {**peer.settings(), "small": config.small}},
+                 "settings": {**peer.settings(), "small": config.small}, "teacher_file": teacher_file},
         "primary": {"metric": key, "unimed": u, "peer": p,
                     "unimed_at_least_peer": None if u is None or p is None else u >= p},
     }

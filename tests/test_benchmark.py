@@ -17,7 +17,7 @@ import torch
 
 from tests.test_evaluation import brats_folder, medmnist_file, msd_file, voc_folder
 from benchmarks.machine import machine_info
-from benchmarks.peers import (PEERS, AccuracyConfig, BratsPeer, VOCPeer, default_peer_minutes,
+from benchmarks.peers import (PEERS, AccuracyConfig, BratsPeer, VOCPeer, check_held_out, default_peer_minutes,
                                      run_accuracy)
 from benchmarks.report import load_results, merge_results, plot, to_markdown, write_json
 from benchmarks.speed import VARIANTS, SpeedConfig, benchmark_speed
@@ -163,6 +163,39 @@ def test_accuracy_trains_a_peer_and_scores_both_like_evaluate(name, data, checkp
     if primary["unimed"] is not None and primary["peer"] is not None:
         assert primary["unimed_at_least_peer"] == (primary["unimed"] >= primary["peer"])
     assert f"| {name} | val |" in to_markdown({"accuracy": {name: result}})
+
+
+def test_a_checkpoint_that_trained_on_the_split_is_refused(tmp_path):
+    ckpt = tmp_path / "unimed.pt"
+    check_held_out(ckpt, "voc", "val")  # no card: nothing to check
+    card = {"data": {"voc": {"split": "train+val"}, "medmnist": {"split": "train"},
+                     "brats": {"split": "train+val without brats_2013_pat0004_1"}}}
+    (tmp_path / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match=r"trained on the val split of voc .*'train\+val'.*--hold-out"):
+        check_held_out(ckpt, "voc", "val")
+    check_held_out(ckpt, "medmnist", "val")
+    check_held_out(ckpt, "msd_patches", "val")  # not in the card
+    check_held_out(ckpt, "brats", "val", ["brats_2013_pat0004_1"])  # the hold-out run kept the split's case out
+    check_held_out(ckpt, "brats", "val")
+    with pytest.raises(ValueError, match="val split of brats"):
+        check_held_out(ckpt, "brats", "val", ["brats_2013_pat0001_1"])
+
+
+@pytest.mark.slow
+def test_a_classification_peer_writes_a_teacher_file(data, checkpoint, tmp_path):
+    from trainers.distillation import read_teachers
+
+    config = AccuracyConfig(data=data, checkpoint=checkpoint, peer_minutes=0.001, max_steps=1, small=True,
+                            teachers=tmp_path / "teachers")
+    result = run_accuracy("medmnist", config)
+    teachers = read_teachers(tmp_path / "teachers")
+    assert result["peer"]["teacher_file"] == str(tmp_path / "teachers" / "medmnist.json")
+    scored = teachers["medmnist"].scores
+    train = read_dataset("medmnist", data / "adrenalmnist3d", "train")
+    assert sorted(scored) == sorted(s.name for s in train)
+    assert all(set(v) == {"adrenal_hyperplasia", "adrenal_normal"} and sum(v.values()) == pytest.approx(1.0)
+               for v in scored.values())
+    assert run_accuracy("msd_patches", config)["peer"]["teacher_file"] is None  # segmentation peers teach nothing yet
 
 
 @pytest.mark.slow

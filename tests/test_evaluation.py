@@ -15,7 +15,7 @@ from PIL import Image
 
 from unimed import datasets
 from unimed.datasets import DatasetError, DatasetSpec, Sample, dataset_spec, read_dataset
-from unimed.evaluation import evaluate, format_table
+from unimed.evaluation import case_spread, evaluate, format_table
 from unimed.labels import LabelRegistry
 from unimed.networks.unimednet import unimed_tiny
 from unimed.predictor import Prediction, Predictor
@@ -244,6 +244,34 @@ def test_known_wrong_answers(folders):
     assert metrics("datastore") == pytest.approx({"dice_edema": 1.0, "dice_lung_tumor": 0.0, "dice_mean": 0.5})
 
 
+def test_each_case_and_the_spread_over_cases(folders):
+    """Figures that are means over cases come with each case's and their sample sd; set-level
+    figures (AUC, AP) come alone."""
+    brats = evaluate("brats", folders["brats"], Wrong("brats", folders["brats"]))
+    assert brats["per_case"] == {"a": {"dice_wt": 1.0, "dice_tc": 0.0, "dice_et": 0.0},
+                                 "b": {"dice_wt": 1.0, "dice_tc": 1.0, "dice_et": 1.0}}
+    assert brats["sd"] == pytest.approx({"dice_wt": 0.0, "dice_tc": 2 ** -0.5, "dice_et": 2 ** -0.5})
+    msd = evaluate("msd_patches", folders["msd_patches"], Wrong("msd_patches", folders["msd_patches"]))
+    dices = sorted(case["dice"] for case in msd["per_case"].values())
+    assert len(msd["per_case"]) == msd["n"] == 6 and dices == pytest.approx([0.5] + [1.0] * 5)
+    assert msd["sd"]["dice"] == pytest.approx(float(np.std(dices, ddof=1)))
+    store = evaluate("datastore", folders["datastore"], Wrong("datastore", folders["datastore"]))
+    assert store["per_case"] == {"a": {"dice_edema": 1.0, "dice_lung_tumor": 0.0}, "c": {"dice_edema": 1.0}}
+    assert store["sd"] == {"dice_edema": 0.0, "dice_lung_tumor": None}  # one image holds the tumour
+    for kind, split in (("medmnist", "val"), ("voc", "val")):
+        assert set(evaluate(kind, folders[kind], Wrong(kind, folders[kind], split), split)) == {
+            "dataset", "split", "n", "metrics"}
+    table = format_table(brats).splitlines()
+    assert table[3].split() == ["dice_tc", "0.5000", "±", "0.7071"]
+    assert table[-2].split() == ["a", "1.0000", "0.0000", "0.0000"] and table[-1].split()[0] == "b"
+
+
+def test_case_spread_skips_undefined_figures():
+    assert case_spread({"a": {"x": 1.0, "y": None}, "b": {"x": 3.0, "y": 2.0}, "c": {"x": 2.0}}) == {
+        "x": pytest.approx(1.0), "y": None}
+    assert case_spread({}) == {}
+
+
 def test_voc_boxes_compared_in_pixels(folders):
     """A box off by half a pixel on each side of a 2-pixel-wide object still matches (IoU 0.5+),
     one pixel off does not: GT and predictions share the pixel frame."""
@@ -293,7 +321,9 @@ def predictor() -> Predictor:
 def test_real_predictor_smoke(folders, predictor, kind):
     result = evaluate(kind, folders[kind], predictor, progress=kind == "msd_patches")
     assert json.loads(json.dumps(result)) == result
-    assert set(result) == {"dataset", "split", "n", "metrics"} and result["n"] == EXPECTED_N[kind]
+    per_case = kind in ("brats", "msd_patches", "datastore")  # means over cases: each case and the sd too
+    assert set(result) == {"dataset", "split", "n", "metrics"} | ({"sd", "per_case"} if per_case else set())
+    assert result["n"] == EXPECTED_N[kind]
     assert set(result["metrics"]) == EXPECTED_NAMES[kind]
     for name, value in result["metrics"].items():
         values = value.values() if isinstance(value, dict) else [value]

@@ -40,6 +40,7 @@ class GridItem:
     name: str
     modalities: tuple[str, ...] | None = None  # per channel; None: unknown
     class_prevalence: dict[str, float] | None = None  # per class label: its positive share in the item's source
+    teacher_scores: dict[str, float] | None = None  # per class label: a teacher's probability (distillation)
 
 
 #: the largest side of a volume a training step sees: a wider grid is cropped at random (:func:`crop`)

@@ -31,6 +31,7 @@ import torch
 
 from trainers.config import MixEntry, TrainConfig
 from trainers.data import Source, to_grid_item
+from trainers.distillation import TeacherScores, read_teachers, with_teacher_scores
 from trainers.joint import (JointTrainer, StepReport, check_device, init_distributed, is_main_process, replicas_agree,
                             seed_everything)
 from trainers.model_card import HELD_OUT, write_model_card
@@ -189,11 +190,14 @@ def _annotates_anything(samples: list[Sample]) -> bool:
 
 
 def build_sources(data: Path, config: TrainConfig, holdout: Holdout | None = None, all_splits: bool = False,
-                  leave_out: str | None = None) -> tuple[list[Source], Source | None, dict[str, Any]]:
+                  leave_out: str | None = None, teachers: dict[str, TeacherScores] | None = None,
+                  ) -> tuple[list[Source], Source | None, dict[str, Any]]:
     """Grid items of every dataset's training cases, as the config's mix wants them.
 
     ``leave_out`` names a label whose annotations every dataset loses (:func:`without_label`);
-    a dataset left with nothing annotated does not train.
+    a dataset left with nothing annotated does not train. ``teachers`` (by dataset, from
+    :func:`trainers.distillation.read_teachers`) give the items they score soft classification
+    targets (:func:`trainers.distillation.with_teacher_scores`).
 
     Returns:
         The labelled sources, the self-supervised source (None: no unlabelled images) and, per
@@ -218,6 +222,8 @@ def build_sources(data: Path, config: TrainConfig, holdout: Holdout | None = Non
         if name == "brats":
             brats_train = train
         sources.append(make_source(name, train, config.mix[name]))
+        if teachers and name in teachers:
+            sources[-1].items = with_teacher_scores(sources[-1].items, teachers[name])
     if holdout is not None and holdout.dataset not in plan:
         raise ValueError(f"hold-out: {data} holds no {holdout.dataset} data to hold cases out of")
     unlabelled = None
@@ -250,8 +256,9 @@ def pretrain(
     holdout: Holdout | None = None,
     all_splits: bool = False,
     leave_out: str | None = None,
+    teachers: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Train on ``data`` (a folder laid out like ``../shared/data``), publish, write the model card.
+    """Train on ``data``  (a folder laid out like ``../shared/data``), publish, write the model card.
 
     Args:
         data: the data folder.
@@ -276,6 +283,9 @@ def pretrain(
         leave_out: a label the run never sees: the network's label space lacks it and every
             dataset loses its annotations (:func:`without_label`), so that ``teach`` can then
             measure learning it as a new label (leave-one-label-out).
+        teachers: a folder of teacher files (:mod:`trainers.distillation`): single-task
+            specialists' scores that the classification targets of the items they score blend
+            in (knowledge distillation).
 
     Returns:
         The model card as a dict (empty on the processes other than rank 0).
@@ -305,11 +315,14 @@ def pretrain(
     cases = {"hold_out": [holdout.dataset, list(holdout.cases)] if holdout else None, "all_splits": all_splits}
     if leave_out is not None:
         cases["leave_out"] = leave_out
+    taught = read_teachers(teachers) if teachers is not None else None
+    if taught:
+        cases["teachers"] = {name: str(t.path) for name, t in taught.items()}
     if state is not None:  # refused before the data is read
         check_same_run(state, config)
         if state.get("cases", {"hold_out": None, "all_splits": False}) != cases:
             raise ValueError(f"the run saved at {state_path} trained on other cases ({state.get('cases')}): resume it "
-                             "with the same --hold-out / --all-splits / --leave-out-label")
+                             "with the same --hold-out / --all-splits / --leave-out-label / --teachers")
         if state["step_count"] >= config.steps:
             raise ValueError(f"the run saved at {state_path} has finished its {state['step_count']} steps: "
                              "nothing to resume")
@@ -318,7 +331,7 @@ def pretrain(
             raise ValueError(f"the run saved at {state_path} has spent {spent:.1f} minutes, its whole budget of "
                              f"{config.max_minutes}: give a larger one (--minutes) to continue")
     seed_everything(config.seed)
-    sources, unlabelled, plan = build_sources(data, config, holdout, all_splits, leave_out)
+    sources, unlabelled, plan = build_sources(data, config, holdout, all_splits, leave_out, taught)
     if not sources:
         raise ValueError(f"{data} holds none of the datasets {', '.join(s.folder for s in DATASETS.values())}")
     model = (model or unimed_small(labels=tuple(labels))).to(target)
@@ -352,11 +365,17 @@ def pretrain(
         "device": str(target),
         "command": f"python main.py pretrain --data {data}" + (" --all-splits" if all_splits else "") + (
             f" --hold-out {holdout.dataset}:{','.join(holdout.cases)}" if holdout else "") + (
-            f" --leave-out-label {leave_out}" if leave_out else ""),
+            f" --leave-out-label {leave_out}" if leave_out else "") + (
+            f" --teachers {teachers}" if teachers is not None else ""),
         "processes": torch.distributed.get_world_size() if distributed else 1,
         "replicas_agree": agree,
         "state": str(state_path),
     }
+    if taught:
+        card["teachers"] = {name: {"teacher": t.teacher, "split": t.split, "file": str(t.path),
+                                   "items_scored": sum(it.teacher_scores is not None for s in sources if s.name == name
+                                                       for it in s.items)}
+                            for name, t in taught.items()}
     version = ModelStore(model_dir).publish(model, {"kind": "pretrain", "steps": trainer.step_count})
     card["version"] = version.number
     if evaluate_after and not all_splits:

@@ -72,13 +72,18 @@ def _shown(value: Any) -> str:
     return "(absent)" if value is _ABSENT else repr(value)
 
 
-def config_differences(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+def config_differences(saved: dict[str, Any], now: dict[str, Any], prefix: str = "",
+                       defaults: dict[str, Any] | None = None) -> list[str]:
     """``"key: saved A, now B"`` for every field (dotted path) that differs, except the fields of
-    :data:`RESUMABLE_CHANGES`.
+    :data:`RESUMABLE_CHANGES` and, where ``defaults`` (a default config's dict) is given, a field
+    the saved config lacks that ``now`` holds at its default (one added to the recipe after the
+    run was saved, which that run trained with in effect).
 
     Example:
         >>> config_differences({"steps": 10, "max_minutes": 5}, {"steps": 20, "max_minutes": 9})
         ['steps: saved 10, now 20']
+        >>> config_differences({"loss": {"cls": 1.0}}, {"loss": {"cls": 1.0, "new": 0.5}}, defaults={"loss": {"new": 0.5}})
+        []
     """
     out = []
     for key in sorted(set(saved) | set(now)):
@@ -86,8 +91,11 @@ def config_differences(saved: dict[str, Any], now: dict[str, Any], prefix: str =
         if not prefix and key in RESUMABLE_CHANGES:
             continue
         a, b = saved.get(key, _ABSENT), now.get(key, _ABSENT)
+        default = (defaults or {}).get(key, _ABSENT)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += config_differences(a, b, f"{path}.")
+            out += config_differences(a, b, f"{path}.", default if isinstance(default, dict) else None)
+        elif a is _ABSENT and b is not _ABSENT and b == default:
+            continue
         elif a != b:
             out.append(f"{path}: saved {_shown(a)}, now {_shown(b)}")
     return out
@@ -96,7 +104,8 @@ def config_differences(saved: dict[str, Any], now: dict[str, Any], prefix: str =
 def check_same_run(state: dict[str, Any], config: Any) -> None:
     """Raise ``ValueError`` naming every difference (:func:`config_differences`) between the
     config ``state`` was saved with and ``config``."""
-    differences = config_differences(state["config"], comparable_config(config))
+    differences = config_differences(state["config"], comparable_config(config),
+                                     defaults=comparable_config(type(config)()))
     if differences:
         raise ValueError("the saved run has another config: " + "; ".join(differences)
                          + " (a resumed run may change only max_minutes)")

@@ -4,7 +4,9 @@ Each dataset kind is scored the way its benchmark is, by the evaluator of its
 :class:`~unimed.datasets.DatasetSpec` (BraTS by region Dice, AdrenalMNIST3D by AUC and
 accuracy, VOC (BCCD) by AP at IoU 0.5, the MSD lung patches by Dice, a datastore by Dice per
 label). The result is a JSON-ready dict; an undefined metric (AUC with one class, AP with no
-ground truth) is ``None``.
+ground truth) is ``None``. Where a figure is a mean over cases (Dice), the result also holds each
+case's figures and their spread (sample standard deviation), because a mean of a few cases alone
+says little.
 """
 
 from __future__ import annotations
@@ -12,9 +14,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from unimed.datasets import DatasetError, DatasetSpec, Predicts, Sample, dataset_spec
+import numpy as np
 
-__all__ = ["evaluate", "evaluate_samples", "format_table"]
+from unimed.datasets import DatasetError, DatasetSpec, Predicts, Sample, dataset_spec
+from unimed.datasets.spec import PER_CASE
+
+__all__ = ["PER_CASE", "case_spread", "evaluate", "evaluate_samples", "format_table", "score_samples"]
+
+#: at most this many cases are listed one per row by :func:`format_table` (all are in the JSON)
+TABLE_CASES = 20
 
 
 class _CountingPredictor:
@@ -60,7 +68,10 @@ def evaluate(
         progress: show a progress bar.
 
     Returns:
-        ``{"dataset": kind, "split": split, "n": samples scored, "metrics": {...}}``.
+        ``{"dataset": kind, "split": split, "n": samples scored, "metrics": {...}}``; for a kind
+        whose figures are means over cases (``brats``, ``msd_patches``, ``datastore``), also
+        ``"sd"`` (:func:`case_spread` of every such figure) and ``"per_case"`` (``{case name:
+        {metric: value}}``).
 
     Raises:
         ValueError: an unknown kind.
@@ -79,7 +90,24 @@ def evaluate(
     samples = [s for s in spec.reader(data, split) if spec.annotated(s)]
     if not samples:
         raise DatasetError(f"{data}: no annotated {kind} samples to evaluate (split {split!r})")
-    return {"dataset": kind, "split": split, "n": len(samples), "metrics": _score(spec, samples, predictor, progress)}
+    return {"dataset": kind, "split": split, **score_samples(kind, samples, predictor, progress)}
+
+
+def score_samples(kind: str, samples: Sequence[Sample], predictor: Predicts, progress: bool = False) -> dict[str, Any]:
+    """:func:`evaluate`'s result, less ``dataset`` and ``split``, on annotated samples already
+    read: ``{"n", "metrics"}``, and ``"sd"`` and ``"per_case"`` where the figures are means
+    over cases.
+
+    Raises:
+        ValueError: an unknown kind.
+    """
+    metrics = _score(dataset_spec(kind), samples, predictor, progress)
+    per_case = metrics.pop(PER_CASE, None)
+    result: dict[str, Any] = {"n": len(samples), "metrics": metrics}
+    if per_case is not None:
+        result["sd"] = case_spread(per_case)
+        result[PER_CASE] = per_case
+    return result
 
 
 def evaluate_samples(kind: str, samples: Sequence[Sample], predictor: Predicts, progress: bool = False) -> dict[str, Any]:
@@ -94,7 +122,23 @@ def evaluate_samples(kind: str, samples: Sequence[Sample], predictor: Predicts, 
     samples = [s for s in samples if spec.annotated(s)]
     if not samples:
         raise DatasetError(f"no annotated {kind} samples to evaluate")
-    return _score(spec, samples, predictor, progress)
+    return score_samples(kind, samples, predictor, progress)["metrics"]
+
+
+def case_spread(per_case: dict[str, dict[str, float | None]]) -> dict[str, float | None]:
+    """The sample standard deviation (n - 1) over cases of every figure in ``per_case``, skipping
+    the cases where it is undefined; ``None`` where fewer than two cases define it.
+
+    Example:
+        >>> case_spread({"a": {"dice": 0.5}, "b": {"dice": 1.0}, "c": {"dice": None}})
+        {'dice': 0.3535533905932738}
+    """
+    names = list(dict.fromkeys(name for figures in per_case.values() for name in figures))
+    spread: dict[str, float | None] = {}
+    for name in names:
+        values = [v for figures in per_case.values() if (v := figures.get(name)) is not None]
+        spread[name] = float(np.std(values, ddof=1)) if len(values) >= 2 else None
+    return spread
 
 
 def _score(spec: DatasetSpec, samples: Sequence[Sample], predictor: Predicts, progress: bool) -> dict[str, Any]:
@@ -106,18 +150,34 @@ def _score(spec: DatasetSpec, samples: Sequence[Sample], predictor: Predicts, pr
         return spec.evaluator(samples, _CountingPredictor(predictor, bar))
 
 
-def _rows(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+def _value(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _rows(metrics: dict[str, Any], sd: dict[str, float | None], prefix: str = "") -> list[tuple[str, str]]:
     rows = []
     for name, value in metrics.items():
         if isinstance(value, dict):
-            rows += _rows(value, f"{prefix}{name}/")
+            rows += _rows(value, {}, f"{prefix}{name}/")
+        elif sd.get(name) is not None:
+            rows.append((prefix + name, f"{_value(value)} ± {sd[name]:.4f}"))
         else:
-            rows.append((prefix + name, "n/a" if value is None else f"{value:.4f}"))
+            rows.append((prefix + name, _value(value)))
     return rows
 
 
+def _case_rows(per_case: dict[str, dict[str, float | None]]) -> list[str]:
+    names = list(dict.fromkeys(name for figures in per_case.values() for name in figures))
+    width = max(len("case"), *(len(case) for case in per_case))
+    lines = ["  ".join([f"{'case':<{width}}"] + [f"{name:>10}" for name in names])]
+    for case, figures in per_case.items():
+        lines.append("  ".join([f"{case:<{width}}"] + [f"{_value(figures.get(name)):>10}" for name in names]))
+    return lines
+
+
 def format_table(result: dict[str, Any]) -> str:
-    """A small aligned text table of an :func:`evaluate` result.
+    """A small aligned text table of an :func:`evaluate` result: each figure (``mean ± sd`` over
+    cases where the result has a spread), then, for up to 20 cases, one row per case.
 
     Example:
         >>> print(format_table({"dataset": "voc", "split": "val", "n": 2,
@@ -127,8 +187,14 @@ def format_table(result: dict[str, Any]) -> str:
         map50          0.5000
         ap50/platelet  0.5000
     """
-    rows = [("metric", "value")] + _rows(result.get("metrics", {}))
+    rows = [("metric", "value")] + _rows(result.get("metrics", {}), result.get("sd") or {})
     width = max(len(name) for name, _ in rows)
     vwidth = max(len(value) for _, value in rows)
     head = f"{result.get('dataset', '?')} (split {result.get('split')}, n={result.get('n', '?')})"
-    return "\n".join([head] + [f"{name:<{width}}  {value:>{vwidth}}" for name, value in rows])
+    lines = [head] + [f"{name:<{width}}  {value:>{vwidth}}" for name, value in rows]
+    per_case = result.get(PER_CASE) or {}
+    if 0 < len(per_case) <= TABLE_CASES:
+        lines += [""] + _case_rows(per_case)
+    elif per_case:
+        lines.append(f"({len(per_case)} cases: each case's figures are in the JSON)")
+    return "\n".join(lines)

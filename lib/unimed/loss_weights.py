@@ -26,3 +26,10 @@ class LossWeights:
     match_class: float = 1.0
     match_l1: float = 5.0
     match_giou: float = 2.0
+    #: share of a teacher's score in a classification target, where a teacher scored the item
+    #: (distillation from a single-task peer): ``(1 - distill) * label + distill * teacher``
+    distill: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.distill <= 1.0:
+            raise ValueError(f"distill is the teacher's share of a target and must be in [0, 1], got {self.distill}")

@@ -17,7 +17,7 @@ import torch
 
 from unimed.datasets.errors import DatasetError
 from unimed.datasets.sample import Sample
-from unimed.datasets.spec import DatasetSpec, Predicts, TrainingShare
+from unimed.datasets.spec import PER_CASE, DatasetSpec, Predicts, TrainingShare
 from unimed.labels import LabelRegistry
 from unimed.metrics import brats_regions, dice, mask_box, mean_or_none
 
@@ -146,14 +146,16 @@ def read_brats(folder: str | Path, split: str | None = None) -> list[Sample]:
 def evaluate_brats(samples: Sequence[Sample], predictor: Predicts) -> dict[str, Any]:
     """``dice_wt``, ``dice_tc``, ``dice_et``: the mean over cases of each BraTS region's Dice
     (:func:`~unimed.metrics.brats_regions`) of a segmentation of necrosis, edema, non-enhancing
-    and enhancing tumour."""
-    scores: dict[str, list[float]] = {"wt": [], "tc": [], "et": []}
+    and enhancing tumour; each case's under :data:`~unimed.datasets.spec.PER_CASE`."""
+    scores: dict[str, list[float]] = {"dice_wt": [], "dice_tc": [], "dice_et": []}
+    per_case: dict[str, dict[str, float]] = {}
     for s in samples:
         pred = brats_regions(predictor.predict(s.meta_image(), "segmentation", list(BRATS_SEG_LABELS)).label_map())
         true = brats_regions(s.label_map)
-        for region in scores:
-            scores[region].append(dice(pred[region], true[region]))
-    return {f"dice_{region}": mean_or_none(v) for region, v in scores.items()}
+        for name in scores:
+            scores[name].append(dice(pred[name[5:]], true[name[5:]]))
+            per_case.setdefault(s.name, {})[name] = scores[name][-1]
+    return {**{name: mean_or_none(v) for name, v in scores.items()}, PER_CASE: per_case}
 
 
 #: the ``brats`` kind: BraTS 2013 in ``brats2013/``, trained on every task, every other step

@@ -15,7 +15,7 @@ import torch
 
 from unimed.datasets.errors import DatasetError
 from unimed.datasets.sample import Sample
-from unimed.datasets.spec import DatasetSpec, Predicts
+from unimed.datasets.spec import PER_CASE, DatasetSpec, Predicts
 from unimed.labels import LabelRegistry, UnknownLabelError
 from unimed.metrics import dice, mean_or_none
 from unimed.modalities import modalities_from_name
@@ -252,7 +252,8 @@ def _segmentable_labels(samples: Sequence[Sample], registry: LabelRegistry) -> l
 
 def evaluate_datastore(samples: Sequence[Sample], predictor: Predicts) -> dict[str, Any]:
     """``dice_<label>`` (mean over the images whose label holds it) for every segmentable label
-    present, and their mean ``dice_mean``; every image is prompted with all those labels.
+    present, and their mean ``dice_mean``; every image is prompted with all those labels. Each
+    image's figures under :data:`~unimed.datasets.spec.PER_CASE`.
 
     Labels are those of the predictor's network (a taught checkpoint's grown label space), or
     the default registry for a predictor without one."""
@@ -260,6 +261,7 @@ def evaluate_datastore(samples: Sequence[Sample], predictor: Predicts) -> dict[s
     registry = getattr(model, "registry", None) or LabelRegistry()
     names = _segmentable_labels(samples, registry)
     scores: dict[str, list[float]] = {name: [] for name in names}
+    per_case: dict[str, dict[str, float]] = {}
     for s in samples:
         wanted = [n for n in names if n in s.seg_labels]
         if not wanted:
@@ -268,9 +270,10 @@ def evaluate_datastore(samples: Sequence[Sample], predictor: Predicts) -> dict[s
         for name in wanted:
             label_id = registry.get(name).id
             scores[name].append(dice(pred == label_id, np.asarray(s.label_map) == label_id))
+            per_case.setdefault(s.name, {})[f"dice_{name}"] = scores[name][-1]
     metrics: dict[str, Any] = {f"dice_{name}": mean_or_none(v) for name, v in scores.items()}
     metrics["dice_mean"] = mean_or_none(v for v in metrics.values() if v is not None)
-    return metrics
+    return {**metrics, PER_CASE: per_case}
 
 
 #: the ``datastore`` kind: a MONAI Label datastore's labelled images, outside the shared data layout

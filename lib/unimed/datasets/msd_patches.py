@@ -14,7 +14,7 @@ import torch
 
 from unimed.datasets.errors import DatasetError
 from unimed.datasets.sample import Sample
-from unimed.datasets.spec import DatasetSpec, Predicts, TrainingShare
+from unimed.datasets.spec import PER_CASE, DatasetSpec, Predicts, TrainingShare
 from unimed.labels import LabelRegistry
 from unimed.metrics import dice, mask_box, mean_or_none
 
@@ -118,9 +118,9 @@ def read_msd_patches(path: str | Path, split: str | None = None) -> list[Sample]
 
 def evaluate_msd_patches(samples: Sequence[Sample], predictor: Predicts) -> dict[str, Any]:
     """``dice`` (mean per patch, both empty = 1) and ``dice_global`` (pooled over all pixels) of
-    a ``lung_tumor`` segmentation."""
+    a ``lung_tumor`` segmentation; each patch's ``dice`` under :data:`~unimed.datasets.spec.PER_CASE`."""
     label_id = LabelRegistry().get(_LABEL).id
-    per_patch, inter, total = [], 0, 0
+    per_patch, per_case, inter, total = [], {}, 0, 0
     for s in samples:
         answer = predictor.predict(s.meta_image(), "segmentation", [_LABEL])
         # the answering model's own id: a network taught the label anew has another one
@@ -128,9 +128,10 @@ def evaluate_msd_patches(samples: Sequence[Sample], predictor: Predicts) -> dict
         pred = answer.label_map() == (asked[0] if asked else label_id)
         true = np.asarray(s.label_map) == label_id
         per_patch.append(dice(pred, true))
+        per_case[s.name] = {"dice": per_patch[-1]}
         inter += int(np.logical_and(pred, true).sum())
         total += int(pred.sum()) + int(true.sum())
-    return {"dice": mean_or_none(per_patch), "dice_global": 2.0 * inter / total if total else 1.0}
+    return {"dice": mean_or_none(per_patch), "dice_global": 2.0 * inter / total if total else 1.0, PER_CASE: per_case}
 
 
 #: the ``msd_patches`` kind: MSD lung-tumour patches in ``msd_lung_patches/``, every task

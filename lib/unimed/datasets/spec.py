@@ -14,7 +14,11 @@ from typing import Any, Callable, Protocol, Sequence
 
 from unimed.datasets.sample import Sample
 
-__all__ = ["DatasetSpec", "Predicts", "TrainingShare"]
+__all__ = ["PER_CASE", "DatasetSpec", "Predicts", "TrainingShare"]
+
+#: the key of an evaluator's metrics under which it may return each case's figures,
+#: ``{case name: {metric: value}}``, when its figures are means over cases
+PER_CASE = "per_case"
 
 
 class Predicts(Protocol):
@@ -56,7 +60,9 @@ class DatasetSpec:
         kind: the name the command line and the code use (``brats``).
         reader: ``reader(path, split)`` -> samples; raises :class:`~unimed.datasets.DatasetError`
             for a bad folder or an unknown split (naming the valid ones).
-        evaluator: ``evaluator(samples, predictor)`` -> metrics, on annotated samples only.
+        evaluator: ``evaluator(samples, predictor)`` -> metrics, on annotated samples only; an
+            evaluator whose figures are means over cases also returns each case's under
+            :data:`PER_CASE`.
         annotated: whether a sample carries what ``evaluator`` scores.
         primary_metric: the key of the evaluator's metrics that ranks models (al-sim's curves,
             the accuracy benchmark's verdict).

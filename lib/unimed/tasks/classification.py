@@ -3,7 +3,8 @@
 Outputs -> tokens: the requested label tokens ranked by their presence score. Uncertainty:
 mean binary entropy of the presence probabilities. Loss: class-balanced binary cross-entropy of
 each prompt label token's presence logit (positives and negatives of a label weigh alike in its
-source, whatever its prevalence).
+source, whatever its prevalence); where a single-task teacher scored the image, the target is
+blended with the teacher's probability (knowledge distillation, weight ``LossWeights.distill``).
 """
 
 from __future__ import annotations
@@ -83,11 +84,29 @@ def balance_weights(targets: torch.Tensor, prevalence: torch.Tensor) -> torch.Te
 
 
 def classification_loss(presence_logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
-                        w: LossWeights, prevalence: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                        w: LossWeights, prevalence: torch.Tensor | None = None,
+                        teacher: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """BCE of ``(B, P)`` presence logits against 0/1 ``targets`` where ``valid`` (label tokens),
-    class-balanced by :func:`balance_weights` where ``prevalence`` ``(B, P)`` is given."""
+    class-balanced by :func:`balance_weights` where ``prevalence`` ``(B, P)`` is given.
+
+    ``teacher`` ``(B, P)``: a teacher's probabilities, NaN where it gave none; where given, the
+    target is ``(1 - w.distill) * target + w.distill * teacher`` (the balancing weight still
+    follows the label).
+
+    Example:
+        >>> logits, valid = torch.full((1, 2), 2.0), torch.tensor([[False, True]])
+        >>> hard = classification_loss(logits, torch.tensor([[0, 1]]), valid, LossWeights())["cls"]
+        >>> soft = classification_loss(logits, torch.tensor([[0, 1]]), valid, LossWeights(),
+        ...                            teacher=torch.tensor([[float("nan"), 0.5]]))["cls"]
+        >>> round(float(hard), 4), round(float(soft), 4)  # the teacher's 0.5 pulls the target to 0.75
+        (0.1269, 0.6269)
+    """
     weight = None if prevalence is None else balance_weights(targets[valid], prevalence[valid])
-    loss = F.binary_cross_entropy_with_logits(presence_logits[valid], targets[valid].float(), weight=weight)
+    target = targets[valid].float()
+    if teacher is not None:
+        taught = teacher[valid].float()
+        target = torch.where(taught.isnan(), target, (1.0 - w.distill) * target + w.distill * taught)
+    loss = F.binary_cross_entropy_with_logits(presence_logits[valid], target, weight=weight)
     return {"cls": w.cls * loss}
 
 
@@ -136,13 +155,16 @@ class ClassificationSpec(TaskSpec):
         targets = torch.zeros(ids.shape, dtype=torch.long)
         valid = torch.zeros(ids.shape, dtype=torch.bool)
         prevalence = torch.full(ids.shape, 0.5)
+        teacher = torch.full(ids.shape, float("nan"))
         for i, (it, n) in enumerate(zip(items, names)):
             shares = getattr(it, "class_prevalence", None) or {}
+            taught = getattr(it, "teacher_scores", None) or {}
             for j, name in enumerate(n, start=1):
                 targets[i, j], valid[i, j] = int(it.class_labels[name]), True
                 prevalence[i, j] = shares.get(name, 0.5)
+                teacher[i, j] = taught.get(name, float("nan"))
         return classification_loss(out["presence_logits"], targets.to(device), valid.to(device), weights,
-                                   prevalence.to(device))
+                                   prevalence.to(device), None if teacher.isnan().all() else teacher.to(device))
 
     def result_fields(self, pred: TaskPrediction, registry: LabelRegistry) -> dict[str, Any]:
         ann = pred.annotation

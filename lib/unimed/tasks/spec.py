@@ -131,6 +131,7 @@ class TrainingItem(Protocol):
     det_labels: tuple[str, ...]
     class_labels: dict[str, int] | None
     class_prevalence: dict[str, float] | None  # positive share of each class label in its source, or None
+    teacher_scores: dict[str, float] | None  # a single-task teacher's probability of each class label, or None
 
 
 class TaskSpec(ABC):
