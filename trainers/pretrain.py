@@ -258,7 +258,7 @@ def pretrain(
     leave_out: str | None = None,
     teachers: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Train on ``data``  (a folder laid out like ``../shared/data``), publish, write the model card.
+    """Train on ``data`` (a folder laid out like ``../shared/data``), publish, write the model card.
 
     Args:
         data: the data folder.
