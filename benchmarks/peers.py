@@ -79,6 +79,12 @@ class AccuracyConfig:
             raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
 
 
+def _model_card(checkpoint: Path) -> tuple[Path, dict[str, Any] | None]:
+    """The path of the ``model_card.json`` beside ``checkpoint``, and its content (None: no card)."""
+    card_path = Path(checkpoint).parent / "model_card.json"
+    return card_path, json.loads(card_path.read_text()) if card_path.exists() else None
+
+
 def check_held_out(checkpoint: Path, dataset: str, split: str | None, cases: Sequence[str] | None = None) -> None:
     """Refuse to compare on cases UniMed trained on: the ``model_card.json`` beside
     ``checkpoint`` names each dataset's training split (``pretrain --all-splits``: ``train+val``;
@@ -90,10 +96,10 @@ def check_held_out(checkpoint: Path, dataset: str, split: str | None, cases: Seq
         ValueError: the card says the checkpoint trained on ``split`` of ``dataset``, or on some
             of its ``cases``.
     """
-    card_path = Path(checkpoint).parent / "model_card.json"
-    if split is None or not card_path.exists():
+    card_path, card = _model_card(checkpoint)
+    if split is None or card is None:
         return
-    trained = str(json.loads(card_path.read_text()).get("data", {}).get(dataset, {}).get("split", ""))
+    trained = str(card.get("data", {}).get(dataset, {}).get("split", ""))
     splits, _, without = trained.partition(" without ")
     if split not in splits.replace(" ", "").split("+"):
         return
@@ -111,10 +117,9 @@ def default_peer_minutes(checkpoint: Path) -> float:
     Raises:
         ValueError: there is no model card, or it lacks ``train_minutes`` or ``data``.
     """
-    card_path = Path(checkpoint).parent / "model_card.json"
-    if not card_path.exists():
+    card_path, card = _model_card(checkpoint)
+    if card is None:
         raise ValueError(f"no model card at {card_path}: pass --peer-minutes")
-    card = json.loads(card_path.read_text())
     if not card.get("train_minutes") or not card.get("data"):
         raise ValueError(f"{card_path} lacks train_minutes or data: pass --peer-minutes")
     return float(card["train_minutes"]) / len(card["data"])
@@ -517,11 +522,11 @@ def run_accuracy(name: str, config: AccuracyConfig, progress: bool = False) -> d
         torch.set_num_threads(config.threads)
     minutes = config.peer_minutes if config.peer_minutes is not None else default_peer_minutes(config.checkpoint)
     seed_everything(config.seed)
+    check_held_out(config.checkpoint, name, spec.val_split,
+                   [s.name for s in read_dataset(spec.kind, folder, spec.val_split)])
     train = read_dataset(spec.kind, folder, spec.train_split)
     peer = PEERS[name](train, small=config.small)
     logger.info("accuracy %s: training %s for %.1f min", name, peer.name, minutes)
-    check_held_out(config.checkpoint, name, spec.val_split,
-                   [s.name for s in read_dataset(spec.kind, folder, spec.val_split)])
     fit = peer.fit(minutes * 60, config.max_steps, progress=progress)
     peer_result = evaluate(spec.kind, folder, peer, split=spec.val_split, progress=progress)
     teacher_file = None

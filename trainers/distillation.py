@@ -29,6 +29,7 @@ import numpy as np
 
 from trainers.data import GridItem
 from unimed.datasets import DATASETS
+from unimed.model_store import write_json_atomic
 
 __all__ = ["TEACHER_FORMAT", "TeacherScores", "platt_scaling", "read_teachers", "sigmoid_logit", "with_teacher_scores",
            "write_teacher_scores"]
@@ -73,9 +74,7 @@ def write_teacher_scores(path: str | Path, teacher: TeacherScores, **extra: Any)
             "teacher": teacher.teacher, **extra, "scores": {k: dict(v) for k, v in teacher.scores.items()}}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(body))
-    tmp.replace(path)
+    write_json_atomic(path, body)
     return path
 
 

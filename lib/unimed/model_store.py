@@ -25,7 +25,7 @@ from typing import Any
 from unimed.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from unimed.networks.unimednet import UniMed
 
-__all__ = ["ModelStore", "ModelVersion", "TAUGHT_KEY"]
+__all__ = ["ModelStore", "ModelVersion", "TAUGHT_KEY", "write_json_atomic"]
 
 #: the meta key of the labels taught after pretraining: ``{name: {"cases": [image names], ...}}``,
 #: carried from version to version
@@ -93,7 +93,7 @@ class ModelStore:
         meta = {**meta, "version": number, "trained_at": meta.get("trained_at") or _now()}
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         path = save_checkpoint(model, self.versions_dir / f"v{number:04d}.pt", meta)
-        _write_json_atomic(path.with_suffix(".json"), meta)
+        write_json_atomic(path.with_suffix(".json"), meta)
         self._replace_published(path)
         return ModelVersion(number, path, meta)
 
@@ -117,7 +117,7 @@ class ModelStore:
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         path = self.versions_dir / f"v{number:04d}.pt"
         shutil.copyfile(self.published, path)
-        _write_json_atomic(path.with_suffix(".json"), meta)
+        write_json_atomic(path.with_suffix(".json"), meta)
         return ModelVersion(number, path, meta)
 
     def rollback(self, number: int) -> ModelVersion:
@@ -153,7 +153,9 @@ def _now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file renamed over it, so a reader
+    never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
     os.replace(tmp, path)

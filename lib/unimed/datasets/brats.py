@@ -147,15 +147,14 @@ def evaluate_brats(samples: Sequence[Sample], predictor: Predicts) -> dict[str, 
     """``dice_wt``, ``dice_tc``, ``dice_et``: the mean over cases of each BraTS region's Dice
     (:func:`~unimed.metrics.brats_regions`) of a segmentation of necrosis, edema, non-enhancing
     and enhancing tumour; each case's under :data:`~unimed.datasets.spec.PER_CASE`."""
-    scores: dict[str, list[float]] = {"dice_wt": [], "dice_tc": [], "dice_et": []}
     per_case: dict[str, dict[str, float]] = {}
     for s in samples:
         pred = brats_regions(predictor.predict(s.meta_image(), "segmentation", list(BRATS_SEG_LABELS)).label_map())
         true = brats_regions(s.label_map)
-        for name in scores:
-            scores[name].append(dice(pred[name[5:]], true[name[5:]]))
-            per_case.setdefault(s.name, {})[name] = scores[name][-1]
-    return {**{name: mean_or_none(v) for name, v in scores.items()}, PER_CASE: per_case}
+        per_case[s.name] = {f"dice_{region}": dice(pred[region], true[region]) for region in ("wt", "tc", "et")}
+    cases = list(per_case.values())
+    means = {name: mean_or_none(case[name] for case in cases) for name in ("dice_wt", "dice_tc", "dice_et")}
+    return {**means, PER_CASE: per_case}
 
 
 #: the ``brats`` kind: BraTS 2013 in ``brats2013/``, trained on every task, every other step
