@@ -340,26 +340,34 @@ def cmd_train_clicks(args: argparse.Namespace) -> int:
     Every weight but the click modules stays frozen, so the checkpoint's automatic answers are
     bit-identical to the base's; writes a new checkpoint (atomically).
     """
-    from trainers.click_training import ClickTrainConfig, click_sources, enable_clicks, train_clicks
+    from trainers.click_training import (ClickTrainConfig, click_sources, enable_clicks, pseudo_object_sources,
+                                         train_clicks)
     from unimed.checkpoint import load_checkpoint, save_checkpoint
 
     if not Path(args.data).is_dir():
         raise CommandError(f"--data {args.data}: no such folder")
     if args.minutes <= 0 or args.steps <= 0:
         raise CommandError("--minutes and --steps must be positive")
+    if not 0.0 <= args.pseudo_objects <= 1.0:
+        raise CommandError(f"--pseudo-objects is a share of steps in [0, 1], got {args.pseudo_objects}")
     base, meta = load_checkpoint(args.checkpoint)
     model = enable_clicks(base)
-    config = ClickTrainConfig(steps=args.steps, max_minutes=args.minutes, seed=args.seed)
+    config = ClickTrainConfig(steps=args.steps, max_minutes=args.minutes, seed=args.seed,
+                              pseudo_objects=args.pseudo_objects)
     try:
-        report = train_clicks(model, click_sources(args.data), config, progress=not args.no_progress)
+        pseudo = pseudo_object_sources(args.data) if args.pseudo_objects > 0 else []
+        report = train_clicks(model, click_sources(args.data), config, pseudo_sources=pseudo,
+                              progress=not args.no_progress)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
-    part = {**report, "base": str(args.checkpoint), "command": f"python main.py train-clicks --data {args.data}"}
+    part = {**report, "base": str(args.checkpoint),
+            "command": f"python main.py train-clicks --data {args.data} --pseudo-objects {args.pseudo_objects}"}
     parts = list(meta.get("clicks", {}).get("parts", [])) + [part]  # a continued run keeps its earlier parts
     clicks = {"parts": parts, "steps": sum(p["steps"] for p in parts),
               "minutes": round(sum(p["minutes"] for p in parts), 2)}
     out = save_checkpoint(model, args.out, {**meta, "clicks": clicks})
-    print(json.dumps({k: report[k] for k in ("steps", "minutes", "sources", "last_losses")}, indent=2))
+    print(json.dumps({k: report[k] for k in ("steps", "minutes", "sources", "pseudo_object_sources", "last_losses")},
+                     indent=2))
     print(f"checkpoint with clicks written to {out}")
     return 0
 
@@ -965,6 +973,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="the base checkpoint")
     p.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget")
     p.add_argument("--steps", type=int, default=2000, help="optimiser steps (the budget may stop it earlier)")
+    p.add_argument("--pseudo-objects", type=float, default=0.5, metavar="SHARE",
+                   help="share of steps that also train on objects nobody labelled, cut from every dataset's "
+                        "images by intensity (0: labelled objects only; default 0.5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train_clicks)

@@ -85,6 +85,14 @@ def test_training_commands_have_help(repo, command):
     assert out.returncode == 0 and "usage: main.py " + command in out.stdout
 
 
+@pytest.mark.parametrize("share", ["1.5", "-0.1"])
+def test_train_clicks_refuses_a_pseudo_object_share_outside_0_1(repo, tmp_path, share):
+    out = run(repo, "train-clicks", "--data", str(tmp_path), "--out", str(tmp_path / "c.pt"), "--pseudo-objects", share)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"--pseudo-objects is a share of steps in [0, 1], got {float(share)}" in out.stderr
+    assert not (tmp_path / "c.pt").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("device, message", [("tpu", "device 'tpu': use 'cpu', or 'cuda'/'cuda:N'"),
                                              ("cuda:99", "device 'cuda:99': use 'cpu'")])

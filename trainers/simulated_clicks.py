@@ -89,8 +89,7 @@ def click_loss(model: UniMed, feats: Features, items: Sequence[GridItem], rng: r
     keep = [i for i, m in enumerate(masks) if m is not None]
     if not keep:
         return {}
-    sub = Features(pixel=feats.pixel[keep], memory=[m[keep] for m in feats.memory], dense=feats.dense[keep],
-                   embedding=feats.embedding[keep])
+    sub = feats.select(keep)
     masks, names = [masks[i] for i in keep], [names[i] for i in keep]
     # one prompt row per item: the label when named, else only the task token (padding after it)
     ids, pad = model.prompt([(Task.SEGMENTATION, [n] if n else [model.registry.resolve(None, Task.SEGMENTATION)[0].name])

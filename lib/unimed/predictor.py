@@ -19,6 +19,7 @@ from unimed.clicks import ClickPrompt, click_tensors
 from unimed.composer import ComposedDecoder
 from unimed.labels import Label
 from unimed.modalities import image_modalities
+from unimed.networks.click_prompt import appearance_map
 from unimed.networks.unimednet import Features, UniMed
 from unimed.tasks import Task
 from unimed.tokens import Annotation
@@ -165,7 +166,8 @@ class Predictor:
         pixel, m16, m8, dense, emb = sliding_window_inference(
             x, roi, sw_batch_size=1, predictor=window, overlap=self.overlap, mode="constant"
         )
-        return Features(pixel=pixel, memory=[m16, m8], dense=dense, embedding=emb.mean(dim=(2, 3, 4)))
+        return Features(pixel=pixel, memory=[m16, m8], dense=dense, embedding=emb.mean(dim=(2, 3, 4)),
+                        appearance=appearance_map(x, tuple(pixel.shape[2:])))
 
     def resolve(self, task: Task | str, labels: Sequence[str | Label] | None) -> tuple[Task, list[Label]]:
         """A request's task and labels as :class:`Task` and :class:`Label` objects.

@@ -6,7 +6,8 @@ embedding under it. The tokens join the decoder's queue after the task and label
 the label token (or, with no label, the first foreground click's own pixel output: the clicked
 object) is conditioned on them. Attention alone moves a mask everywhere at once, so a small
 convolutional refiner then corrects the object's logits near the clicks, from their distance
-maps and the pixel embeddings' similarity to the clicked ones.
+maps, the pixel embeddings' similarity to the clicked ones and, for objects no label describes,
+how much each voxel looks like the clicked ones in the image itself (:func:`appearance_map`).
 """
 
 from __future__ import annotations
@@ -18,10 +19,28 @@ from torch import nn
 from unimed.clicks import BACKGROUND, BOX_HIGH, BOX_LOW, FOREGROUND
 from unimed.networks.layers import position_encoding
 
-__all__ = ["ClickEncoder", "ClickRefiner", "point_features", "object_index"]
+__all__ = ["ClickEncoder", "ClickRefiner", "appearance_map", "point_features", "object_index", "APPEARANCE_WIDTH"]
 
 #: kinds of points, padding included (:mod:`unimed.clicks`)
 NUM_KINDS = 5
+
+#: width, in standard deviations of the image's intensities, of the appearance similarity
+APPEARANCE_WIDTH = 0.5
+
+
+def appearance_map(image: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """The image averaged onto a grid of ``shape`` (the pixel grid), each channel standardised
+    over the image: ``(B, C, *shape)``.
+
+    Example:
+        >>> a = appearance_map(torch.rand(1, 2, 32, 32, 16), (16, 16, 8))
+        >>> tuple(a.shape), abs(float(a[0, 0].mean())) < 1e-4, round(float(a[0, 0].std()), 2)
+        ((1, 2, 16, 16, 8), True, 1.0)
+    """
+    x = F.adaptive_avg_pool3d(image.float(), shape)
+    mean = x.mean(dim=(2, 3, 4), keepdim=True)
+    std = x.std(dim=(2, 3, 4), keepdim=True).clamp(min=1e-6)
+    return ((x - mean) / std).to(image.dtype)
 
 
 def point_features(pixel: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -63,7 +82,7 @@ class ClickEncoder(nn.Module):
 
     Example:
         >>> enc = ClickEncoder(dim=12, mask_dim=4)
-        >>> coord = torch.zeros(2, 3, 8, 12)  # coordinate-token embeddings of each point's bins
+        >>> coord = torch.zeros(2, 3, 3, 12)  # coordinate-token embeddings of each point's bins, per axis
         >>> tokens, pos = enc(torch.rand(2, 3, 3), torch.ones(2, 3, dtype=torch.long), coord, torch.zeros(2, 3, 4))
         >>> tokens.shape, pos.shape
         (torch.Size([2, 3, 12]), torch.Size([2, 3, 12]))
@@ -103,13 +122,17 @@ class ClickRefiner(nn.Module):
     Per voxel of the pixel grid it reads: the object's logit against the background, the
     distance maps of the nearest foreground and background clicks (Gaussians of two widths),
     the cosine similarity of the pixel embedding to the nearest-looking foreground and
-    background click, and whether the voxel lies inside the box. Two 3x3x3 convolutions and a
-    zero-initialised 1x1 convolution give the correction, so an untrained refiner changes
-    nothing.
+    background click, whether the voxel lies inside the box and, with ``appearance``, how
+    close the voxel's intensities are to the nearest-looking foreground and background click's
+    (a Gaussian of :data:`APPEARANCE_WIDTH` standard deviations). The embeddings know the
+    structures training labelled; the intensities also describe one it never saw. Two 3x3x3
+    convolutions and a zero-initialised 1x1 convolution give the correction, so an untrained
+    refiner changes nothing.
 
     Args:
         hidden: channels of the convolutions.
         sigmas: widths of the distance Gaussians, in pixel-grid voxels.
+        appearance: also read the image's appearance (two more input channels, after the others).
 
     Example:
         >>> ref = ClickRefiner()
@@ -120,13 +143,18 @@ class ClickRefiner(nn.Module):
         True
     """
 
+    #: input channels without appearance: the logit and the seven guidance maps
     IN_CHANNELS = 8
+    #: input channels appearance adds
+    APPEARANCE_CHANNELS = 2
 
-    def __init__(self, *, hidden: int = 16, sigmas: tuple[float, float] = (2.0, 8.0)):
+    def __init__(self, *, hidden: int = 16, sigmas: tuple[float, float] = (2.0, 8.0), appearance: bool = False):
         super().__init__()
         self.sigmas = sigmas
+        self.appearance = appearance
+        channels = self.IN_CHANNELS + (self.APPEARANCE_CHANNELS if appearance else 0)
         self.net = nn.Sequential(
-            nn.Conv3d(self.IN_CHANNELS, hidden, 3, padding=1), nn.GELU(),
+            nn.Conv3d(channels, hidden, 3, padding=1), nn.GELU(),
             nn.Conv3d(hidden, hidden, 3, padding=1), nn.GELU(),
             nn.Conv3d(hidden, 1, 1),
         )
@@ -134,8 +162,9 @@ class ClickRefiner(nn.Module):
         nn.init.zeros_(self.net[-1].bias)
 
     def guidance(self, pixel: torch.Tensor, points: torch.Tensor, kinds: torch.Tensor,
-                 features: torch.Tensor) -> torch.Tensor:
-        """``(B, 7, X, Y, Z)``: the refiner's inputs but the object's logit."""
+                 features: torch.Tensor, appearance: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, 7, X, Y, Z)`` (9 with ``appearance``, :func:`appearance_map` on the pixel grid):
+        the refiner's inputs but the object's logit."""
         b, _, *shape = pixel.shape
         axes = [(torch.arange(n, device=pixel.device, dtype=torch.float32) + 0.5) for n in shape]
         grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), 0)  # (3, X, Y, Z) voxel centres
@@ -158,10 +187,17 @@ class ClickRefiner(nn.Module):
             within = ((grid[None] >= lo[..., None, None, None] - 0.5) & (grid[None] <= hi[..., None, None, None] + 0.5))
             inside = within.all(1).float() * has_box[:, None, None, None].float()
         maps.append(inside)
+        if appearance is not None:
+            looks = point_features(appearance, points).float()  # (B, N, C) intensities under the points
+            diff = (appearance.float()[:, None] - looks[..., None, None, None]).pow(2).mean(2)  # (B, N, X, Y, Z)
+            like = torch.exp(-diff / (2 * APPEARANCE_WIDTH ** 2))
+            for kind in (FOREGROUND, BACKGROUND):
+                sel = (kinds == kind)[..., None, None, None]
+                maps.append(like.masked_fill(~sel, 0.0).amax(1))
         return torch.stack(maps, 1).to(pixel.dtype)
 
     def forward(self, logit: torch.Tensor, pixel: torch.Tensor, points: torch.Tensor, kinds: torch.Tensor,
-                features: torch.Tensor) -> torch.Tensor:
+                features: torch.Tensor, appearance: torch.Tensor | None = None) -> torch.Tensor:
         """The object's corrected logit ``(B, X, Y, Z)``.
 
         Args:
@@ -169,6 +205,14 @@ class ClickRefiner(nn.Module):
             pixel: ``(B, mask_dim, X, Y, Z)`` per-pixel embeddings.
             points, kinds: the prompt's points (:func:`unimed.clicks.click_tensors`).
             features: ``(B, N, mask_dim)`` pixel embeddings under the points.
+            appearance: ``(B, C, X, Y, Z)`` the image on the pixel grid (:func:`appearance_map`);
+                required when the refiner reads appearance, ignored otherwise.
+
+        Raises:
+            ValueError: a refiner that reads appearance is given none.
         """
-        x = torch.cat([logit[:, None].clamp(-10.0, 10.0) / 5, self.guidance(pixel, points, kinds, features)], 1)
+        if self.appearance and appearance is None:
+            raise ValueError("this click refiner reads the image's appearance: pass appearance_map() of the image")
+        guide = self.guidance(pixel, points, kinds, features, appearance if self.appearance else None)
+        x = torch.cat([logit[:, None].clamp(-10.0, 10.0) / 5, guide], 1)
         return logit + self.net(x)[:, 0]

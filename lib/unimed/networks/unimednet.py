@@ -19,7 +19,7 @@ from torch import nn
 from unimed.labels import DEFAULT_LABELS, Label, LabelRegistry, label_to_dict, registry_from_config
 from unimed.modalities import MODALITIES, UNKNOWN, parse_modality
 from unimed.networks.backbone import Backbone
-from unimed.networks.click_prompt import ClickEncoder, ClickRefiner, object_index, point_features
+from unimed.networks.click_prompt import ClickEncoder, ClickRefiner, appearance_map, object_index, point_features
 from unimed.networks.decoder import DecomposedDecoder
 from unimed.networks.layers import SIZE_DIVISOR, position_encoding
 from unimed.networks.pixel_decoder import PixelDecoder
@@ -60,6 +60,8 @@ class UniMedConfig:
             pooled backbone embedding (:class:`PresenceEvidence`), not only the token's state.
         clicks: the decoder takes clicks and boxes as prompt tokens (:mod:`unimed.clicks`,
             :mod:`unimed.networks.click_prompt`).
+        click_appearance: the click refiner also compares each voxel's intensities with the
+            clicked ones' (:class:`ClickRefiner`), not only the learnt embeddings.
     """
 
     channels: tuple[int, ...] = (16, 32, 64, 128)
@@ -76,6 +78,7 @@ class UniMedConfig:
     modalities: tuple[str, ...] = MODALITIES
     presence_evidence: bool = True
     clicks: bool = True
+    click_appearance: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,6 +90,7 @@ class UniMedConfig:
         known.setdefault("modalities", ())
         known.setdefault("presence_evidence", False)
         known.setdefault("clicks", False)
+        known.setdefault("click_appearance", False)  # clicks before version 2.1 read embeddings only
         for k in ("channels", "blocks", "labels", "modalities", "label_definitions"):
             if k in known:
                 known[k] = tuple(known[k])
@@ -102,12 +106,23 @@ class Features:
         memory: ``(B, dim, ...)`` pyramid levels at strides 16 and 8.
         dense: ``(B, dim, X/4, Y/4, Z/4)`` the stride-4 level that proposes objects.
         embedding: ``(B, channels[-1])`` global average of the deepest backbone stage.
+        appearance: ``(B, C, X/2, Y/2, Z/2)`` the image on the pixel grid, each channel
+            standardised (:func:`~unimed.networks.click_prompt.appearance_map`); what click
+            refinement compares voxels by. None where no click reads it.
     """
 
     pixel: torch.Tensor
     memory: list[torch.Tensor]
     dense: torch.Tensor
     embedding: torch.Tensor
+    appearance: torch.Tensor | None = None
+
+    def select(self, rows: Sequence[int]) -> "Features":
+        """The features of some images of the batch."""
+        rows = list(rows)
+        return Features(pixel=self.pixel[rows], memory=[m[rows] for m in self.memory], dense=self.dense[rows],
+                        embedding=self.embedding[rows],
+                        appearance=None if self.appearance is None else self.appearance[rows])
 
 
 class UniMed(nn.Module):
@@ -187,7 +202,7 @@ class UniMed(nn.Module):
         self.presence = (PresenceEvidence(dim=config.dim, mask_dim=config.mask_dim, embed_dim=config.channels[-1])
                          if config.presence_evidence else None)
         self.click_encoder = ClickEncoder(dim=config.dim, mask_dim=config.mask_dim) if config.clicks else None
-        self.click_refiner = ClickRefiner() if config.clicks else None
+        self.click_refiner = ClickRefiner(appearance=config.click_appearance) if config.clicks else None
         self.register_buffer("bin_centres", (torch.arange(config.num_bins) + 0.5) / config.num_bins, persistent=False)
 
     # -- prompts -----------------------------------------------------------------------------
@@ -256,7 +271,8 @@ class UniMed(nn.Module):
         _check_image(image)
         feats = self.backbone(image, modalities)
         pixel, memory, dense = self.pixel_decoder(feats)
-        return Features(pixel=pixel, memory=memory, dense=dense, embedding=feats[-1].mean(dim=(2, 3, 4)))
+        return Features(pixel=pixel, memory=memory, dense=dense, embedding=feats[-1].mean(dim=(2, 3, 4)),
+                        appearance=appearance_map(image, tuple(pixel.shape[2:])))
 
     def decode(
         self,
@@ -306,7 +322,10 @@ class UniMed(nn.Module):
             idx = object_index(prompt_pad, kinds)
             background = masks[:, 0]
             obj = masks[torch.arange(masks.shape[0], device=masks.device), idx] - background
-            refined = self.click_refiner(obj, features.pixel, pts, kinds, at)
+            appearance = features.appearance
+            if appearance is None and self.click_refiner.appearance:
+                raise ValueError("these features have no appearance map: make them with UniMed.encode")
+            refined = self.click_refiner(obj, features.pixel, pts, kinds, at, appearance)
             out["mask_logits"] = torch.stack([background, background + refined], 1)
         out["boxes"] = (out["box_logits"].softmax(-1) * self.bin_centres).sum(-1)
         out["embedding"] = features.embedding
