@@ -3,8 +3,8 @@
 A click model trained only on the structures some dataset labels (two tumours) learns to find
 those, and answers a click on anything else with them. :func:`pseudo_object` cuts an object out
 of any image instead: the image is smoothed, its intensity range (1st to 99th percentile) is
-split into a few equal levels, and one connected region of one level, neither a speck nor most of the image, is the object.
-Brain compartments, cells, vessels and organs' cross-sections come out this way, thin and
+split into a few equal levels, and one connected region of one level, neither a speck nor most
+of the image, is the object. Brain compartments, cells, vessels and organs' cross-sections come out this way, thin and
 round, bright and dark, so clicks learn to follow what the image shows where no label says
 what it is. :func:`with_pseudo_objects` puts such an object into a batch's label maps; the
 click loss then asks for it class-agnostically (the object under the click), as the viewer does
@@ -94,10 +94,10 @@ def pseudo_object(image: torch.Tensor | np.ndarray, rng: random.Random,
     if hi <= lo:
         return None
     structure = ndimage.generate_binary_structure(3, 1)
+    smallest = max(config.min_share * n, config.min_voxels)
     for _ in range(config.tries):
         k = rng.randint(*config.levels)
         levels = np.digitize(x, np.linspace(lo, hi, k + 1)[1:-1])
-        smallest = max(config.min_share * n, config.min_voxels)
         candidates, odds = [], []  # (labelled regions, region number) of each region of an allowed size
         for level in range(k):
             regions, count = ndimage.label(levels == level, structure=structure)

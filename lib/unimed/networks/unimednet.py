@@ -289,8 +289,9 @@ class UniMed(nn.Module):
         label when the prompt names one, else the clicked object (class-agnostic).
 
         Raises:
-            ValueError: clicks for a network built without them, with more than one label, or with
-                neither a label nor a foreground click or box.
+            ValueError: clicks for a network built without them, with more than one label, with
+                neither a label nor a foreground click or box, or, for a refiner that reads
+                appearance, with features that have none.
         """
         if prompt_pad is None:
             prompt_pad = torch.zeros_like(prompt_ids, dtype=torch.bool)
@@ -322,10 +323,7 @@ class UniMed(nn.Module):
             idx = object_index(prompt_pad, kinds)
             background = masks[:, 0]
             obj = masks[torch.arange(masks.shape[0], device=masks.device), idx] - background
-            appearance = features.appearance
-            if appearance is None and self.click_refiner.appearance:
-                raise ValueError("these features have no appearance map: make them with UniMed.encode")
-            refined = self.click_refiner(obj, features.pixel, pts, kinds, at, appearance)
+            refined = self.click_refiner(obj, features.pixel, pts, kinds, at, features.appearance)
             out["mask_logits"] = torch.stack([background, background + refined], 1)
         out["boxes"] = (out["box_logits"].softmax(-1) * self.bin_centres).sum(-1)
         out["embedding"] = features.embedding
