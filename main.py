@@ -350,18 +350,21 @@ def cmd_train_clicks(args: argparse.Namespace) -> int:
         raise CommandError("--minutes and --steps must be positive")
     if not 0.0 <= args.pseudo_objects <= 1.0:
         raise CommandError(f"--pseudo-objects is a share of steps in [0, 1], got {args.pseudo_objects}")
+    if not 0.0 < args.pseudo_max_share <= 1.0:
+        raise CommandError(f"--pseudo-max-share is a share of an image in (0, 1], got {args.pseudo_max_share}")
     base, meta = load_checkpoint(args.checkpoint)
     model = enable_clicks(base)
-    config = ClickTrainConfig(steps=args.steps, max_minutes=args.minutes, seed=args.seed,
-                              pseudo_objects=args.pseudo_objects)
     try:
+        config = ClickTrainConfig(steps=args.steps, max_minutes=args.minutes, seed=args.seed,
+                                  pseudo_objects=args.pseudo_objects, pseudo_max_share=args.pseudo_max_share)
         pseudo = pseudo_object_sources(args.data) if args.pseudo_objects > 0 else []
         report = train_clicks(model, click_sources(args.data), config, pseudo_sources=pseudo,
                               progress=not args.no_progress)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     part = {**report, "base": str(args.checkpoint),
-            "command": f"python main.py train-clicks --data {args.data} --pseudo-objects {args.pseudo_objects}"}
+            "command": f"python main.py train-clicks --data {args.data} --pseudo-objects {args.pseudo_objects} "
+                       f"--pseudo-max-share {args.pseudo_max_share}"}
     parts = list(meta.get("clicks", {}).get("parts", [])) + [part]  # a continued run keeps its earlier parts
     clicks = {"parts": parts, "steps": sum(p["steps"] for p in parts),
               "minutes": round(sum(p["minutes"] for p in parts), 2)}
@@ -397,6 +400,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_json(name: str, what: str) -> object:
+    """The JSON in file ``name``, or a :class:`CommandError` that starts with ``what``."""
+    try:
+        return json.loads(Path(name).read_text())
+    except FileNotFoundError as exc:
+        raise CommandError(f"{what}: no such file") from exc
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"{what}: not JSON ({exc})") from exc
+
+
+def _read_clicks_result(name: str) -> dict:
+    """A clicks-eval result file, or a one-line :class:`CommandError` that names what is wrong."""
+    result = _load_json(name, f"--compare {name}")
+    ok = (isinstance(result, dict) and isinstance(result.get("clicks"), int) and isinstance(result.get("cases"), list)
+          and all(isinstance(c, dict) and "name" in c and isinstance(c.get("dice"), list) for c in result["cases"]))
+    if not ok:
+        raise CommandError(f"--compare {name}: not a clicks-eval result (no 'clicks' and 'cases' with names and dice)")
+    return result
+
+
 def cmd_clicks_eval(args: argparse.Namespace) -> int:
     """Interactive segmentation by simulated clicks on every case of a dataset folder: Dice after
     each click, clicks to reach 85 % and 90 % Dice, seconds per click (per case and mean ± sd).
@@ -405,12 +428,17 @@ def cmd_clicks_eval(args: argparse.Namespace) -> int:
     answer missed, background where it spilled over). The target is --label's mask, or without
     --label every labelled voxel (BraTS: the whole tumour), asked for as the clicked object."""
     from unimed.checkpoint import load_checkpoint
-    from unimed.interactive_evaluation import clicks_evaluation, format_clicks_report, plot_click_curves
+    from unimed.interactive_evaluation import (clicks_evaluation, format_click_gain, format_clicks_report,
+                                               paired_click_gain, plot_click_curves)
 
     if args.clicks < 1:
         raise CommandError(f"--clicks must be >= 1, got {args.clicks}")
     if not Path(args.data).exists():
         raise CommandError(f"--data {args.data}: no such file or folder")
+    baseline = _read_clicks_result(args.compare) if args.compare else None
+    if baseline is not None and baseline["clicks"] != args.clicks:
+        raise CommandError(f"--compare {args.compare} has {baseline['clicks']} clicks per case, this run "
+                           f"{args.clicks}: compare runs of the same --clicks")
     model, meta = load_checkpoint(args.checkpoint)
     if model.click_encoder is None:
         raise CommandError(f"--checkpoint {args.checkpoint} (version {meta.get('version')}) was not trained for clicks "
@@ -419,6 +447,13 @@ def cmd_clicks_eval(args: argparse.Namespace) -> int:
                                split=args.split, progress=not args.no_progress)
     result["checkpoint"] = {"path": str(args.checkpoint), "version": meta.get("version")}
     print(format_clicks_report(result))
+    if baseline is not None:
+        try:
+            gain = paired_click_gain(result, baseline)
+        except ValueError as exc:
+            raise CommandError(f"--compare {args.compare}: {exc}") from exc
+        result["compared_to"] = {"path": str(args.compare), **gain}
+        print(format_click_gain(gain))
     if args.json:
         _write_json(result, args.json)
     if args.png:
@@ -644,12 +679,7 @@ def cmd_al_combine(args: argparse.Namespace) -> int:
 
 def _read_al_result(name: str) -> dict:
     """An al-sim result file, or a one-line :class:`CommandError` that names what is wrong."""
-    try:
-        result = json.loads(Path(name).read_text())
-    except FileNotFoundError as exc:
-        raise CommandError(f"{name}: no such file") from exc
-    except json.JSONDecodeError as exc:
-        raise CommandError(f"{name}: not JSON ({exc})") from exc
+    result = _load_json(name, name)
     if not isinstance(result, dict) or "strategies" not in result or "config" not in result:
         raise CommandError(f"{name}: not an al-sim result (no 'strategies' and 'config')")
     problem = _malformed_run(result)
@@ -976,6 +1006,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pseudo-objects", type=float, default=0.5, metavar="SHARE",
                    help="share of steps that also train on objects nobody labelled, cut from every dataset's "
                         "images by intensity (0: labelled objects only; default 0.5)")
+    p.add_argument("--pseudo-max-share", type=float, default=0.03, metavar="SHARE",
+                   help="the largest such object, as a share of its image's voxels (default 0.03)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train_clicks)
@@ -1005,6 +1037,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--json", default=None, help="write per-case curves and the summary here")
     p.add_argument("--png", default=None, help="plot Dice per click here")
+    p.add_argument("--compare", default=None, metavar="BASELINE.json",
+                   help="another clicks-eval JSON of the same cases (say another checkpoint's): Dice after each "
+                        "click minus its, paired by case, mean ± sd and cases better / worse")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_grid_spacing(p)
     p.set_defaults(func=cmd_clicks_eval)

@@ -93,6 +93,15 @@ def test_train_clicks_refuses_a_pseudo_object_share_outside_0_1(repo, tmp_path, 
     assert not (tmp_path / "c.pt").exists()
 
 
+@pytest.mark.parametrize("share", ["0", "1.5"])
+def test_train_clicks_refuses_a_largest_object_share_outside_0_1(repo, tmp_path, share):
+    out = run(repo, "train-clicks", "--data", str(tmp_path), "--out", str(tmp_path / "c.pt"),
+              "--pseudo-max-share", share)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"--pseudo-max-share is a share of an image in (0, 1], got {float(share)}" in out.stderr
+    assert not (tmp_path / "c.pt").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("device, message", [("tpu", "device 'tpu': use 'cpu', or 'cuda'/'cuda:N'"),
                                              ("cuda:99", "device 'cuda:99': use 'cpu'")])

@@ -20,7 +20,7 @@ import torch
 
 from unimed.clicks import innermost_voxel, next_click
 from unimed.datasets import DatasetError
-from unimed.interactive_evaluation import clicks_evaluation, simulate_clicks, summarise_cases
+from unimed.interactive_evaluation import clicks_evaluation, paired_click_gain, simulate_clicks, summarise_cases
 from unimed.labels import LabelRegistry, UnknownLabelError
 from unimed.predictor import Predictor
 
@@ -112,6 +112,36 @@ def test_summary_counts_cases_that_never_reach_a_threshold():
     assert s["median_seconds_per_click"] == 4.0
 
 
+def test_paired_gain_pairs_cases_by_name_and_refuses_runs_that_do_not_pair():
+    run = {"clicks": 2, "cases": [{"name": "a", "dice": [0.2, 0.9]}, {"name": "b", "dice": [0.5, 0.5]},
+                                  {"name": "new", "dice": [1.0, 1.0]}]}
+    base = {"clicks": 2, "cases": [{"name": "b", "dice": [0.4, 0.7]}, {"name": "a", "dice": [0.2, 0.6]},
+                                   {"name": "old", "dice": [0.0, 0.0]}]}
+    g = paired_click_gain(run, base)
+    assert g["n"] == 2 and g["only_in_result"] == ["new"] and g["only_in_baseline"] == ["old"]
+    assert g["gain"][0] == {"mean": pytest.approx(0.05), "sd": pytest.approx(0.0707, abs=1e-4), "better": 1, "worse": 0}
+    assert g["gain"][1]["mean"] == pytest.approx(0.05) and (g["gain"][1]["better"], g["gain"][1]["worse"]) == (1, 1)
+    with pytest.raises(ValueError, match="same --clicks"):
+        paired_click_gain(run, {**base, "clicks": 3})
+    with pytest.raises(ValueError, match="no case of this run's"):
+        paired_click_gain(run, {"clicks": 2, "cases": [{"name": "z", "dice": [0.1, 0.2]}]})
+    with pytest.raises(ValueError, match="case a has fewer than 2"):
+        paired_click_gain(run, {"clicks": 2, "cases": [{"name": "a", "dice": [0.1]}]})
+
+
+@pytest.mark.parametrize("content, message", [(None, "no such file"), ("{", "not JSON"),
+                                              ('{"clicks": 2}', "not a clicks-eval result")])
+def test_clicks_eval_refuses_a_baseline_that_is_not_a_clicks_eval_result(repo, tmp_path, content, message):
+    baseline = tmp_path / "base.json"
+    if content is not None:
+        baseline.write_text(content)
+    run = subprocess.run([sys.executable, str(repo / "main.py"), "clicks-eval", "--dataset", "brats", "--data",
+                          str(tmp_path), "--compare", str(baseline), "--no-progress"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert f"--compare {baseline}: {message}" in run.stderr
+
+
 def brats_folder(root: Path) -> Path:
     """Case a: an edema ball with an enhancing core; b: an edema ball elsewhere; c: no tumour."""
     shape = (32, 32, 24)
@@ -164,6 +194,19 @@ def test_clicks_eval_command_writes_json_and_png(repo, tmp_path, clicking_checkp
     assert doc["n"] == 2 and doc["checkpoint"]["version"] == 1 and len(doc["cases"][0]["dice"]) == 2
     assert "median seconds per click" in run.stdout and "mean ± sd" in run.stdout
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = subprocess.run([sys.executable, str(repo / "main.py"), "clicks-eval", "--dataset", "brats", "--data",
+                            str(folder), "--clicks", "2", "--checkpoint", str(clicking_checkpoint), "--compare",
+                            str(out_json), "--json", str(tmp_path / "again.json"), "--no-progress"],
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    compared = json.loads((tmp_path / "again.json").read_text())["compared_to"]  # the same checkpoint: no gain
+    assert compared["n"] == 2 and compared["path"] == str(out_json)
+    assert [(g["mean"], g["better"], g["worse"]) for g in compared["gain"]] == [(0.0, 0, 0), (0.0, 0, 0)]
+    assert "paired with the baseline over 2 cases" in again.stdout and "click 2: +0.000" in again.stdout
+    fewer = subprocess.run([sys.executable, str(repo / "main.py"), "clicks-eval", "--dataset", "brats", "--data",
+                            str(folder), "--clicks", "1", "--compare", str(out_json), "--no-progress"],
+                           capture_output=True, text=True, timeout=600)
+    assert fewer.returncode == 2 and "has 2 clicks per case, this run 1" in fewer.stderr
     from unimed.checkpoint import save_checkpoint
     from unimed.networks.unimednet import unimed_tiny
 

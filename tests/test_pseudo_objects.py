@@ -125,3 +125,10 @@ def test_click_training_learns_from_pseudo_objects():
     assert report["pseudo_object_sources"] == {"plain": 1}
     assert any(k.startswith("plain:objects/") for k in report["last_losses"])  # also after a logged step (10)
     assert first[:, ClickRefiner.IN_CHANNELS:].abs().sum() > 0  # the appearance inputs learnt
+
+
+def test_click_training_bounds_the_size_of_pseudo_objects():
+    assert ClickTrainConfig(pseudo_max_share=0.03).pseudo_max_share == 0.03
+    for share in (0.0, 1.5, 0.0001):  # 0.0001 is below the smallest object's share
+        with pytest.raises(ValueError, match="share"):
+            ClickTrainConfig(pseudo_max_share=share)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from trainers.data import Source, collate, modality_batch
-from trainers.pseudo_objects import with_pseudo_objects
+from trainers.pseudo_objects import PseudoObjectConfig, with_pseudo_objects
 from trainers.simulated_clicks import click_loss
 from unimed.loss_weights import LossWeights
 from unimed.networks.unimednet import UniMed
@@ -42,6 +42,7 @@ class ClickTrainConfig:
         agnostic_prob: share of prompts without a label (the clicked object, class-agnostic).
         pseudo_objects: share of steps that also train on a batch of objects nobody labelled
             (:mod:`trainers.pseudo_objects`), from one of the pseudo-object sources.
+        pseudo_max_share: the largest such object, as a share of its image's voxels.
         seed: seeds the run.
     """
 
@@ -52,12 +53,14 @@ class ClickTrainConfig:
     box_prob: float = 0.2
     agnostic_prob: float = 0.5
     pseudo_objects: float = 0.5
+    pseudo_max_share: float = PseudoObjectConfig.max_share
     seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("box_prob", "agnostic_prob", "pseudo_objects"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        PseudoObjectConfig(max_share=self.pseudo_max_share)  # raises for a share outside its bounds
 
 
 def enable_clicks(model: UniMed) -> UniMed:
@@ -166,6 +169,7 @@ def train_clicks(model: UniMed, sources: Sequence[Source], config: ClickTrainCon
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-4)
     rng = random.Random(config.seed)
     stand_in = model.registry.resolve(None, Task.SEGMENTATION)[0]
+    objects = PseudoObjectConfig(max_share=config.pseudo_max_share)
     weights = LossWeights()
     budget = float("inf") if config.max_minutes is None else config.max_minutes * 60
     start, step, recent, last = time.perf_counter(), 0, [], {}
@@ -182,7 +186,7 @@ def train_clicks(model: UniMed, sources: Sequence[Source], config: ClickTrainCon
             if pseudo_sources and rng.random() < config.pseudo_objects:
                 src = rng.choice(pseudo_sources)
                 items, view = src.batch(rng, True)
-                batches.append((f"{src.name}:objects", with_pseudo_objects(items, rng, stand_in), view, 1.0))
+                batches.append((f"{src.name}:objects", with_pseudo_objects(items, rng, stand_in, objects), view, 1.0))
             for name, items, view, agnostic in batches:
                 with torch.no_grad():
                     feats = model.encode(collate(items, view), modality_batch(model, items, view))

@@ -47,7 +47,7 @@ class PseudoObjectConfig:
     smooth: float = 1.0
     min_share: float = 0.0005
     min_voxels: int = 16
-    max_share: float = 0.15
+    max_share: float = 0.03
     tries: int = 4
 
     def __post_init__(self) -> None:

@@ -27,8 +27,8 @@ from unimed.metrics import dice
 from unimed.predictor import Predictor
 from unimed.tasks import Task
 
-__all__ = ["simulate_clicks", "clicks_evaluation", "summarise_cases", "format_clicks_report", "plot_click_curves",
-           "THRESHOLDS"]
+__all__ = ["simulate_clicks", "clicks_evaluation", "summarise_cases", "paired_click_gain", "format_clicks_report",
+           "format_click_gain", "plot_click_curves", "THRESHOLDS"]
 
 #: the Dice values whose number of clicks is reported
 THRESHOLDS = (0.85, 0.90)
@@ -230,6 +230,66 @@ def clicks_evaluation(
 
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def paired_click_gain(result: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    """Dice after each click of ``result`` minus ``baseline``'s, paired by case name.
+
+    Two checkpoints measured on the same cases differ less than their spreads over the cases
+    suggest; the paired differences say by how much, and on how many cases either is ahead.
+
+    Args:
+        result: a :func:`clicks_evaluation` result.
+        baseline: another, of the same number of clicks (typically another checkpoint's JSON).
+
+    Returns:
+        ``{"n", "only_in_result", "only_in_baseline", "gain": [{"mean", "sd", "better", "worse"}]}``,
+        one entry per click; ``better``/``worse`` count the cases whose Dice differs by more than 0.001.
+
+    Raises:
+        ValueError: different numbers of clicks, no case in both, or a case with fewer Dice values than clicks.
+
+    Example:
+        >>> a = {"clicks": 2, "cases": [{"name": "x", "dice": [0.5, 0.9]}, {"name": "y", "dice": [0.6, 0.7]}]}
+        >>> b = {"clicks": 2, "cases": [{"name": "x", "dice": [0.4, 0.8]}, {"name": "y", "dice": [0.6, 0.75]}]}
+        >>> g = paired_click_gain(a, b)
+        >>> [round(c["mean"], 3) for c in g["gain"]], g["gain"][1]["better"], g["gain"][1]["worse"]
+        ([0.05, 0.025], 1, 1)
+    """
+    if result["clicks"] != baseline["clicks"]:
+        raise ValueError(f"the baseline has {baseline['clicks']} clicks per case, this run {result['clicks']}: "
+                         "compare runs of the same --clicks")
+    ours = {c["name"]: c["dice"] for c in result["cases"]}
+    theirs = {c["name"]: c["dice"] for c in baseline["cases"]}
+    common = [name for name in ours if name in theirs]
+    if not common:
+        raise ValueError("the baseline has no case of this run's (cases are paired by name)")
+    short = [name for name in common if min(len(ours[name]), len(theirs[name])) < result["clicks"]]
+    if short:
+        raise ValueError(f"case {short[0]} has fewer than {result['clicks']} Dice values")
+    gain = []
+    for i in range(result["clicks"]):
+        diffs = [ours[name][i] - theirs[name][i] for name in common]
+        gain.append({**_mean_sd(diffs), "better": sum(d > 1e-3 for d in diffs), "worse": sum(d < -1e-3 for d in diffs)})
+    return {"n": len(common), "only_in_result": sorted(set(ours) - set(theirs)),
+            "only_in_baseline": sorted(set(theirs) - set(ours)), "gain": gain}
+
+
+def format_click_gain(gain: dict[str, Any]) -> str:
+    """The lines of a :func:`paired_click_gain`.
+
+    Example:
+        >>> print(format_click_gain({"n": 2, "only_in_result": [], "only_in_baseline": ["z"],
+        ...                          "gain": [{"mean": 0.05, "sd": 0.07, "better": 1, "worse": 0}]}))
+        paired with the baseline over 2 cases (only in the baseline: z)
+        click 1: +0.050±0.070, better on 1, worse on 0
+    """
+    unpaired = [f"only in {side}: {', '.join(gain['only_in_' + key])}"
+                for side, key in (("this run", "result"), ("the baseline", "baseline")) if gain["only_in_" + key]]
+    lines = [f"paired with the baseline over {gain['n']} cases" + (f" ({'; '.join(unpaired)})" if unpaired else "")]
+    for i, g in enumerate(gain["gain"], start=1):
+        lines.append(f"click {i}: {g['mean']:+.3f}±{g['sd']:.3f}, better on {g['better']}, worse on {g['worse']}")
+    return "\n".join(lines)
 
 
 def format_clicks_report(result: dict[str, Any]) -> str:
