@@ -25,6 +25,8 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 
+from unimed.datasets.datastore import image_stem
+
 __all__ = ["write_structure_cases", "main"]
 
 #: NIfTI suffixes a stem is cut from
@@ -32,10 +34,12 @@ _SUFFIXES = (".nii.gz", ".nii")
 
 
 def _stem(path: Path) -> tuple[str, str]:
-    for suffix in _SUFFIXES:
-        if path.name.endswith(suffix):
-            return path.name[: -len(suffix)], suffix
-    raise ValueError(f"{path}: expected a NIfTI file ({' or '.join(_SUFFIXES)})")
+    """The datastore's name for ``path`` (:func:`~unimed.datasets.datastore.image_stem`) and its suffix."""
+    stem = image_stem(path.name)
+    suffix = path.name[len(stem):]
+    if suffix not in _SUFFIXES:
+        raise ValueError(f"{path}: expected a NIfTI file ({' or '.join(_SUFFIXES)})")
+    return stem, suffix
 
 
 def write_structure_cases(
