@@ -325,13 +325,26 @@ def cmd_teach(args: argparse.Namespace) -> int:
     try:
         report = teach(model, args.label, args.data, tasks=tasks, steps=args.steps, minutes=args.minutes,
                        replay_data=replay, token_steps=args.token_steps, seed=args.seed,
-                       progress=not args.no_progress)
+                       contrast=_teach_contrast(args.contrast), progress=not args.no_progress)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     out = save_checkpoint(model, args.out, {**meta, "kind": "teach", "base": str(args.checkpoint), "taught": report})
     print(json.dumps(report, indent=2))
     print(f"checkpoint with label {report['label']['name']!r} written to {out}")
     return 0
+
+
+def _teach_contrast(value: str) -> float | None:
+    """``teach --contrast``: ``auto`` (None: by modality), else a probability in [0, 1]."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        share = float(value)
+    except ValueError:
+        share = -1.0
+    if not 0.0 <= share <= 1.0:
+        raise CommandError(f"--contrast is auto or a probability in [0, 1], got {value!r}")
+    return share
 
 
 def cmd_train_clicks(args: argparse.Namespace) -> int:
@@ -972,6 +985,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tuning steps (the budget may stop it earlier); 0: the token's start only, "
                         "old outputs unchanged")
     p.add_argument("--token-steps", type=int, default=30, help="steps that start the new token from the examples")
+    p.add_argument("--contrast", default="auto",
+                   help="how often an image of the structure is shown in a random contrast, so that a structure "
+                        "taught on one MR sequence is found on the others: a probability, or auto (default: 0.5 "
+                        "for MR and other non-CT volumes, 0 for CT and 2D images)")
     p.add_argument("--replay-data", default="auto",
                    help="a folder in the shared data layout whose datasets replay the old labels; auto (default): "
                         "$UNIMED_REPLAY_DATA, else ../shared/data beside the project when present; none: the base "

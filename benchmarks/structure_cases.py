@@ -27,14 +27,18 @@ import numpy as np
 
 from unimed.datasets.datastore import image_stem
 
-__all__ = ["write_structure_cases", "main"]
+__all__ = ["nifti_stem", "write_structure_cases", "main"]
 
 #: NIfTI suffixes a stem is cut from
 _SUFFIXES = (".nii.gz", ".nii")
 
 
-def _stem(path: Path) -> tuple[str, str]:
-    """The datastore's name for ``path`` (:func:`~unimed.datasets.datastore.image_stem`) and its suffix."""
+def nifti_stem(path: Path) -> tuple[str, str]:
+    """The datastore's name for ``path`` (:func:`~unimed.datasets.datastore.image_stem`) and its suffix.
+
+    Raises:
+        ValueError: not a NIfTI file.
+    """
     stem = image_stem(path.name)
     suffix = path.name[len(stem):]
     if suffix not in _SUFFIXES:
@@ -73,8 +77,8 @@ def write_structure_cases(
     if min_voxels < 1:
         raise ValueError(f"min_voxels must be >= 1, got {min_voxels}")
     image, label_map, out = Path(image), Path(label_map), Path(out)
-    stem, suffix = _stem(image)
-    _stem(label_map)
+    stem, suffix = nifti_stem(image)
+    nifti_stem(label_map)
     shape = nib.load(str(image)).shape[:3]
     seg = nib.load(str(label_map))
     values = np.asarray(seg.dataobj)

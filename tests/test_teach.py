@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import subprocess
@@ -237,7 +239,7 @@ def test_teach_then_infer(tmp_path, tiny_checkpoint):
     assert set(np.unique(seg)) <= {0, 12} and (seg == 12).any()
     scores = tmp_path / "scores.json"
     done = _main("evaluate", "--checkpoint", str(out), "--dataset", "datastore", "--data", str(data), "--label", "cube",
-                 "--json", str(scores), "--no-progress")
+                 "--json", str(scores))  # with the progress bar, as users run it
     assert done.returncode == 0, done.stderr
     result = json.loads(scores.read_text())
     assert result["n"] == 2 and result["label"] == "cube" and 0.0 <= result["metrics"]["dice_cube"] <= 1.0
@@ -263,6 +265,9 @@ def test_teach_errors(tmp_path, tiny_checkpoint):
     unlabelled.mkdir()
     nib.save(nib.Nifti1Image(_cube_image(0)[0], np.eye(4)), unlabelled / "a.nii.gz")
     cases.append((("--label", "cube", "--data", str(unlabelled)), "no image has a mask"))
+    for contrast in ("1.5", "often"):
+        cases.append((("--label", "cube", "--data", str(data), "--contrast", contrast),
+                      "--contrast is auto or a probability"))
     for args, message in cases:
         done = _main("teach", *args, *common)
         assert done.returncode == 2, (args, done.stderr)
@@ -337,6 +342,7 @@ def test_masks_teach_classification_when_some_images_do_not_show_the_structure()
     report = teach_samples(net, "cube", samples, tasks=["segmentation", "detection", "classification"], steps=3,
                            token_steps=2, minutes=None, replay_data=None, progress=False)
     assert report["label"]["tasks"] == ["segmentation", "detection", "classification"] and report["steps"] == 3
+    assert report["contrast"] == 0.5  # volumes of no named modality: shown in random contrasts half the time
     answer = Predictor(net.eval()).predict(samples[0].image, "classification", ["cube"]).annotation
     assert 0.0 <= dict(zip(answer.labels, answer.scores)).get("cube", 0.0) <= 1.0
     assert "cube" in [lab.name for lab in net.registry.for_task(Task.CLASSIFICATION)]
@@ -368,3 +374,35 @@ def test_classification_needs_images_with_and_without_the_structure():
     with pytest.raises(ValueError, match="no sample shows the structure"):
         teach_samples(net, "cube", _cube_samples(value, shown=0), steps=1, progress=False, replay_data=None)
     assert "cube" not in net.registry  # refused before the label space grew
+
+
+def test_a_taught_label_is_scored_with_the_progress_bar_on(tmp_path):
+    """The progress bar's wrapper is transparent: the evaluator still reads the grown label space."""
+    from unimed.datasets.datastore import read_structure
+    from unimed.evaluation import score_samples
+    from unimed.label_growth import add_label
+    from unimed.predictor import Predictor
+
+    torch.manual_seed(0)
+    net = unimed_tiny().eval()
+    label = add_label(net, "cube", ["segmentation"])
+    samples = read_structure(_datastore(tmp_path / "cubes"), label.name, label.id)
+    quiet = score_samples("datastore", samples, Predictor(net), progress=False)
+    shown = score_samples("datastore", samples, Predictor(net), progress=True)
+    assert set(quiet["metrics"]) == {"dice_cube", "dice_mean"} and quiet["metrics"]["dice_cube"] is not None
+    assert shown == quiet
+
+
+def test_contrast_randomisation_is_on_for_mr_volumes_and_off_for_ct_and_2d():
+    from trainers.data import GridItem
+    from trainers.teach import TEACH_CONTRAST, default_contrast, teach_samples
+
+    volume = GridItem(torch.zeros(1, 8, 8, 8), None, (), None, [], (), None, "d", "n")
+    patch = GridItem(torch.zeros(1, 48, 48, 1), None, (), None, [], (), None, "d", "p")
+    t1 = dataclasses.replace(volume, modalities=("t1",))
+    assert default_contrast([volume]) == default_contrast([t1]) == TEACH_CONTRAST
+    assert default_contrast([dataclasses.replace(volume, modalities=("ct",))]) == 0.0
+    assert default_contrast([patch]) == 0.0
+    net = unimed_tiny()
+    with pytest.raises(ValueError, match="contrast must be a probability"):
+        teach_samples(net, "cube", _cube_samples(net.registry.next_id()), steps=1, contrast=-0.1, progress=False)

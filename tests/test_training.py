@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from trainers.config import MixEntry, TrainConfig
-from trainers.data import GridItem, Source, augment, crop, to_grid_item
+from trainers.data import GridItem, Source, augment, crop, random_contrast, to_grid_item
 from trainers.joint import JointTrainer, seed_everything
 from trainers.ssl import MaskedReconstruction, PseudoLabelConsistency, make_ssl
 from trainers.train_request import TrainRequest, TrainRequestError
@@ -62,6 +62,42 @@ def test_flip_augmentation_moves_boxes_with_the_image():
         b = (out.boxes[0] * 16).round().long().tolist()
         inside = out.image[0, b[0]:b[3], b[1]:b[4], 0]
         assert inside.mean() > out.image[0].mean() + 0.5  # the box still covers the bright square
+
+
+def test_random_contrast_remaps_intensities_and_keeps_the_anatomy():
+    # three tissues and air: 0 (air), 1, 2, 3, in blocks
+    x = torch.zeros(1, 12, 12, 6)
+    x[0, 2:10, 2:10] = 1.0
+    x[0, 3:9, 3:9, 1:5] = 2.0
+    x[0, 5:7, 5:7, 2:4] = 3.0
+    tissues = [x[0] == v for v in (0.0, 1.0, 2.0, 3.0)]
+    swapped = False
+    for seed in range(20):
+        y = random_contrast(x, random.Random(seed))
+        assert torch.equal(y, random_contrast(x, random.Random(seed)))  # drawn from the generator alone
+        assert abs(float(y.mean())) < 1e-5 and abs(float(y.std()) - 1.0) < 1e-4  # standardised again
+        values = [y[0][t] for t in tissues]
+        assert all(float(v.max() - v.min()) < 1e-5 for v in values)  # one tissue, one value: the shape is kept
+        means = [float(v.mean()) for v in values]
+        assert means[0] == min(means)  # air stays darkest
+        swapped |= means[2] < means[1]  # a tissue may become darker than one it was brighter than
+    assert swapped
+    flat = torch.full((1, 4, 4, 4), 3.0)
+    assert torch.equal(random_contrast(flat, random.Random(0)), flat)  # nothing to remap
+    with pytest.raises(ValueError, match="at least 2 control points"):
+        random_contrast(x, random.Random(0), points=1)
+
+
+def test_augmentation_without_contrast_draws_as_before():
+    """contrast 0 takes nothing from the generator: pretraining's random stream, and so resumed
+    runs' bit-identity, are unchanged; contrast 1 always remaps."""
+    item = GridItem(torch.rand(1, 8, 8, 8), None, (), None, [], (), None, "d", "n")
+    a, b = random.Random(3), random.Random(3)
+    assert torch.equal(augment(item, a).image, augment(item, b, contrast=0.0).image) and a.random() == b.random()
+    plain, remapped = augment(item, random.Random(3), intensity=False), augment(item, random.Random(3), False, 1.0)
+    assert not torch.allclose(plain.image, remapped.image)
+    with pytest.raises(ValueError, match="contrast must be a probability"):
+        Source("s", [item], ("segmentation",), contrast=1.5)
 
 
 def test_a_wide_volume_is_cropped_to_the_training_window_with_its_labels_and_boxes():

@@ -21,8 +21,8 @@ from unimed.transforms import MAX_GRID_SIZE_3D, to_model_grid
 if TYPE_CHECKING:
     from unimed.networks.unimednet import UniMed
 
-__all__ = ["TRAIN_WINDOW_3D", "GridItem", "View", "to_grid_item", "crop", "augment", "Source", "collate",
-           "batch_modalities", "modality_batch"]
+__all__ = ["TRAIN_WINDOW_3D", "CONTRAST_POINTS", "GridItem", "View", "to_grid_item", "crop", "random_contrast",
+           "augment", "Source", "collate", "batch_modalities", "modality_batch"]
 
 
 @dataclass
@@ -144,9 +144,50 @@ def crop(item: GridItem, size: int, rng: random.Random) -> GridItem:
                    box_labels=box_labels)
 
 
-def augment(item: GridItem, rng: random.Random, intensity: bool = True) -> GridItem:
+#: control points of :func:`random_contrast`'s intensity curves
+CONTRAST_POINTS = 5
+
+
+def random_contrast(image: torch.Tensor, rng: random.Random, points: int = CONTRAST_POINTS) -> torch.Tensor:
+    """Each channel's intensities through a random curve, then standardised again: another
+    contrast of the same anatomy.
+
+    The curve is piecewise linear through ``points`` control points spread evenly over the
+    channel's 0.5-99.5 percentile range; the darkest keeps the lowest value (air is dark in
+    every MR contrast) and the others take values drawn uniformly in [0, 1], in no order, so
+    that tissues may swap brightness as they do between MR sequences (fluid is dark on T1 and
+    bright on T2). What a structure looks like then varies while its shape does not: the idea
+    of training on randomised contrasts (Billot et al., SynthSeg, Medical Image Analysis 2023).
+
+    Raises:
+        ValueError: fewer than 2 points.
+
+    Example:
+        >>> x = torch.linspace(0, 1, 1000).reshape(1, 10, 10, 10)
+        >>> y = random_contrast(x, random.Random(0))
+        >>> y.shape, round(float(y.mean()), 4) == 0.0, round(float(y.std()), 2)
+        (torch.Size([1, 10, 10, 10]), True, 1.0)
+    """
+    if points < 2:
+        raise ValueError(f"a contrast curve needs at least 2 control points, got {points}")
+    out = torch.empty_like(image, dtype=torch.float32)
+    for c in range(image.shape[0]):
+        x = image[c].float().numpy()
+        lo, hi = np.quantile(x.reshape(-1)[:: max(1, x.size // 200_000)], [0.005, 0.995])
+        if hi - lo < 1e-6:
+            out[c] = image[c].float()
+            continue
+        ys = np.array([0.0] + [rng.random() for _ in range(points - 1)])
+        y = torch.from_numpy(np.interp(x, np.linspace(lo, hi, points), ys).astype(np.float32))
+        std = float(y.std())
+        out[c] = (y - y.mean()) / (std if std > 1e-6 else 1.0)
+    return out
+
+
+def augment(item: GridItem, rng: random.Random, intensity: bool = True, contrast: float = 0.0) -> GridItem:
     """Random flips along each spatial axis (boxes follow) and, with ``intensity``,
-    :func:`augment_intensity` and per-channel intensity jitter."""
+    :func:`augment_intensity` and per-channel intensity jitter; with probability ``contrast``,
+    first :func:`random_contrast`."""
     image, label_map = item.image, item.label_map
     boxes = None if item.boxes is None else item.boxes.clone()
     for axis in range(3):
@@ -158,6 +199,8 @@ def augment(item: GridItem, rng: random.Random, intensity: bool = True) -> GridI
         if boxes is not None and len(boxes):
             lo, hi = boxes[:, axis].clone(), boxes[:, axis + 3].clone()
             boxes[:, axis], boxes[:, axis + 3] = 1 - hi, 1 - lo
+    if contrast and rng.random() < contrast:
+        image = random_contrast(image, rng)
     if not intensity:
         return replace(item, image=image, label_map=label_map, boxes=boxes)
     image = augment_intensity(image, rng.randrange(2**31))
@@ -214,6 +257,9 @@ class Source:
             per-image normalisation the foreground's value encodes the organ's volume, which
             intensity jitter blurs).
         clicks: the probability that a segmentation batch also trains with simulated clicks.
+        contrast: the probability that an item is shown in a random contrast
+            (:func:`random_contrast`); what teaching a structure from one MR sequence sets, so
+            that it is found on the others.
     """
 
     name: str
@@ -225,11 +271,12 @@ class Source:
     modality_dropout: float = 0.0
     augment_intensity: bool = True
     clicks: float = 0.0
+    contrast: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.items:
             raise ValueError(f"source {self.name!r} has no samples")
-        for name in ("channel_dropout", "modality_dropout", "clicks"):
+        for name in ("channel_dropout", "modality_dropout", "clicks", "contrast"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
@@ -246,7 +293,7 @@ class Source:
                                            else rng.choices(group, k=self.batch_size))]
         picked = [crop(it, TRAIN_WINDOW_3D, rng) for it in picked]
         if augment_items:
-            picked = [augment(it, rng, self.augment_intensity) for it in picked]
+            picked = [augment(it, rng, self.augment_intensity, self.contrast) for it in picked]
         n = picked[0].image.shape[0]
         channels = None
         if n > 1 and rng.random() < self.channel_dropout:

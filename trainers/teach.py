@@ -46,7 +46,8 @@ from unimed.predictor import Predictor
 from unimed.task_names import Task
 
 __all__ = ["DEFAULT_TASKS", "SHARED_DATA", "REPLAY_ENV", "TEACH_VOXELS", "TEACH_MAX_BATCH", "VOLUME_REPLAY_EVERY",
-           "default_replay_data", "teach_config", "teach_batch_size", "with_pseudo_labels", "teach", "teach_samples"]
+           "TEACH_CONTRAST", "default_contrast", "default_replay_data", "teach_config", "teach_batch_size",
+           "with_pseudo_labels", "teach", "teach_samples"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,11 @@ TEACH_MAX_BATCH = 16
 #: cheap per step, keep their pretraining share: halving them too cost BCCD 0.06
 VOLUME_REPLAY_EVERY = 2
 
+#: the probability that a volume of the new label is shown in a random contrast
+#: (:func:`trainers.data.random_contrast`): a structure taught from one MR sequence is then
+#: found on the others of the same subject. Half the draws keep the taught contrast
+TEACH_CONTRAST = 0.5
+
 
 def default_replay_data() -> Path | None:
     """The folder teaching replays the old labels from unless told: ``$UNIMED_REPLAY_DATA``
@@ -103,6 +109,24 @@ def default_replay_data() -> Path | None:
     if any((SHARED_DATA / spec.folder).is_dir() for spec in DATASETS.values()):
         return SHARED_DATA
     return None
+
+
+def default_contrast(items: Sequence[GridItem]) -> float:
+    """How often teaching shows the new label's items in a random contrast unless told:
+    :data:`TEACH_CONTRAST` for volumes (3D) that are not all CT, 0 otherwise. An MR structure
+    is asked for on other sequences than the one it was taught on; a CT's intensities are
+    Hounsfield units, the same on every scanner, and 2D images (patches, microscopy) have no
+    other sequence.
+
+    Example:
+        >>> vol = GridItem(torch.zeros(1, 8, 8, 8), None, (), None, [], (), None, "d", "n")
+        >>> default_contrast([vol]), default_contrast([replace(vol, modalities=("ct",))])
+        (0.5, 0.0)
+    """
+    volumes = [it for it in items if it.image.shape[-1] > 1]
+    if not volumes or all(it.modalities and set(it.modalities) == {"ct"} for it in volumes):
+        return 0.0
+    return TEACH_CONTRAST
 
 
 def teach_config(steps: int = 300, minutes: float | None = 10.0, tasks: Sequence[Task] = DEFAULT_TASKS,
@@ -244,6 +268,7 @@ def teach_samples(
     replay_data: str | Path | None = None,
     token_steps: int = 30,
     seed: int = 0,
+    contrast: float | None = None,
     progress: bool = True,
     display: str | None = None,
     color: Sequence[int] | None = None,
@@ -273,6 +298,9 @@ def teach_samples(
             the samples' images do.
         token_steps: steps that start the new token from the examples (:func:`fit_label_token`).
         seed: seeds Python, NumPy and torch.
+        contrast: the probability that an item of the new label is shown in a random contrast
+            (:func:`trainers.data.random_contrast`); None: :func:`default_contrast` (0.5 for MR
+            and other non-CT volumes, 0 for CT and 2D images).
         progress: show a progress bar.
         display: the label's name in viewers (default: from ``name``).
         color: its RGB colour (default: a hue of its own).
@@ -284,7 +312,7 @@ def teach_samples(
 
     Raises:
         ValueError: the label exists, no samples, no or unknown tasks, classification without
-            samples both with and without the structure, or ``steps < 0``.
+            samples both with and without the structure, ``steps < 0``, or ``contrast`` outside [0, 1].
 
     Example:
         >>> teach_samples(model, "spinal_cord", samples, steps=50, color=(255, 200, 0))  # doctest: +SKIP
@@ -294,6 +322,8 @@ def teach_samples(
         raise ValueError("teach needs at least one task (segmentation, detection)")
     if steps < 0:
         raise ValueError(f"steps must be >= 0 (0: the token's start only), got {steps}")
+    if contrast is not None and not 0.0 <= contrast <= 1.0:
+        raise ValueError(f"contrast must be a probability in [0, 1], got {contrast}")
     key = _new_label_name(model, name)
     if not samples:
         raise ValueError(f"label {key!r} needs at least one annotated image to be taught from")
@@ -338,6 +368,7 @@ def teach_samples(
         samples = [_structure_only(s, label, task_list) for s in samples]
     source = make_source("teach", samples, config.mix["teach"])
     source.batch_size = teach_batch_size([it.image.shape for it in source.items])
+    source.contrast = default_contrast(source.items) if contrast is None else contrast
     config.mix["teach"] = replace(config.mix["teach"], batch_size=source.batch_size)
 
     token_losses: list[float] = []
@@ -369,6 +400,7 @@ def teach_samples(
                   "tasks": [t.value for t in task_list]},
         "samples": len(samples),
         "batch_size": source.batch_size,
+        "contrast": source.contrast,
         "replay_every": {src.name: src.every for src in replay_sources},
         "token_loss": [token_losses[0], token_losses[-1]] if token_losses else None,
         "steps": done,

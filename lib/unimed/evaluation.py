@@ -26,10 +26,16 @@ TABLE_CASES = 20
 
 
 class _CountingPredictor:
-    """Forwards ``predict`` to a predictor and ticks a progress bar once per call."""
+    """Forwards ``predict`` to a predictor and ticks a progress bar once per call; any other
+    attribute (an evaluator reads ``model.registry`` for a taught label) is the predictor's."""
 
     def __init__(self, predictor: Predicts, bar: Any):
         self.predictor, self.bar = predictor, bar
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "predictor":  # not set yet (a copy in the making): no recursion
+            raise AttributeError(name)
+        return getattr(self.predictor, name)
 
     def predict(self, *args: Any, **kwargs: Any) -> Any:
         answer = self.predictor.predict(*args, **kwargs)
