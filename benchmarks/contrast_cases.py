@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 import nibabel as nib
 import numpy as np
 
-from benchmarks.structure_cases import nifti_stem
+from benchmarks.structure_cases import NIFTI_SUFFIXES, nifti_stem
 
 __all__ = ["CURVES", "apply_curve", "write_contrast_cases", "main"]
 
@@ -42,6 +42,24 @@ CURVES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "sqrt": lambda x, body: np.sqrt(x),
     "invert": lambda x, body: np.where(body, 1.0 - x, 0.0),
 }
+
+
+def _check_curve(curve: str) -> None:
+    if curve not in CURVES:
+        raise ValueError(f"unknown curve {curve!r}; known: {', '.join(CURVES)}")
+
+
+def _scaled(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The intensities clipped to the body's 1-99 percentiles and scaled to [0, 1], and the body
+    (the voxels above the 30th percentile): what every curve reads."""
+    x = np.asarray(volume, dtype=np.float32)
+    body = x > np.percentile(x, 30)
+    lo, hi = np.percentile(x[body], [1, 99]) if body.any() else (float(x.min()), float(x.max()))
+    return np.clip((x - lo) / max(hi - lo, 1e-6), 0.0, 1.0), body
+
+
+def _through(curve: str, scaled: np.ndarray, body: np.ndarray) -> np.ndarray:
+    return (CURVES[curve](scaled, body) * 1000).astype(np.float32)
 
 
 def apply_curve(volume: np.ndarray, curve: str) -> np.ndarray:
@@ -55,13 +73,8 @@ def apply_curve(volume: np.ndarray, curve: str) -> np.ndarray:
         >>> bool(apply_curve(v, "invert")[0, 0, 0] == 0), bool(apply_curve(v, "invert")[9, 9, 5] < 100)
         (True, True)
     """
-    if curve not in CURVES:
-        raise ValueError(f"unknown curve {curve!r}; known: {', '.join(CURVES)}")
-    x = np.asarray(volume, dtype=np.float32)
-    body = x > np.percentile(x, 30)
-    lo, hi = np.percentile(x[body], [1, 99]) if body.any() else (float(x.min()), float(x.max()))
-    scaled = np.clip((x - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
-    return (CURVES[curve](scaled, body) * 1000).astype(np.float32)
+    _check_curve(curve)
+    return _through(curve, *_scaled(volume))
 
 
 def write_contrast_cases(data: str | Path, out: str | Path, curves: Sequence[str] = tuple(CURVES)) -> list[dict]:
@@ -86,11 +99,10 @@ def write_contrast_cases(data: str | Path, out: str | Path, curves: Sequence[str
     if not curves:
         raise ValueError("name at least one curve")
     for curve in curves:
-        if curve not in CURVES:
-            raise ValueError(f"unknown curve {curve!r}; known: {', '.join(CURVES)}")
+        _check_curve(curve)
     data, out = Path(data), Path(out)
     final = data / "labels" / "final"
-    images = sorted(p for p in data.iterdir() if p.is_file() and p.name.endswith((".nii.gz", ".nii"))
+    images = sorted(p for p in data.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES)
                     and (final / p.name).is_file()) if data.is_dir() else []
     if not images:
         raise ValueError(f"{data}: no NIfTI image with a mask under labels/final/")
@@ -99,10 +111,10 @@ def write_contrast_cases(data: str | Path, out: str | Path, curves: Sequence[str
     for path in images:
         stem, suffix = nifti_stem(path)
         img = nib.load(str(path))
-        volume = np.asarray(img.dataobj, dtype=np.float32)
+        scaled, body = _scaled(np.asarray(img.dataobj, dtype=np.float32))  # once per image, not per curve
         for curve in curves:
             name = f"{stem}_{curve}"
-            nib.save(nib.Nifti1Image(apply_curve(volume, curve), img.affine), str(out / f"{name}{suffix}"))
+            nib.save(nib.Nifti1Image(_through(curve, scaled, body), img.affine), str(out / f"{name}{suffix}"))
             shutil.copyfile(final / path.name, out / "labels" / "final" / f"{name}{suffix}")
             cases.append({"name": name, "image": path.name, "curve": curve})
     return cases

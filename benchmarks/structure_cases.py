@@ -27,10 +27,10 @@ import numpy as np
 
 from unimed.datasets.datastore import image_stem
 
-__all__ = ["nifti_stem", "write_structure_cases", "main"]
+__all__ = ["NIFTI_SUFFIXES", "nifti_stem", "write_structure_cases", "main"]
 
 #: NIfTI suffixes a stem is cut from
-_SUFFIXES = (".nii.gz", ".nii")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 def nifti_stem(path: Path) -> tuple[str, str]:
@@ -41,8 +41,8 @@ def nifti_stem(path: Path) -> tuple[str, str]:
     """
     stem = image_stem(path.name)
     suffix = path.name[len(stem):]
-    if suffix not in _SUFFIXES:
-        raise ValueError(f"{path}: expected a NIfTI file ({' or '.join(_SUFFIXES)})")
+    if suffix not in NIFTI_SUFFIXES:
+        raise ValueError(f"{path}: expected a NIfTI file ({' or '.join(NIFTI_SUFFIXES)})")
     return stem, suffix
 
 
