@@ -104,7 +104,7 @@ def test_a_wide_volume_is_cropped_to_the_training_window_with_its_labels_and_box
     # each voxel holds its own x index, so the window's origin can be read off the crop
     x = torch.arange(160, dtype=torch.float32).view(1, 160, 1, 1).expand(1, 160, 96, 48).contiguous()
     lm = torch.zeros(160, 96, 48, dtype=torch.long)
-    lm[140:150, 10:20, 10:20] = 2
+    lm[60:70, 10:20, 10:20] = 2  # in every window: the windows stay uniform
     boxes = torch.tensor([[140 / 160, 10 / 96, 10 / 48, 150 / 160, 20 / 96, 20 / 48],  # near the far end
                           [0.0, 0.0, 0.0, 10 / 160, 0.5, 0.5]])  # at the near end
     item = GridItem(x, lm, ("edema",), boxes, ["edema", "necrosis"], ("edema",), {"brain_tumor": 1}, "toy", "wide")
@@ -126,6 +126,22 @@ def test_a_wide_volume_is_cropped_to_the_training_window_with_its_labels_and_box
     assert crop(small, 128, random.Random(0)) is small
     with pytest.raises(ValueError, match="multiple of 16"):
         crop(item, 100, random.Random(0))
+
+
+def test_the_window_of_a_labelled_volume_holds_a_labelled_voxel_at_random():
+    lm = torch.zeros(160, 96, 48, dtype=torch.long)
+    lm[140:150, 10:20, 10:20] = 3  # near the far end: most uniform windows (start 0..32) would miss it
+    x = torch.arange(160, dtype=torch.float32).view(1, 160, 1, 1).expand(1, 160, 96, 48).contiguous()
+    item = GridItem(x, lm, ("edema",), None, [], (), None, "toy", "wide")
+    starts = set()
+    for seed in range(40):
+        out = crop(item, 128, random.Random(seed))
+        x0 = int(out.image[0, 0, 0, 0])
+        assert out.label_map.any() and torch.equal(out.label_map, lm[x0:x0 + 128])
+        starts.add(x0)
+    assert min(starts) >= 140 - 127 and len(starts) > 5  # holds the structure, at random places around it
+    empty = dataclasses.replace(item, label_map=torch.zeros_like(lm))
+    assert {int(crop(empty, 128, random.Random(s)).image[0, 0, 0, 0]) for s in range(40)} & set(range(13))
 
 
 def test_a_source_batch_of_wide_volumes_is_cropped():

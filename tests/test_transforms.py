@@ -31,7 +31,8 @@ def test_grid_shape(shape, spacing, max_size, expected):
         ((240, 240, 155), (1, 1, 1), 256, (128, 128, 80)),  # BraTS at 1 mm: 1.875 mm voxels
         ((360, 360, 155), (1, 1, 1), 256, (192, 192, 80)),  # the same head in a wider view: same voxel size
         ((160, 160, 103), (1.5, 1.5, 1.5), 256, (128, 128, 80)),  # the same 240 mm at 1.5 mm
-        ((122, 101, 30), (3, 3, 3), 256, (128, 96, 32)),  # coarser than the grid: the image's own voxels
+        ((122, 101, 30), (3, 3, 3), 256, (192, 160, 48)),  # coarser than the grid: resampled up to 1.875 mm
+        ((400, 400, 100), (3, 3, 3), 256, (256, 256, 64)),  # ... at most to the memory cap
         ((28, 28, 28), (1, 1, 1), 256, (32, 32, 32)),  # a patch keeps MIN_PATCH_SIZE_3D voxels
         ((512, 512, 600), (0.8, 0.8, 0.8), 256, (224, 224, 256)),  # a 480 mm CT fits the cap at 1.875 mm
         ((512, 512, 700), (0.8, 0.8, 0.8), 256, (192, 192, 256)),  # a 560 mm one: only the memory cap coarsens

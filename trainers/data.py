@@ -117,6 +117,11 @@ def crop(item: GridItem, size: int, rng: random.Random) -> GridItem:
     volume that fits, is returned as it is). Boxes are clipped to the window; a box left with no
     extent inside it is dropped with its label. Image-level labels are kept.
 
+    The window of an item whose label map marks something holds one of its labelled voxels,
+    drawn at random, and lies at random around it (the positive crop of MONAI's
+    ``RandCropByPosNegLabeld``, always positive): a structure taught from one wide volume is in
+    every step's window, not cut off in most of them. Elsewhere the window is uniform.
+
     Example:
         >>> item = GridItem(torch.zeros(1, 160, 96, 64), None, (), None, [], (), None, "d", "n")
         >>> tuple(crop(item, 128, random.Random(0)).image.shape)
@@ -127,7 +132,16 @@ def crop(item: GridItem, size: int, rng: random.Random) -> GridItem:
     shape = item.image.shape[1:]
     if shape[2] == 1 or max(shape) <= size:
         return item
-    lo = [rng.randrange(0, n - size + 1) if n > size else 0 for n in shape]
+    anchor = None
+    if item.label_map is not None:
+        marked = item.label_map.nonzero()
+        if len(marked):
+            anchor = marked[rng.randrange(len(marked))].tolist()
+    if anchor is None:
+        lo = [rng.randrange(0, n - size + 1) if n > size else 0 for n in shape]
+    else:
+        lo = [rng.randrange(max(0, a - size + 1), min(a, n - size) + 1) if n > size else 0
+              for n, a in zip(shape, anchor)]
     hi = [min(n, a + size) for n, a in zip(shape, lo)]
     window = tuple(slice(a, b) for a, b in zip(lo, hi))
     label_map = None if item.label_map is None else item.label_map[window].contiguous()

@@ -185,11 +185,16 @@ def grid_shape(
             finer only where it would be under ``min_size`` (a patch).
         min_size: see ``target_spacing``.
 
-    The grid is never finer than the image's own smallest voxel.
+    The grid is never finer than the image's own smallest voxel, unless that voxel is coarser
+    than ``target_spacing``: such a volume is resampled up to ``target_spacing`` (at most
+    ``max_size``), so a structure spans as many grid voxels as it did in training, whatever the
+    scanner's resolution (a 15 mm spinal cord: 8 voxels, not 5 at 3 mm).
 
     Example:
         >>> grid_shape((400, 400, 300), np.ones(3), 256, target_spacing=1.875)
         (208, 208, 160)
+        >>> grid_shape((120, 90, 20), np.full(3, 3.0), 256, target_spacing=1.875)  # 3 mm: up to 1.875 mm
+        (192, 144, 32)
     """
     if target_spacing is not None and target_spacing <= 0:
         raise ValueError(f"target_spacing must be positive, got {target_spacing}")
@@ -199,7 +204,8 @@ def grid_shape(
         step = extent.max() / max_size
     else:
         step = max(min(target_spacing, extent.max() / min_size), extent.max() / max_size)
-    step = max(step, spacing[dims].min())
+    finest = spacing[dims].min()
+    step = max(step, finest if target_spacing is None else min(finest, target_spacing))
     grid = [1, 1, 1]
     for i, e in zip(dims, extent):
         grid[i] = int(max(SIZE_DIVISOR, SIZE_DIVISOR * round(e / step / SIZE_DIVISOR)))
