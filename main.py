@@ -487,7 +487,8 @@ def cmd_teach_curve(args: argparse.Namespace) -> int:
         raise CommandError(f"--checkpoint {args.checkpoint}: no such file")
     try:
         config = TeachCurveConfig(Path(args.data), Path(args.checkpoint), label=args.label, ks=tuple(args.ks),
-                                  minutes=args.minutes, replay=not args.no_replay, seed=args.seed)
+                                  minutes=args.minutes, replay=not args.no_replay, seed=args.seed,
+                                  repeats=args.repeats)
         result = teach_curve(config, progress=not args.no_progress)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
@@ -1007,7 +1008,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-replay", action="store_true", help="teach without replaying the shared data")
     p.add_argument("--reference", type=float, nargs=2, metavar=("MEAN", "SD"), default=None,
                    help="the plot's band: the figure of networks pretrained with the label")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="draws the cases and seeds training")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run the curve for this many seeds from --seed, each drawing its own cases, and report "
+                        "each k's mean and sd over them")
     p.add_argument("--json", default=None, help="write the result here")
     p.add_argument("--png", default=None, help="plot the curve here")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

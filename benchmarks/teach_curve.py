@@ -11,7 +11,10 @@ the path of ``main.py teach`` and of the viewer) in a fixed budget, then scores:
 - the old labels' figures before and after teaching (forgetting).
 
 The k cases are nested (the 3 include the 1, ...), drawn with a fixed seed from the training
-cases that show the structure: an annotator labels cases where it is.
+cases that show the structure: an annotator labels cases where it is. Which cases are drawn
+moves a run by as much as the changes one wants to measure (lung tumour, k = 5: 0.63 and 0.44
+for seeds 0 and 1), so ``--repeats N`` runs the curve for N seeds, each with its own draw, and
+reports each k's mean and standard deviation over them.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import numpy as np
 
 from unimed.datasets.sample import Sample
 
-__all__ = ["CURVE_DATASETS", "TeachCurveConfig", "teach_curve", "format_teach_curve", "plot_teach_curve"]
+__all__ = ["CURVE_DATASETS", "TeachCurveConfig", "teach_curve", "summarise_rows", "format_teach_curve",
+           "plot_teach_curve"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +54,8 @@ class TeachCurveConfig:
         minutes: the budget of each teaching run; the scratch network gets the same.
         replay: replay the shared data while teaching (as ``teach``'s default does).
         seed: picks the cases and seeds training.
+        repeats: curves to run, for seeds ``seed`` to ``seed + repeats - 1`` (each draws its own
+            cases); the result's ``summary`` holds each k's mean and sd over them.
     """
 
     data: Path
@@ -59,6 +65,7 @@ class TeachCurveConfig:
     minutes: float = 4.0
     replay: bool = True
     seed: int = 0
+    repeats: int = 1
 
     def __post_init__(self) -> None:
         self.data, self.checkpoint = Path(self.data), Path(self.checkpoint)
@@ -69,6 +76,8 @@ class TeachCurveConfig:
             raise ValueError(f"ks must be positive numbers of cases, got {self.ks}")
         if self.minutes <= 0:
             raise ValueError(f"minutes must be positive, got {self.minutes}")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be at least 1, got {self.repeats}")
 
 
 def _as_new_label(sample: Sample, value: int) -> Sample:
@@ -101,9 +110,10 @@ def teach_curve(config: TeachCurveConfig, progress: bool = False) -> dict[str, A
     """Teach ``config.label`` from k cases for every k, and score each run against a scratch peer.
 
     Returns:
-        ``{"label", "dataset", "checkpoint", "minutes", "val_cases", "base_old", "rows"}``; each row:
-        ``{"k", "cases", "taught": {metric: value}, "scratch": {...}, "old": {...}, "teach": report,
-        "scratch_fit": {...}}``.
+        ``{"label", "dataset", "checkpoint", "minutes", "val_cases", "base_old", "rows", "summary"}``;
+        each row (one per seed and k): ``{"seed", "k", "cases", "taught": {metric: value},
+        "scratch": {...}, "old": {...}, "teach": report, "scratch_fit": {...}}``; the summary
+        (:func:`summarise_rows`) has each k's mean and sd over the seeds.
 
     Raises:
         ValueError: the checkpoint already has the label, the data lacks its dataset, or a k
@@ -134,31 +144,56 @@ def teach_curve(config: TeachCurveConfig, progress: bool = False) -> dict[str, A
     showing = [s for s in train if s.label_map is not None and bool(np.asarray(s.label_map).any())]
     if max(config.ks) > len(showing):
         raise ValueError(f"k up to {max(config.ks)}, but only {len(showing)} training cases show {config.label}")
-    chosen = random.Random(config.seed).sample(showing, max(config.ks))
     old_samples = _old_samples(config.data)
     base_old = _old_figures(base, old_samples)
     logger.info("teach-curve %s: base %s, old figures %s", config.label, meta.get("version"), base_old)
     rows = []
-    for k in sorted(config.ks):
-        cases = chosen[:k]
-        model = copy.deepcopy(base)
-        value = model.registry.next_id()
-        report = teach_samples(model, config.label, [_as_new_label(s, value) for s in cases], minutes=config.minutes,
-                               replay_data=config.data if config.replay else None, seed=config.seed,
-                               progress=progress)
-        taught = evaluate_samples(kind, val, Predictor(model.eval()))
-        old = _old_figures(model, old_samples)
-        seed_everything(config.seed)
-        peer = PEERS[kind](cases)
-        fit = peer.fit(config.minutes * 60)
-        scratch = evaluate_samples(kind, val, peer)
-        logger.info("k=%d: taught %s, scratch %s, old %s", k, taught, scratch, old)
-        rows.append({"k": k, "cases": [s.name for s in cases], "taught": taught, "scratch": scratch, "old": old,
-                     "teach": report, "scratch_fit": {"network": peer.name, **fit}})
+    for seed in range(config.seed, config.seed + config.repeats):
+        chosen = random.Random(seed).sample(showing, max(config.ks))
+        for k in sorted(config.ks):
+            cases = chosen[:k]
+            model = copy.deepcopy(base)
+            value = model.registry.next_id()
+            report = teach_samples(model, config.label, [_as_new_label(s, value) for s in cases],
+                                   minutes=config.minutes, replay_data=config.data if config.replay else None,
+                                   seed=seed, progress=progress)
+            taught = evaluate_samples(kind, val, Predictor(model.eval()))
+            old = _old_figures(model, old_samples)
+            seed_everything(seed)
+            peer = PEERS[kind](cases)
+            fit = peer.fit(config.minutes * 60)
+            scratch = evaluate_samples(kind, val, peer)
+            logger.info("seed %d, k=%d: taught %s, scratch %s, old %s", seed, k, taught, scratch, old)
+            rows.append({"seed": seed, "k": k, "cases": [s.name for s in cases], "taught": taught, "scratch": scratch,
+                         "old": old, "teach": report, "scratch_fit": {"network": peer.name, **fit}})
     return {"label": config.label, "dataset": kind, "checkpoint": {"path": str(config.checkpoint),
                                                                   "version": meta.get("version")},
-            "minutes": config.minutes, "replay": config.replay, "seed": config.seed, "val_cases": len(val),
-            "metric": spec.primary_metric, "base_old": base_old, "rows": rows}
+            "minutes": config.minutes, "replay": config.replay, "seed": config.seed, "repeats": config.repeats,
+            "val_cases": len(val), "metric": spec.primary_metric, "base_old": base_old, "rows": rows,
+            "summary": summarise_rows(rows, spec.primary_metric)}
+
+
+def summarise_rows(rows: Sequence[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """Per k (ascending): ``{"k", "n", "taught": {"mean", "sd"}, "scratch": {"mean", "sd"}}`` of
+    ``metric`` over the rows of that k (sd 0 for one row; rows without the metric are left out).
+
+    Example:
+        >>> rows = [{"k": 5, "taught": {"dice": 0.6}, "scratch": {"dice": 0.2}},
+        ...         {"k": 5, "taught": {"dice": 0.4}, "scratch": {"dice": 0.3}}]
+        >>> s = summarise_rows(rows, "dice")[0]
+        >>> s["n"], round(s["taught"]["mean"], 3), round(s["taught"]["sd"], 3), round(s["scratch"]["mean"], 3)
+        (2, 0.5, 0.141, 0.25)
+    """
+    out = []
+    for k in sorted({row["k"] for row in rows}):
+        at_k = [row for row in rows if row["k"] == k]
+        entry: dict[str, Any] = {"k": k, "n": len(at_k)}
+        for arm in ("taught", "scratch"):
+            values = [row[arm][metric] for row in at_k if row[arm].get(metric) is not None]
+            entry[arm] = {"mean": float(np.mean(values)) if values else None,
+                          "sd": float(np.std(values, ddof=1)) if len(values) > 1 else (0.0 if values else None)}
+        out.append(entry)
+    return out
 
 
 def format_teach_curve(result: dict[str, Any]) -> str:
@@ -182,7 +217,15 @@ def format_teach_curve(result: dict[str, Any]) -> str:
 
     for row in result["rows"]:
         old = " | ".join(f"{fmt(row['old'].get(key))} ({fmt(result['base_old'][key])})" for key in old_keys)
-        lines.append(f"| {row['k']} | {fmt(row['taught'].get(metric))} | {fmt(row['scratch'].get(metric))} | {old} |")
+        seed = f" (seed {row['seed']})" if result.get("repeats", 1) > 1 else ""
+        lines.append(f"| {row['k']}{seed} | {fmt(row['taught'].get(metric))} | {fmt(row['scratch'].get(metric))} "
+                     f"| {old} |")
+    if result.get("repeats", 1) > 1:
+        lines += ["", f"Over {result['repeats']} seeds, mean ± sd:", "",
+                  f"| k | taught {metric} | scratch {metric} |", "|---|---|---|"]
+        for entry in result["summary"]:
+            lines.append(f"| {entry['k']} | {fmt(entry['taught']['mean'])} ± {fmt(entry['taught']['sd'])} "
+                         f"| {fmt(entry['scratch']['mean'])} ± {fmt(entry['scratch']['sd'])} |")
     return "\n".join(lines)
 
 
@@ -197,10 +240,12 @@ def plot_teach_curve(result: dict[str, Any], path: str | Path, reference: Sequen
     from unimed.figures import save_figure
 
     metric = result["metric"]
-    ks = [row["k"] for row in result["rows"]]
+    summary = result.get("summary") or summarise_rows(result["rows"], metric)
+    ks = [entry["k"] for entry in summary]
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(ks, [row["taught"].get(metric) for row in result["rows"]], "o-", label="UniMed taught (teach)")
-    ax.plot(ks, [row["scratch"].get(metric) for row in result["rows"]], "s--", label="single-task from scratch")
+    for arm, style, name in (("taught", "o-", "UniMed taught (teach)"), ("scratch", "s--", "single-task from scratch")):
+        ax.errorbar(ks, [entry[arm]["mean"] for entry in summary], yerr=[entry[arm]["sd"] for entry in summary],
+                    fmt=style, capsize=3, label=name)
     if reference:
         mean, sd = reference[0], reference[1] if len(reference) > 1 else 0.0
         ax.axhspan(mean - sd, mean + sd, alpha=0.2, color="grey")

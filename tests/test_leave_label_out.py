@@ -172,6 +172,26 @@ def test_teach_curve_teaches_from_nested_cases_and_scores_a_scratch_network(tmp_
     json.dumps(result)  # the CLI writes it as JSON
 
 
+@pytest.mark.slow  # two short teaching runs and two scratch networks
+def test_teach_curve_repeats_draw_their_own_cases_and_report_mean_and_sd(tmp_path):
+    from benchmarks.teach_curve import format_teach_curve
+
+    data = _msd_folder(tmp_path / "shared", n=20)
+    torch.manual_seed(0)
+    base = save_checkpoint(unimed_tiny(labels=WITHOUT_LUNG), tmp_path / "base.pt", {"version": 1})
+    result = teach_curve(TeachCurveConfig(data, base, ks=(3,), minutes=0.05, replay=False, seed=4, repeats=2))
+    assert [(row["seed"], row["k"]) for row in result["rows"]] == [(4, 3), (5, 3)]
+    assert result["rows"][0]["cases"] != result["rows"][1]["cases"]  # each seed draws its own
+    (entry,) = result["summary"]
+    dice = [row["taught"]["dice"] for row in result["rows"]]
+    assert entry["k"] == 3 and entry["n"] == 2
+    assert entry["taught"]["mean"] == pytest.approx(np.mean(dice))
+    assert entry["taught"]["sd"] == pytest.approx(np.std(dice, ddof=1))
+    table = format_teach_curve(result)
+    assert "| 3 (seed 5) |" in table and "Over 2 seeds, mean ± sd:" in table
+    json.dumps(result)
+
+
 def test_teach_curve_errors_are_one_line(tmp_path, capsys):
     import main
 
@@ -180,8 +200,24 @@ def test_teach_curve_errors_are_one_line(tmp_path, capsys):
     cases = [(("--checkpoint", str(knows), "--data", str(data)), "already knows 'lung_tumor'"),
              (("--checkpoint", str(knows), "--data", str(tmp_path / "missing")), "no such folder"),
              (("--checkpoint", str(tmp_path / "none.pt"), "--data", str(data)), "no such file"),
-             (("--checkpoint", str(knows), "--data", str(data), "--label", "edema"), "teach-curve measures lung_tumor")]
+             (("--checkpoint", str(knows), "--data", str(data), "--label", "edema"), "teach-curve measures lung_tumor"),
+             (("--checkpoint", str(knows), "--data", str(data), "--repeats", "0"), "repeats must be at least 1")]
     for args, message in cases:
         assert main.main(["teach-curve", *args, "--no-progress"]) == 2, args
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, (args, err)
+
+
+def test_the_teach_curve_plot_draws_each_k_with_its_spread(tmp_path):
+    from benchmarks.teach_curve import plot_teach_curve, summarise_rows
+
+    rows = [{"k": k, "seed": s, "taught": {"dice": 0.2 * k + 0.1 * s}, "scratch": {"dice": 0.1 * k}}
+            for s in (0, 1) for k in (1, 3)]
+    result = {"label": "lung_tumor", "dataset": "msd_patches", "metric": "dice", "rows": rows,
+              "summary": summarise_rows(rows, "dice")}
+    assert [e["n"] for e in result["summary"]] == [2, 2]
+    assert result["summary"][1]["taught"]["mean"] == pytest.approx(0.65)
+    path = plot_teach_curve(result, tmp_path / "curve.png", reference=(0.745, 0.018))
+    assert path.stat().st_size > 1000
+    del result["summary"]  # a result written before summaries: summarised from its rows
+    assert plot_teach_curve(result, tmp_path / "old.png").stat().st_size > 1000
