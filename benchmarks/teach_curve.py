@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from unimed.datasets.sample import Sample
+from unimed.metrics import mean_sd
 
 __all__ = ["CURVE_DATASETS", "TeachCurveConfig", "teach_curve", "summarise_rows", "format_teach_curve",
            "plot_teach_curve"]
@@ -189,9 +190,7 @@ def summarise_rows(rows: Sequence[dict[str, Any]], metric: str) -> list[dict[str
         at_k = [row for row in rows if row["k"] == k]
         entry: dict[str, Any] = {"k": k, "n": len(at_k)}
         for arm in ("taught", "scratch"):
-            values = [row[arm][metric] for row in at_k if row[arm].get(metric) is not None]
-            entry[arm] = {"mean": float(np.mean(values)) if values else None,
-                          "sd": float(np.std(values, ddof=1)) if len(values) > 1 else (0.0 if values else None)}
+            entry[arm] = mean_sd([row[arm][metric] for row in at_k if row[arm].get(metric) is not None])
         out.append(entry)
     return out
 

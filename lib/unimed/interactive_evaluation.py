@@ -23,7 +23,7 @@ from unimed.clicks import ClickPrompt, next_click
 from unimed.datasets import DatasetError, Sample, dataset_spec
 from unimed.figures import save_figure
 from unimed.labels import Label
-from unimed.metrics import dice
+from unimed.metrics import dice, mean_sd
 from unimed.predictor import Predictor
 from unimed.tasks import Task
 
@@ -119,12 +119,6 @@ def _target(sample: Sample, label: Label | None) -> np.ndarray:
     return label_map == label.id if label is not None else label_map > 0
 
 
-def _mean_sd(values: Sequence[float]) -> dict[str, float | None]:
-    if not values:
-        return {"mean": None, "sd": None}
-    return {"mean": float(statistics.fmean(values)), "sd": float(statistics.stdev(values)) if len(values) > 1 else 0.0}
-
-
 def summarise_cases(cases: Sequence[dict[str, Any]], thresholds: Sequence[float] = THRESHOLDS) -> dict[str, Any]:
     """Mean and sd of Dice after each click and of the clicks to each threshold (over the cases
     that reach it; ``never`` counts the others), and the median seconds per click.
@@ -137,12 +131,12 @@ def summarise_cases(cases: Sequence[dict[str, Any]], thresholds: Sequence[float]
         (0.6, {'mean': 2.0, 'sd': 0.0, 'reached': 1, 'never': 1}, 2.0)
     """
     n_clicks = max((len(c["dice"]) for c in cases), default=0)
-    per_click = [_mean_sd([c["dice"][i] for c in cases if i < len(c["dice"])]) for i in range(n_clicks)]
+    per_click = [mean_sd([c["dice"][i] for c in cases if i < len(c["dice"])]) for i in range(n_clicks)]
     reach = {}
     for t in thresholds:
         name = f"{t:.2f}"
         got = [c["clicks_to"][name] for c in cases if c["clicks_to"].get(name) is not None]
-        reach[name] = {**_mean_sd(got), "reached": len(got), "never": len(cases) - len(got)}
+        reach[name] = {**mean_sd(got), "reached": len(got), "never": len(cases) - len(got)}
     seconds = [s for c in cases for s in c["seconds_per_click"]]
     return {"dice": per_click, "clicks_to": reach,
             "median_seconds_per_click": float(statistics.median(seconds)) if seconds else None}
@@ -270,7 +264,7 @@ def paired_click_gain(result: dict[str, Any], baseline: dict[str, Any]) -> dict[
     gain = []
     for i in range(result["clicks"]):
         diffs = [ours[name][i] - theirs[name][i] for name in common]
-        gain.append({**_mean_sd(diffs), "better": sum(d > 1e-3 for d in diffs), "worse": sum(d < -1e-3 for d in diffs)})
+        gain.append({**mean_sd(diffs), "better": sum(d > 1e-3 for d in diffs), "worse": sum(d < -1e-3 for d in diffs)})
     return {"n": len(common), "only_in_result": sorted(set(ours) - set(theirs)),
             "only_in_baseline": sorted(set(theirs) - set(ours)), "gain": gain}
 

@@ -8,13 +8,14 @@ coordinates: a box's size is ``x1 - x0`` (no VOC-devkit ``+ 1``); IoU is MONAI's
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from unimed.labels import LabelRegistry
 
-__all__ = ["mean_or_none", "dice", "brats_regions", "roc_auc", "accuracy", "box_iou", "voc_ap", "mean_ap", "mask_box"]
+__all__ = ["mean_or_none", "mean_sd", "dice", "brats_regions", "roc_auc", "accuracy", "box_iou", "voc_ap", "mean_ap", "mask_box"]
 
 #: BraTS evaluation regions: whole tumour, tumour core, enhancing tumour (registry names)
 BRATS_REGIONS: dict[str, tuple[str, ...]] = {
@@ -35,6 +36,19 @@ def mean_or_none(values: Iterable[float]) -> float | None:
     """
     values = list(values)
     return float(np.mean(values)) if values else None
+
+
+def mean_sd(values: Sequence[float]) -> dict[str, float | None]:
+    """``{"mean", "sd"}`` of per-case or per-run figures: the sample standard deviation
+    (``ddof=1``), 0.0 for one value, both None for none.
+
+    Example:
+        >>> mean_sd([0.6, 0.4])["mean"], round(mean_sd([0.6, 0.4])["sd"], 3), mean_sd([0.5])["sd"], mean_sd([])
+        (0.5, 0.141, 0.0, {'mean': None, 'sd': None})
+    """
+    if not values:
+        return {"mean": None, "sd": None}
+    return {"mean": float(statistics.fmean(values)), "sd": float(statistics.stdev(values)) if len(values) > 1 else 0.0}
 
 
 def dice(pred: np.ndarray, target: np.ndarray) -> float:
