@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -456,9 +457,12 @@ def cmd_clicks_eval(args: argparse.Namespace) -> int:
     if model.click_encoder is None:
         raise CommandError(f"--checkpoint {args.checkpoint} (version {meta.get('version')}) was not trained for clicks "
                            "(its config has clicks off)")
-    result = clicks_evaluation(args.dataset, args.data, _predictor(model, args), label=args.label, clicks=args.clicks,
+    predictor = _predictor(model, args)
+    result = clicks_evaluation(args.dataset, args.data, predictor, label=args.label, clicks=args.clicks,
                                split=args.split, progress=not args.no_progress)
     result["checkpoint"] = {"path": str(args.checkpoint), "version": meta.get("version")}
+    refinement = predictor.boundary_refinement
+    result["boundary_refinement"] = None if refinement is None else dataclasses.asdict(refinement)
     print(format_clicks_report(result))
     if baseline is not None:
         try:
@@ -858,10 +862,12 @@ def _grid_spacing(value: str) -> float | None:
 
 
 def _predictor(model, args: argparse.Namespace):
-    """A :class:`unimed.predictor.Predictor` on the command's model grid (--grid-spacing, --max-grid)."""
+    """A :class:`unimed.predictor.Predictor` on the command's model grid (--grid-spacing, --max-grid); click
+    answers keep the network's own boundary with --no-boundary-refinement."""
     from unimed.predictor import Predictor
 
-    return Predictor(model, spacing_3d=args.grid_spacing, max_size_3d=args.max_grid)
+    kwargs = {"boundary_refinement": None} if getattr(args, "no_boundary_refinement", False) else {}
+    return Predictor(model, spacing_3d=args.grid_spacing, max_size_3d=args.max_grid, **kwargs)
 
 
 def _positive_multiple_of_16(value: str) -> int:
@@ -1061,6 +1067,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", default=None, metavar="BASELINE.json",
                    help="another clicks-eval JSON of the same cases (say another checkpoint's): Dice after each "
                         "click minus its, paired by case, mean ± sd and cases better / worse")
+    p.add_argument("--no-boundary-refinement", action="store_true",
+                   help="keep the network's boundary: no refinement by the image's appearance at its resolution "
+                        "(unimed.boundary_refinement), to measure what it adds")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_grid_spacing(p)
     p.set_defaults(func=cmd_clicks_eval)

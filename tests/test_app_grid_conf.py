@@ -1,4 +1,5 @@
-"""The app's ``grid_spacing_3d`` conf: millimetres or ``none``; anything else stops the app with a reason."""
+"""The app's conf values: ``grid_spacing_3d`` (millimetres or ``none``) and the ``boundary_refinement`` switch;
+anything else stops the app with a reason."""
 
 from __future__ import annotations
 
@@ -25,3 +26,21 @@ def test_grid_spacing_conf_values(grid_spacing, value, expected):
 def test_a_bad_grid_spacing_conf_names_the_constraint(grid_spacing, value, message):
     with pytest.raises(ValueError, match=message):
         grid_spacing(value)
+
+
+@pytest.fixture
+def switch(app_lib):
+    import lib.configs.unimed as conf_module
+
+    return lambda value: conf_module.parse_switch(value, "conf boundary_refinement")
+
+
+@pytest.mark.parametrize("value, expected", [("true", True), (" False ", False), ("1", True), ("no", False)])
+def test_boundary_refinement_conf_values(switch, value, expected):
+    assert switch(value) is expected
+
+
+@pytest.mark.parametrize("value", ["maybe", "", "2"])
+def test_a_bad_switch_conf_names_the_key(switch, value):
+    with pytest.raises(ValueError, match="conf boundary_refinement must be true or false"):
+        switch(value)

@@ -58,6 +58,7 @@ def test_info_lists_the_click_model_as_deepedit(server):
     assert model["labels"]["background"] == 0 and model["labels"]["edema"] == EDEMA
     assert "red_blood_cell" not in model["labels"]  # detection only: nothing to segment
     assert model["clicks"] is True and info["unimed"]["clicks"] is True
+    assert model["boundary_refinement"] is True  # the app's default (conf boundary_refinement)
 
 
 def test_deepedit_format_a_foreground_click_grows_the_label_there(server):

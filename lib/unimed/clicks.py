@@ -104,6 +104,21 @@ class ClickPrompt:
     def is_empty(self) -> bool:
         return self.num_points == 0
 
+    def voxels(self, image_shape: Sequence[int]) -> tuple[list[list[int]], list[list[int]]]:
+        """The foreground and background clicks as voxel indices ``[i, j, k]`` of an image of spatial
+        ``image_shape`` (a 2D image's ``k`` is 0): :meth:`from_voxels` undone, rounded.
+
+        Example:
+            >>> ClickPrompt.from_voxels((10, 20, 5), foreground=[[4, 9, 2]], background=[[0, 0, 4]]).voxels((10, 20, 5))
+            ([[4, 9, 2]], [[0, 0, 4]])
+        """
+        size = np.array(list(image_shape) + [1] * (3 - len(image_shape)), dtype=np.float64)
+
+        def back(points: np.ndarray) -> list[list[int]]:
+            return np.clip(np.rint(points * size - 0.5), 0, size - 1).astype(int).tolist()
+
+        return back(self.foreground), back(self.background)
+
     def with_click(self, position: Sequence[float], foreground: bool) -> "ClickPrompt":
         """A copy with one more click at a normalised ``position``."""
         p = np.asarray(position, dtype=np.float64).reshape(1, 3)

@@ -64,7 +64,9 @@ def simulate_clicks(
 
     Returns:
         ``{"dice": [after click 1, 2, ...], "clicks_to": {"0.85": n or None, ...},
-        "seconds_per_click": [...], "clicks": [[[i, j, k], is_foreground], ...]}``. When the answer
+        "seconds_per_click": [...], "clicks": [[[i, j, k], is_foreground], ...],
+        "refinement": [{"auc": a or None, "weight": w} or None per click]}`` (the boundary
+        refinement's separability and weight, :mod:`unimed.boundary_refinement`). When the answer
         equals the target before ``clicks`` clicks, no more click is made and the last Dice
         stands for the remaining ones.
 
@@ -90,6 +92,7 @@ def simulate_clicks(
     dices: list[float] = []
     seconds: list[float] = []
     placed: list[list[Any]] = []
+    refinements: list[dict[str, Any] | None] = []
     for _ in range(clicks):
         step = next_click(answer, target)
         if step is None:
@@ -104,6 +107,8 @@ def simulate_clicks(
         lm = pred.label_map().reshape(shape)
         answer = lm != 0
         dices.append(dice(answer, target))
+        refinements.append(None if pred.refinement is None else
+                           {"auc": pred.refinement.auc, "weight": pred.refinement.weight})
         if on_click is not None:
             on_click()
     if on_click is not None:
@@ -111,7 +116,7 @@ def simulate_clicks(
             on_click()
     dices += [dices[-1] if dices else 1.0] * (clicks - len(dices))
     return {"dice": dices, "clicks_to": {f"{t:.2f}": _clicks_to(dices, t) for t in thresholds},
-            "seconds_per_click": seconds, "clicks": placed}
+            "seconds_per_click": seconds, "clicks": placed, "refinement": refinements}
 
 
 def _target(sample: Sample, label: Label | None) -> np.ndarray:

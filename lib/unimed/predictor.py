@@ -15,15 +15,18 @@ from typing import Hashable, Sequence
 import numpy as np
 import torch
 
+from unimed.boundary_refinement import BoundaryRefinement, RefinementReport, refine_object_logit, standardised_channels
 from unimed.clicks import ClickPrompt, click_tensors
 from unimed.composer import ComposedDecoder
 from unimed.labels import Label
+from unimed.large_images import WHOLE_BYTES
 from unimed.modalities import image_modalities
 from unimed.networks.click_prompt import appearance_map
 from unimed.networks.unimednet import Features, UniMed
 from unimed.tasks import Task
+from unimed.tasks.segmentation import segmentation_tokens
 from unimed.tokens import Annotation
-from unimed.transforms import GRID_SPACING_3D, MAX_GRID_SIZE_3D, GridSpec, to_model_grid
+from unimed.transforms import GRID_SPACING_3D, MAX_GRID_SIZE_3D, GridSpec, resize_to_image, to_model_grid
 
 __all__ = ["Predictor", "Prediction", "CLICKED_OBJECT"]
 
@@ -42,6 +45,7 @@ class Prediction:
             a detection's boxes are normalised to the image.
         spec: the image's geometry.
         seconds: time spent per stage.
+        refinement: a click answer's boundary refinement (None: not refined).
     """
 
     task: Task
@@ -49,6 +53,7 @@ class Prediction:
     annotation: Annotation
     spec: GridSpec
     seconds: dict[str, float] = field(default_factory=dict)
+    refinement: RefinementReport | None = None
 
     def label_map(self) -> np.ndarray:
         """The segmentation as an array of the image's spatial shape (registry label ids)."""
@@ -92,6 +97,8 @@ class Predictor:
             None fits the longest side to ``max_size_3d``.
         score_threshold: least class probability of a detection.
         cache_size: images whose features are kept for the next request.
+        boundary_refinement: how a click answer's boundary follows the image's own appearance at
+            its resolution (:mod:`unimed.boundary_refinement`); None keeps the network's.
 
     Example:
         >>> from unimed.networks.unimednet import unimed_tiny
@@ -112,6 +119,7 @@ class Predictor:
         spacing_3d: float | None = GRID_SPACING_3D,
         score_threshold: float = 0.3,
         cache_size: int = 4,
+        boundary_refinement: BoundaryRefinement | None = BoundaryRefinement(),
     ):
         for roi in (roi_size_3d, roi_size_2d):
             if roi % 16:
@@ -123,7 +131,9 @@ class Predictor:
         self.spacing_3d = spacing_3d
         self.composer = ComposedDecoder(model.vocab, score_threshold=score_threshold)
         self.cache_size = cache_size
+        self.boundary_refinement = boundary_refinement
         self._cache: OrderedDict[Hashable, tuple[Features, GridSpec]] = OrderedDict()
+        self._channels: tuple[Hashable, np.ndarray] | None = None  # the last clicked image's, standardised
 
     @property
     def device(self) -> torch.device:
@@ -131,6 +141,7 @@ class Predictor:
 
     def clear_cache(self) -> None:
         self._cache.clear()
+        self._channels = None
 
     @torch.inference_mode()
     def features(self, image: torch.Tensor, key: Hashable | None = None) -> tuple[Features, GridSpec]:
@@ -256,7 +267,7 @@ class Predictor:
         pts, kinds = click_tensors([clicks], self.device)
         out = {k: v[0].cpu() for k, v in self.model.decode(feats, ids, pad, clicks=(pts, kinds)).items()}
         t2 = time.perf_counter()
-        ann = self.composer.answer(Task.SEGMENTATION, out, resolved[:1], spec)
+        ann, report = self._click_answer(image, clicks, out["mask_logits"], resolved[:1], spec, key)
         answered = resolved[:1]
         if label is None:  # the object's mask was composed under a stand-in label: give it its own value
             ann.label_map = (np.asarray(ann.label_map) != 0).astype(np.uint8) * CLICKED_OBJECT.id
@@ -264,4 +275,30 @@ class Predictor:
             answered = [CLICKED_OBJECT]
         t3 = time.perf_counter()
         seconds = {"encode": t1 - t0, "decode": t2 - t1, "compose": t3 - t2}
-        return Prediction(task=Task.SEGMENTATION, labels=answered, annotation=ann, spec=spec, seconds=seconds)
+        return Prediction(task=Task.SEGMENTATION, labels=answered, annotation=ann, spec=spec, seconds=seconds,
+                          refinement=report)
+
+    def _click_answer(self, image: torch.Tensor, clicks: ClickPrompt, mask_logits: torch.Tensor,
+                      labels: list[Label], spec: GridSpec,
+                      key: Hashable | None) -> tuple[Annotation, RefinementReport | None]:
+        """The click answer at the image's resolution, its boundary refined when the predictor
+        refines and the image's logits fit in memory whole (no refinement report otherwise). The
+        last clicked image's standardised channels are kept under its ``key`` for its next click."""
+        out = {"mask_logits": mask_logits}
+        if self.boundary_refinement is None or 4 * mask_logits.shape[0] * int(np.prod(spec.shape)) > WHOLE_BYTES:
+            return self.composer.answer(Task.SEGMENTATION, out, labels, spec), None
+        full = resize_to_image(mask_logits, spec)
+        logit = (full[1] - full[0]).numpy()
+        shape3 = tuple(logit.shape) + (1,) * (3 - logit.ndim)
+        if key is not None and self._channels is not None and self._channels[0] == key:
+            channels = self._channels[1]
+        else:
+            channels = standardised_channels(np.asarray(image.detach().cpu() if torch.is_tensor(image) else image))
+            channels = channels.reshape(shape3 + (channels.shape[-1],))
+            self._channels = (key, channels) if key is not None and self.cache_size > 0 else None
+        foreground, background = clicks.voxels(shape3)
+        spacing = np.linalg.norm(np.asarray(spec.affine, dtype=float)[:3, :3], axis=0)
+        refined, report = refine_object_logit(logit.reshape(shape3), channels, foreground, background,
+                                              self.boundary_refinement, spacing=spacing)
+        two = torch.stack([torch.zeros(shape3), torch.from_numpy(refined.astype(np.float32))]).reshape(full.shape)
+        return self.composer.decode(segmentation_tokens(self.model.vocab, two, labels)), report

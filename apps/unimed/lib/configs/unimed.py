@@ -11,18 +11,32 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.utils.others.generic import strtobool
 
 from lib.activelearning.scoring import UncertaintyScoring
 from lib.activelearning.strategies import UncertaintyStrategy
 from lib.infers.interactive import UniMedInteractiveTask
 from lib.infers.unimed import UniMedInferTask
 from lib.trainers.unimed import UniMedTrainTask
+from unimed.boundary_refinement import BoundaryRefinement
 from unimed.large_images import DEFAULT_MAX_VOXELS
 from unimed.service import ModelService
 from unimed.tasks import Task
 from unimed.transforms import MAX_GRID_SIZE_3D, parse_grid_spacing
 
 logger = logging.getLogger(__name__)
+
+
+def parse_switch(value: str, name: str) -> bool:
+    """A conf switch as MONAI Label reads one (``true``/``false``, ``1``/``0``, ``yes``/``no``, ...).
+
+    Raises:
+        ValueError: anything else; the message starts with ``name``.
+    """
+    try:
+        return strtobool(value.strip())
+    except ValueError:
+        raise ValueError(f"{name} must be true or false, got {value!r}") from None
 
 
 class UniMedTaskConfig(TaskConfig):
@@ -35,7 +49,9 @@ class UniMedTaskConfig(TaskConfig):
     :data:`unimed.transforms.GRID_SPACING_3D`; ``none`` fits the longest side to ``max_size_3d``),
     ``max_size_3d`` (the longest side a volume's grid may have, for memory, default
     :data:`unimed.transforms.MAX_GRID_SIZE_3D`; larger fields of view are coarsened to fit, grids
-    wider than the window are tiled), ``al_labels``
+    wider than the window are tiled), ``boundary_refinement`` (``true``, the default: a click
+    answer's boundary follows the image's own appearance at its resolution where that separates
+    the object, :mod:`unimed.boundary_refinement`; ``false`` keeps the network's), ``al_labels``
     (comma-separated segmentation labels whose output entropy ranks images; default all),
     ``max_voxels`` (largest image an infer request may send, voxels times channels, checked from
     the header before the pixels are read; default :data:`unimed.large_images.DEFAULT_MAX_VOXELS`),
@@ -48,8 +64,10 @@ class UniMedTaskConfig(TaskConfig):
         super().init(name, model_dir, conf, planner, **kwargs)
         self.path = conf.get("model_path", os.path.join(model_dir, "unimed.pt"))
         self.model_dir = os.path.dirname(os.path.abspath(self.path))  # versions live beside the published file
+        refine = parse_switch(conf.get("boundary_refinement", "true"), "conf boundary_refinement")
         self.service = ModelService(self.path, max_size_3d=int(conf.get("max_size_3d", MAX_GRID_SIZE_3D)),
-                                    spacing_3d=parse_grid_spacing(conf.get("grid_spacing_3d"), "conf grid_spacing_3d"))
+                                    spacing_3d=parse_grid_spacing(conf.get("grid_spacing_3d"), "conf grid_spacing_3d"),
+                                    boundary_refinement=BoundaryRefinement() if refine else None)
         self.al_labels = [n.strip() for n in conf.get("al_labels", "").split(",") if n.strip()] or None
         self.max_voxels = int(conf.get("max_voxels", DEFAULT_MAX_VOXELS))
         if self.max_voxels <= 0:

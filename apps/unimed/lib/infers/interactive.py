@@ -75,6 +75,7 @@ class UniMedInteractiveTask(UniMedInferTask):
         info = super().info()
         info["task"] = "segmentation from clicks and a box"
         info["clicks"] = self.takes_clicks()
+        info["boundary_refinement"] = self.service.predictor().boundary_refinement is not None
         return info
 
     def takes_clicks(self) -> bool:
