@@ -192,6 +192,7 @@ def test_clicks_eval_command_writes_json_and_png(repo, tmp_path, clicking_checkp
     assert run.returncode == 0, run.stderr
     doc = json.loads(out_json.read_text())
     assert doc["n"] == 2 and doc["checkpoint"]["version"] == 1 and len(doc["cases"][0]["dice"]) == 2
+    assert doc["boundary_refinement"]["band"] == 10.0 and len(doc["cases"][0]["refinement"]) == 2
     assert "median seconds per click" in run.stdout and "mean ± sd" in run.stdout
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = subprocess.run([sys.executable, str(repo / "main.py"), "clicks-eval", "--dataset", "brats", "--data",
@@ -207,6 +208,13 @@ def test_clicks_eval_command_writes_json_and_png(repo, tmp_path, clicking_checkp
                             str(folder), "--clicks", "1", "--compare", str(out_json), "--no-progress"],
                            capture_output=True, text=True, timeout=600)
     assert fewer.returncode == 2 and "has 2 clicks per case, this run 1" in fewer.stderr
+    unrefined = subprocess.run([sys.executable, str(repo / "main.py"), "clicks-eval", "--dataset", "brats", "--data",
+                                str(folder), "--clicks", "1", "--checkpoint", str(clicking_checkpoint),
+                                "--no-boundary-refinement", "--json", str(tmp_path / "net.json"), "--no-progress"],
+                               capture_output=True, text=True, timeout=600)
+    assert unrefined.returncode == 0, unrefined.stderr
+    net = json.loads((tmp_path / "net.json").read_text())
+    assert net["boundary_refinement"] is None and net["cases"][0]["refinement"] == [None]
     from unimed.checkpoint import save_checkpoint
     from unimed.networks.unimednet import unimed_tiny
 

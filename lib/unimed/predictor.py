@@ -290,8 +290,9 @@ class Predictor:
         full = resize_to_image(mask_logits, spec)
         logit = (full[1] - full[0]).numpy()
         shape3 = tuple(logit.shape) + (1,) * (3 - logit.ndim)
-        if key is not None and self._channels is not None and self._channels[0] == key:
-            channels = self._channels[1]
+        kept = self._channels  # read once: another request may replace it meanwhile
+        if key is not None and kept is not None and kept[0] == key:
+            channels = kept[1]
         else:
             channels = standardised_channels(np.asarray(image.detach().cpu() if torch.is_tensor(image) else image))
             channels = channels.reshape(shape3 + (channels.shape[-1],))
