@@ -243,8 +243,9 @@ def plot_teach_curve(result: dict[str, Any], path: str | Path, reference: Sequen
     ks = [entry["k"] for entry in summary]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for arm, style, name in (("taught", "o-", "UniMed taught (teach)"), ("scratch", "s--", "single-task from scratch")):
-        ax.errorbar(ks, [entry[arm]["mean"] for entry in summary], yerr=[entry[arm]["sd"] for entry in summary],
-                    fmt=style, capsize=3, label=name)
+        measured = [entry for entry in summary if entry[arm]["mean"] is not None]  # a k no run measured: no point
+        ax.errorbar([entry["k"] for entry in measured], [entry[arm]["mean"] for entry in measured],
+                    yerr=[entry[arm]["sd"] or 0.0 for entry in measured], fmt=style, capsize=3, label=name)
     if reference:
         mean, sd = reference[0], reference[1] if len(reference) > 1 else 0.0
         ax.axhspan(mean - sd, mean + sd, alpha=0.2, color="grey")

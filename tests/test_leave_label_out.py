@@ -221,3 +221,14 @@ def test_the_teach_curve_plot_draws_each_k_with_its_spread(tmp_path):
     assert path.stat().st_size > 1000
     del result["summary"]  # a result written before summaries: summarised from its rows
     assert plot_teach_curve(result, tmp_path / "old.png").stat().st_size > 1000
+
+
+def test_the_teach_curve_plot_leaves_out_a_k_without_its_metric(tmp_path):
+    from benchmarks.teach_curve import plot_teach_curve, summarise_rows
+
+    rows = [{"k": 1, "seed": 0, "taught": {"dice": 0.3}, "scratch": {"dice": 0.1}},
+            {"k": 3, "seed": 0, "taught": {}, "scratch": {"dice": 0.2}}]  # k = 3's taught run has no Dice
+    result = {"label": "lung_tumor", "dataset": "msd_patches", "metric": "dice", "rows": rows,
+              "summary": summarise_rows(rows, "dice")}
+    assert result["summary"][1]["taught"]["mean"] is None
+    assert plot_teach_curve(result, tmp_path / "curve.png").stat().st_size > 1000
