@@ -5,9 +5,9 @@ boundary is that grid's logits resized to the image: smooth, and where a patient
 the training ones is concerned, a few voxels off all round. The voxels themselves say where the
 boundary is when the object differs from its surroundings in intensity (a tumour on FLAIR
 and T2). So, per click answer, a two-class Gaussian model of the image's channels is fitted to
-the voxels the network is sure of (inside the object, and a ring of ``band`` voxels around it)
+the voxels the network is sure of (inside the object, and a ring ``band`` mm wide around it)
 and to the clicks; its log-likelihood ratio is added to the object's logit within ``band``
-voxels of the network's boundary, with a weight that grows with how well the model separates
+mm of the network's boundary, with a weight that grows with how well the model separates
 its own samples (the area under its ROC curve): an object that looks like its surroundings
 (a thin structure on one contrast, a tumour touching the chest wall) keeps the network's
 boundary. Nothing is learnt: the same rule holds for a label the network was never taught.

@@ -12,6 +12,7 @@ labelled voxel (BraTS: the whole tumour).
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -107,8 +108,7 @@ def simulate_clicks(
         lm = pred.label_map().reshape(shape)
         answer = lm != 0
         dices.append(dice(answer, target))
-        refinements.append(None if pred.refinement is None else
-                           {"auc": pred.refinement.auc, "weight": pred.refinement.weight})
+        refinements.append(None if pred.refinement is None else dataclasses.asdict(pred.refinement))
         if on_click is not None:
             on_click()
     if on_click is not None:

@@ -20,7 +20,7 @@ from unimed.sequence import TokenSequence
 from unimed.transforms import GridSpec, resize_to_image, resize_to_image_slabs
 from unimed.vocabulary import TokenVocabulary
 
-__all__ = ["DEFAULT_MAX_VOXELS", "WHOLE_BYTES", "SLAB_BYTES", "VoxelLimitError", "header_voxel_count", "check_voxel_limit",
+__all__ = ["DEFAULT_MAX_VOXELS", "WHOLE_BYTES", "SLAB_BYTES", "full_logit_bytes", "VoxelLimitError", "header_voxel_count", "check_voxel_limit",
            "segmentation_tokens_at_image"]
 
 #: default largest image (voxels times channels) a server takes: admits a 512x512x1000 CT
@@ -109,6 +109,11 @@ def check_voxel_limit(path: str | Path, max_voxels: int) -> int | None:
     return count
 
 
+def full_logit_bytes(mask_logits: torch.Tensor, spec: GridSpec) -> int:
+    """Bytes of ``mask_logits``' channels as float32 at the image's resolution (``spec.shape``)."""
+    return 4 * mask_logits.shape[0] * math.prod(spec.shape)
+
+
 def segmentation_tokens_at_image(
     tokens_of: Callable[[torch.Tensor], TokenSequence],
     vocab: TokenVocabulary,
@@ -146,8 +151,7 @@ def segmentation_tokens_at_image(
         >>> seq.shape
         (32, 32, 40)
     """
-    full_bytes = 4 * mask_logits.shape[0] * math.prod(spec.shape)
-    if spec.spatial_ndim == 2 or spec.shape[2] == 1 or full_bytes <= max_whole_bytes:
+    if spec.spatial_ndim == 2 or spec.shape[2] == 1 or full_logit_bytes(mask_logits, spec) <= max_whole_bytes:
         return tokens_of(resize_to_image(mask_logits, spec))
     label_tokens = [vocab.label_token(lab) for lab in labels]
     masks: dict[int, np.ndarray] = {}

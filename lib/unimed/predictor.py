@@ -19,14 +19,14 @@ from unimed.boundary_refinement import BoundaryRefinement, RefinementReport, ref
 from unimed.clicks import ClickPrompt, click_tensors
 from unimed.composer import ComposedDecoder
 from unimed.labels import Label
-from unimed.large_images import WHOLE_BYTES
+from unimed.large_images import WHOLE_BYTES, full_logit_bytes
 from unimed.modalities import image_modalities
 from unimed.networks.click_prompt import appearance_map
 from unimed.networks.unimednet import Features, UniMed
 from unimed.tasks import Task
 from unimed.tasks.segmentation import segmentation_tokens
 from unimed.tokens import Annotation
-from unimed.transforms import GRID_SPACING_3D, MAX_GRID_SIZE_3D, GridSpec, resize_to_image, to_model_grid
+from unimed.transforms import GRID_SPACING_3D, MAX_GRID_SIZE_3D, GridSpec, resize_to_image, to_model_grid, voxel_spacing
 
 __all__ = ["Predictor", "Prediction", "CLICKED_OBJECT"]
 
@@ -285,7 +285,7 @@ class Predictor:
         refines and the image's logits fit in memory whole (no refinement report otherwise). The
         last clicked image's standardised channels are kept under its ``key`` for its next click."""
         out = {"mask_logits": mask_logits}
-        if self.boundary_refinement is None or 4 * mask_logits.shape[0] * int(np.prod(spec.shape)) > WHOLE_BYTES:
+        if self.boundary_refinement is None or full_logit_bytes(mask_logits, spec) > WHOLE_BYTES:
             return self.composer.answer(Task.SEGMENTATION, out, labels, spec), None
         full = resize_to_image(mask_logits, spec)
         logit = (full[1] - full[0]).numpy()
@@ -298,7 +298,7 @@ class Predictor:
             channels = channels.reshape(shape3 + (channels.shape[-1],))
             self._channels = (key, channels) if key is not None and self.cache_size > 0 else None
         foreground, background = clicks.voxels(shape3)
-        spacing = np.linalg.norm(np.asarray(spec.affine, dtype=float)[:3, :3], axis=0)
+        spacing = voxel_spacing(spec.affine)
         refined, report = refine_object_logit(logit.reshape(shape3), channels, foreground, background,
                                               self.boundary_refinement, spacing=spacing)
         two = torch.stack([torch.zeros(shape3), torch.from_numpy(refined.astype(np.float32))]).reshape(full.shape)

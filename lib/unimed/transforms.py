@@ -25,7 +25,7 @@ from unimed.networks.layers import SIZE_DIVISOR
 
 __all__ = ["GRID_SPACING_3D", "MAX_GRID_SIZE_3D", "MIN_PATCH_SIZE_3D", "parse_grid_spacing", "ImageLoadError",
            "GridSpec", "load_image", "image_affine", "normalize_intensity", "grid_shape", "to_model_grid",
-           "resize_to_image", "resize_to_image_slabs"]
+           "resize_to_image", "resize_to_image_slabs", "voxel_spacing"]
 
 #: voxel size (mm) of a volume's model grid: a 240 mm brain MR (BraTS) lands on 128 voxels, the grid
 #: the shipped checkpoint was trained on
@@ -148,7 +148,14 @@ def normalize_intensity(image: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _spacing(affine: np.ndarray, ndim: int) -> np.ndarray:
+def voxel_spacing(affine: np.ndarray, ndim: int = 3) -> np.ndarray:
+    """The voxel size along each of the first ``ndim`` axes of a voxel-to-world ``affine``.
+
+    Example:
+        >>> voxel_spacing(np.diag([0.5, 2.0, 3.0, 1.0])).tolist()
+        [0.5, 2.0, 3.0]
+    """
+    affine = np.asarray(affine, dtype=np.float64)
     return np.sqrt((affine[:ndim, :ndim] ** 2).sum(axis=0))
 
 
@@ -264,7 +271,7 @@ def to_model_grid(
         x = x.unsqueeze(-1)
     shape = tuple(int(n) for n in x.shape[1:])
     spacing = np.ones(3)
-    spacing[:ndim] = _spacing(affine, ndim)
+    spacing[:ndim] = voxel_spacing(affine, ndim)
     if ndim == 3 and shape[2] == 1:
         spacing[2] = spacing[:2].min()
     volume = ndim == 3 and shape[2] > 1
