@@ -1008,7 +1008,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description=cmd_teach_curve.__doc__)
     p.add_argument("--checkpoint", required=True, help="a checkpoint pretrained with --leave-out-label LABEL")
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="a folder laid out like ../shared/data")
-    p.add_argument("--label", default="lung_tumor", help="the label left out (default: %(default)s)")
+    p.add_argument("--label", default="lung_tumor",
+                   help="the label left out: lung_tumor (MSD masks, Dice) or platelet (BCCD boxes, its AP50) "
+                        "(default: %(default)s)")
     p.add_argument("--ks", type=_csv_ints, default=[1, 3, 5, 10], help="numbers of cases, e.g. 1,3,5,10")
     p.add_argument("--minutes", type=float, default=4.0, help="budget of each teaching run and of each scratch network")
     p.add_argument("--no-replay", action="store_true", help="teach without replaying the shared data")

@@ -31,13 +31,33 @@ import numpy as np
 from unimed.datasets.sample import Sample
 from unimed.metrics import mean_sd
 
-__all__ = ["CURVE_DATASETS", "TeachCurveConfig", "teach_curve", "summarise_rows", "format_teach_curve",
-           "plot_teach_curve"]
+__all__ = ["CURVE_DATASETS", "CurveLabel", "TeachCurveConfig", "curve_figures", "teach_curve", "summarise_rows",
+           "format_teach_curve", "plot_teach_curve"]
 
 logger = logging.getLogger(__name__)
 
-#: label -> the shared dataset whose masks teach it (and which has a single-task peer)
-CURVE_DATASETS = {"lung_tumor": "msd_patches"}
+@dataclass(frozen=True)
+class CurveLabel:
+    """A label :func:`teach_curve` can leave out: the shared dataset whose annotations teach it
+    (one with a single-task peer), the tasks they teach, and the figure that scores it there.
+
+    Attributes:
+        dataset: the dataset kind (``msd_patches``, ``voc``).
+        tasks: what its annotations teach: masks segmentation and detection, boxes detection.
+        metric: the figure of the taught label: a metric of the dataset's evaluation, or
+            ``ap50_<label>`` (the label's own average precision of a detection dataset).
+    """
+
+    dataset: str
+    tasks: tuple[str, ...]
+    metric: str
+
+
+#: label -> how its leave-one-label-out curve is taught and scored
+CURVE_DATASETS = {
+    "lung_tumor": CurveLabel("msd_patches", ("segmentation", "detection"), "dice"),
+    "platelet": CurveLabel("voc", ("detection",), "ap50_platelet"),
+}
 
 #: old datasets scored before and after teaching, and the figure each shows
 OLD_FIGURES = {"brats": "dice_wt", "voc": "map50"}
@@ -81,17 +101,46 @@ class TeachCurveConfig:
             raise ValueError(f"repeats must be at least 1, got {self.repeats}")
 
 
-def _as_new_label(sample: Sample, value: int) -> Sample:
-    """``sample`` with its mask as teach takes it: the new label's id on the structure, nothing else."""
+def _as_new_label(sample: Sample, value: int, name: str = "") -> Sample:
+    """``sample`` as teach takes it: its mask with the new label's id on the structure, nothing
+    else; or (a sample without a mask) its boxes of ``name`` alone.
+
+    Example:
+        >>> import torch
+        >>> s = Sample(torch.zeros(3, 8, 8), np.eye(4), "voc", "c", boxes=np.zeros((2, 6)),
+        ...            box_labels=["platelet", "red_blood_cell"], det_labels=("platelet", "red_blood_cell"))
+        >>> out = _as_new_label(s, 12, "platelet")
+        >>> out.box_labels, out.det_labels, out.boxes.shape
+        (['platelet'], ('platelet',), (1, 6))
+    """
+    if sample.label_map is None:
+        keep = [i for i, b in enumerate(sample.box_labels) if b == name]
+        return replace(sample, boxes=np.asarray(sample.boxes).reshape(-1, 6)[keep], box_labels=[name] * len(keep),
+                       det_labels=(name,), class_labels=None)
     structure = np.asarray(sample.label_map) > 0
     return replace(sample, label_map=structure.astype(np.uint8) * np.uint8(value), class_labels=None)
 
 
-def _old_samples(data: Path) -> dict[str, list[Sample]]:
-    """The validation cases of :data:`OLD_FIGURES`' datasets that ``data`` holds, read once."""
-    from trainers.pretrain import DATASETS
+def curve_figures(metrics: dict[str, Any], label: str) -> dict[str, Any]:
+    """An evaluation's figures with the label's own average precision as ``ap50_<label>`` (where
+    the evaluation gives per-class ``ap50``), the per-class table left out.
 
-    return {name: DATASETS[name].read(data / DATASETS[name].folder, DATASETS[name].val_split)
+    Example:
+        >>> curve_figures({"map50": 0.8, "ap50": {"platelet": 0.7, "red_blood_cell": 0.9}}, "platelet")
+        {'map50': 0.8, 'ap50_platelet': 0.7}
+    """
+    out = {k: v for k, v in metrics.items() if k != "ap50"}
+    if isinstance(metrics.get("ap50"), dict):
+        out[f"ap50_{label}"] = metrics["ap50"].get(label)
+    return out
+
+
+def _old_samples(data: Path, left_out: str) -> dict[str, list[Sample]]:
+    """The validation cases of :data:`OLD_FIGURES`' datasets that ``data`` holds, read once,
+    without the left-out label's annotations (the old figures are of the old labels)."""
+    from trainers.pretrain import DATASETS, without_label
+
+    return {name: without_label(DATASETS[name].read(data / DATASETS[name].folder, DATASETS[name].val_split), left_out)
             for name in OLD_FIGURES if (data / DATASETS[name].folder).is_dir()}
 
 
@@ -126,7 +175,7 @@ def teach_curve(config: TeachCurveConfig, progress: bool = False) -> dict[str, A
     """
     from benchmarks.peers import PEERS
     from trainers.joint import seed_everything
-    from trainers.pretrain import DATASETS
+    from trainers.pretrain import DATASETS, shows_label
     from trainers.teach import teach_samples
     from unimed.checkpoint import load_checkpoint
     from unimed.evaluation import evaluate_samples
@@ -136,16 +185,17 @@ def teach_curve(config: TeachCurveConfig, progress: bool = False) -> dict[str, A
     if config.label in base.registry:
         raise ValueError(f"{config.checkpoint} already knows {config.label!r}: pretrain the base with "
                          f"--leave-out-label {config.label}")
-    kind = CURVE_DATASETS[config.label]
+    curve = CURVE_DATASETS[config.label]
+    kind, metric = curve.dataset, curve.metric
     spec = DATASETS[kind]
     folder = config.data / spec.folder
     if not folder.exists():
         raise ValueError(f"no {kind} data at {folder}")
     train, val = spec.read(folder, spec.train_split), spec.read(folder, spec.val_split)
-    showing = [s for s in train if s.label_map is not None and bool(np.asarray(s.label_map).any())]
+    showing = [s for s in train if shows_label(s, config.label)]
     if max(config.ks) > len(showing):
         raise ValueError(f"k up to {max(config.ks)}, but only {len(showing)} training cases show {config.label}")
-    old_samples = _old_samples(config.data)
+    old_samples = _old_samples(config.data, config.label)
     base_old = _old_figures(base, old_samples)
     logger.info("teach-curve %s: base %s, old figures %s", config.label, meta.get("version"), base_old)
     rows = []
@@ -155,23 +205,23 @@ def teach_curve(config: TeachCurveConfig, progress: bool = False) -> dict[str, A
             cases = chosen[:k]
             model = copy.deepcopy(base)
             value = model.registry.next_id()
-            report = teach_samples(model, config.label, [_as_new_label(s, value) for s in cases],
-                                   minutes=config.minutes, replay_data=config.data if config.replay else None,
-                                   seed=seed, progress=progress)
-            taught = evaluate_samples(kind, val, Predictor(model.eval()))
+            report = teach_samples(model, config.label, [_as_new_label(s, value, config.label) for s in cases],
+                                   tasks=curve.tasks, minutes=config.minutes,
+                                   replay_data=config.data if config.replay else None, seed=seed, progress=progress)
+            taught = curve_figures(evaluate_samples(kind, val, Predictor(model.eval())), config.label)
             old = _old_figures(model, old_samples)
             seed_everything(seed)
-            peer = PEERS[kind](cases)
+            peer = PEERS[kind]([_as_new_label(s, value, config.label) for s in cases])
             fit = peer.fit(config.minutes * 60)
-            scratch = evaluate_samples(kind, val, peer)
+            scratch = curve_figures(evaluate_samples(kind, val, peer), config.label)
             logger.info("seed %d, k=%d: taught %s, scratch %s, old %s", seed, k, taught, scratch, old)
             rows.append({"seed": seed, "k": k, "cases": [s.name for s in cases], "taught": taught, "scratch": scratch,
                          "old": old, "teach": report, "scratch_fit": {"network": peer.name, **fit}})
     return {"label": config.label, "dataset": kind, "checkpoint": {"path": str(config.checkpoint),
                                                                   "version": meta.get("version")},
             "minutes": config.minutes, "replay": config.replay, "seed": config.seed, "repeats": config.repeats,
-            "val_cases": len(val), "metric": spec.primary_metric, "base_old": base_old, "rows": rows,
-            "summary": summarise_rows(rows, spec.primary_metric)}
+            "val_cases": len(val), "metric": metric, "base_old": base_old, "rows": rows,
+            "summary": summarise_rows(rows, metric)}
 
 
 def summarise_rows(rows: Sequence[dict[str, Any]], metric: str) -> list[dict[str, Any]]:

@@ -69,6 +69,30 @@ def test_pretrain_refuses_an_unknown_left_out_label(tmp_path):
         pretrain(tmp_path, tmp_path / "out", leave_out="nonsense")
 
 
+def test_pretraining_without_a_detection_label_validates_on_the_other_labels(tmp_path):
+    """The run's validation asks the network only for what it knows: the left-out label's boxes
+    are taken out of the validation cases (it used to stop with "unknown label 'platelet'")."""
+    data = _bccd_folder(tmp_path / "shared", n=4)
+    config = default_config()
+    config.steps = 1
+    without = tuple(n for n in LabelRegistry().names if n != "platelet")
+    card = pretrain(data, tmp_path / "out", config, progress=False, model=unimed_tiny(labels=without),
+                    leave_out="platelet")
+    voc = card["validation"]["voc"]
+    assert voc["n"] == 2 and "platelet" not in voc["metrics"]["ap50"] and "red_blood_cell" in voc["metrics"]["ap50"]
+    assert "without platelet" in voc["command"] and (tmp_path / "out" / "model_card.json").is_file()
+
+
+def test_a_replay_for_teaching_a_label_leaves_out_the_cases_that_show_it_unannotated(tmp_path):
+    data = _bccd_folder(tmp_path, n=6, no_platelet=(1, 3))
+    config = default_config()
+    kept = build_sources(data, config, leave_out="platelet")[0]
+    replay = build_sources(data, config, leave_out="platelet", drop_showing=True)[0]
+    assert [len(s.items) for s in kept] == [4]  # every training picture, the platelets unannotated
+    assert [[it.name for it in s.items] for s in replay] == [["p1", "p3"]]  # only those without platelets
+    assert all("platelet" not in it.box_labels for s in replay for it in s.items)
+
+
 # -- teaching with the shared data replayed ----------------------------------------------------------
 def test_the_default_replay_is_the_named_folder_or_the_shared_data(tmp_path, monkeypatch):
     monkeypatch.setenv(REPLAY_ENV, str(tmp_path))
@@ -192,6 +216,50 @@ def test_teach_curve_repeats_draw_their_own_cases_and_report_mean_and_sd(tmp_pat
     json.dumps(result)
 
 
+def _bccd_folder(root: Path, n: int = 8, no_platelet: tuple[int, ...] = ()) -> Path:
+    """A shared-data-layout folder with BCCD-style pictures: a dark blob with a platelet box (but
+    in pictures ``no_platelet``), a bright one with a red cell box; the first n - 2 train, the
+    last 2 validate."""
+    from PIL import Image
+
+    folder = root / "bccd"
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (folder / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        picture = rng.integers(100, 140, (48, 64, 3), dtype=np.uint8)
+        px, py, rx, ry = 4 + 2 * i, 6 + i, 30 + i, 20 + 2 * i
+        if i not in no_platelet:
+            picture[py:py + 8, px:px + 8] = 20
+        picture[ry:ry + 14, rx:rx + 14] = 230
+        boxes = [("Platelets", px, py, px + 8, py + 8), ("RBC", rx, ry, rx + 14, ry + 14)][int(i in no_platelet):]
+        body = "".join(f"<object><name>{c}</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{x}</xmax>"
+                       f"<ymax>{y}</ymax></bndbox></object>" for c, a, b, x, y in boxes)
+        Image.fromarray(picture).save(folder / f"JPEGImages/p{i}.jpg")
+        (folder / f"Annotations/p{i}.xml").write_text(
+            f"<annotation><size><width>64</width><height>48</height></size>{body}</annotation>")
+    (folder / "ImageSets/Main/train.txt").write_text("".join(f"p{i}\n" for i in range(n - 2)))
+    (folder / "ImageSets/Main/val.txt").write_text(f"p{n - 2}\np{n - 1}\n")
+    return root
+
+
+@pytest.mark.slow  # a short teaching run from boxes and a scratch RetinaNet
+def test_teach_curve_teaches_a_detection_label_from_its_boxes(tmp_path):
+    data = _bccd_folder(tmp_path / "shared")
+    torch.manual_seed(0)
+    without = tuple(n for n in LabelRegistry().names if n != "platelet")
+    base = save_checkpoint(unimed_tiny(labels=without), tmp_path / "base.pt", {"version": 1})
+    result = teach_curve(TeachCurveConfig(data, base, label="platelet", ks=(2,), minutes=0.05, replay=False))
+    assert result["metric"] == "ap50_platelet" and result["dataset"] == "voc" and result["val_cases"] == 2
+    (row,) = result["rows"]
+    assert row["teach"]["label"]["tasks"] == ["detection"] and row["teach"]["samples"] == 2
+    assert 0.0 <= row["taught"]["ap50_platelet"] <= 1.0 and 0.0 <= row["scratch"]["ap50_platelet"] <= 1.0
+    # the old figure is the old labels' (red cells here), before and after: the base never knew platelets
+    assert set(result["base_old"]) == {"voc/map50"} and result["base_old"]["voc/map50"] is not None
+    assert row["old"]["voc/map50"] is not None
+    json.dumps(result)
+
+
 def test_teach_curve_errors_are_one_line(tmp_path, capsys):
     import main
 
@@ -200,7 +268,8 @@ def test_teach_curve_errors_are_one_line(tmp_path, capsys):
     cases = [(("--checkpoint", str(knows), "--data", str(data)), "already knows 'lung_tumor'"),
              (("--checkpoint", str(knows), "--data", str(tmp_path / "missing")), "no such folder"),
              (("--checkpoint", str(tmp_path / "none.pt"), "--data", str(data)), "no such file"),
-             (("--checkpoint", str(knows), "--data", str(data), "--label", "edema"), "teach-curve measures lung_tumor"),
+             (("--checkpoint", str(knows), "--data", str(data), "--label", "edema"),
+              "teach-curve measures lung_tumor, platelet"),
              (("--checkpoint", str(knows), "--data", str(data), "--repeats", "0"), "repeats must be at least 1")]
     for args, message in cases:
         assert main.main(["teach-curve", *args, "--no-progress"]) == 2, args

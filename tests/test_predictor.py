@@ -104,6 +104,20 @@ def test_detection_keeps_confident_boxes_and_suppresses_duplicates(composer):
     assert ann.scores[0] > ann.scores[1] > 0.5
 
 
+def test_a_detection_score_is_shared_with_no_object_and_the_asked_labels_only(composer):
+    """As in training: a label's probability is a softmax over "no object" and the asked labels,
+    so a column not asked for (here necrosis, high on every query) takes nothing from it."""
+    reg = composer.vocab.registry
+    logits = torch.full((1, len(reg) + 1), -10.0)
+    logits[0, 0], logits[0, reg.class_index("platelet")] = 0.0, 1.0
+    logits[0, reg.class_index("necrosis")] = 5.0
+    boxes = torch.tensor([[0.6, 0.6, 0.0, 0.7, 0.7, 1.0]])
+    ann = composer.decode(detection_tokens(composer.vocab, logits, boxes, [reg.get("platelet")], composer.options,
+                                           flat_depth=True))
+    assert ann.labels == ["platelet"]
+    assert ann.scores[0] == pytest.approx(torch.tensor([0.0, 1.0]).softmax(0)[1].item(), abs=1e-6)
+
+
 def test_box_iou_and_nms():
     a = torch.tensor([[0.0, 0, 0, 2, 2, 2], [1.0, 0, 0, 3, 2, 2], [5.0, 5, 5, 6, 6, 6]])
     iou = box_iou(a, a)

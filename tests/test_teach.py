@@ -405,3 +405,81 @@ def test_contrast_randomisation_is_on_for_mr_volumes_and_off_for_ct_and_2d():
     net = unimed_tiny()
     with pytest.raises(ValueError, match="contrast must be a probability"):
         teach_samples(net, "cube", _cube_samples(net.registry.next_id()), steps=1, contrast=-0.1, progress=False)
+
+
+def _box_samples(name: str, n: int = 3) -> list:
+    """2D pictures with a bright square and its box (no mask), as detection datasets annotate."""
+    from unimed.datasets.sample import Sample
+
+    out = []
+    for i in range(n):
+        image = np.random.default_rng(i).normal(0, 0.1, (1, 32, 32)).astype(np.float32)
+        x0, y0 = 4 + 3 * i, 6 + 2 * i
+        image[0, x0:x0 + 8, y0:y0 + 8] += 2.0
+        out.append(Sample(torch.from_numpy(image), np.eye(4), "voc", f"pic{i}",
+                          boxes=np.array([[x0 / 32, y0 / 32, 0, (x0 + 8) / 32, (y0 + 8) / 32, 1]]),
+                          box_labels=[name], det_labels=(name,)))
+    return out
+
+
+@pytest.mark.parametrize("steps", [0, 2])  # the token's start only; fine-tuning with the base's answers replayed
+def test_boxes_teach_a_detection_label(steps):
+    """A structure annotated by boxes (a detection dataset's) is taught for detection, its token
+    started from the voxels inside the boxes; segmentation cannot be asked of boxes."""
+    from trainers.data import to_grid_item
+    from trainers.teach import structure_on_grid, teach_samples
+    from unimed.labels import Label
+    from unimed.predictor import Predictor
+
+    torch.manual_seed(0)
+    net = unimed_tiny()
+    samples = _box_samples("dot")
+    on_grid = structure_on_grid(to_grid_item(samples[0]), Label(99, "dot", "Dot", frozenset(), (0, 0, 0)))
+    assert 0.03 < float(on_grid.float().mean()) < 0.1  # the 8x8 box of a 32x32 picture, on the grid
+    with pytest.raises(ValueError, match="boxes teach detection"):
+        teach_samples(net, "dot", samples, progress=False, replay_data=None)
+    mixed = [*samples[:1], *_cube_samples(net.registry.next_id(), shown=1, empty=0)]
+    with pytest.raises(ValueError, match="all be masks or all be boxes"):
+        teach_samples(net, "dot", mixed, tasks=["detection"], progress=False, replay_data=None)
+    stray = [dataclasses.replace(samples[0], box_labels=["other"])]
+    with pytest.raises(ValueError, match="boxes of 'dot' only"):
+        teach_samples(net, "dot", stray, tasks=["detection"], progress=False, replay_data=None)
+    assert "dot" not in net.registry  # refused before the label space grew
+    report = teach_samples(net, "dot", samples, tasks=["detection"], steps=steps,
+                           token_steps=2, minutes=None, replay_data=None, progress=False)
+    assert report["label"]["tasks"] == ["detection"] and report["token_loss"] is not None
+    assert report["token_loss"][1] < report["token_loss"][0]  # the token learnt from the boxes' voxels
+    answer = Predictor(net.eval()).predict(samples[0].meta_image(), "detection", ["dot"])
+    assert set(answer.annotation.labels) <= {"dot"}
+    with pytest.raises(Exception, match="dot"):
+        Predictor(net).predict(samples[0].meta_image(), "segmentation", ["dot"])
+
+
+def test_box_items_replay_the_base_networks_old_detections_without_replay_data():
+    """Taught from boxes without replay data, the new label's items carry the base network's
+    detections of the old labels (listed as annotated); with replay data, the new label's alone."""
+    import copy
+    from types import SimpleNamespace
+
+    from trainers.teach import _structure_only, with_pseudo_labels
+
+    net = unimed_tiny()
+    old_box = np.array([0.1, 0.1, 0, 0.3, 0.3, 1])
+
+    class Base:  # the base network (before the label space grew): one red cell wherever it looks
+        model = copy.deepcopy(net)
+
+        def predict(self, image, task, labels):
+            assert Task.parse(task) is Task.DETECTION and "dot" not in {lab.name for lab in labels}
+            return SimpleNamespace(annotation=SimpleNamespace(boxes=[old_box], labels=["red_blood_cell"]))
+
+    old = tuple(lab.name for lab in net.registry.for_task(Task.DETECTION))
+    label = add_label(net, "dot", ["detection"])
+    sample = _box_samples("dot", 1)[0]
+    replayed = with_pseudo_labels(sample, label, Base(), (Task.DETECTION,))
+    assert replayed.box_labels == ["red_blood_cell", "dot"] and replayed.det_labels == old + ("dot",)
+    np.testing.assert_allclose(replayed.boxes[0], old_box)
+    assert replayed.seg_labels == () and replayed.label_map is None
+    alone = _structure_only(sample, label, (Task.DETECTION,))
+    assert alone.box_labels == ["dot"] and alone.det_labels == ("dot",) and alone.seg_labels == ()
+    np.testing.assert_allclose(alone.boxes, sample.boxes)

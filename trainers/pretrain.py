@@ -46,7 +46,7 @@ from unimed.networks.unimednet import UniMed, unimed_small
 from unimed.transforms import image_affine, load_image
 
 __all__ = ["DATASETS", "STATE_FILE", "Holdout", "default_config", "mix_entry", "make_source", "images_only",
-           "split_cases", "without_label", "build_sources", "pretrain", "validate"]
+           "split_cases", "without_label", "shows_label", "build_sources", "pretrain", "validate"]
 
 logger = logging.getLogger(__name__)
 
@@ -185,17 +185,34 @@ def without_label(samples: list[Sample], name: str) -> list[Sample]:
     return out
 
 
+def shows_label(sample: Sample, name: str) -> bool:
+    """Whether a case annotates label ``name`` as present: in its mask, a box, or its image-level label.
+
+    Example:
+        >>> s = Sample(torch.zeros(3, 4, 4), np.eye(4), "voc", "p", boxes=np.zeros((1, 6)), box_labels=["platelet"])
+        >>> shows_label(s, "platelet"), shows_label(s, "red_blood_cell")
+        (True, False)
+    """
+    label = LabelRegistry().get(name)
+    if sample.label_map is not None and bool((np.asarray(sample.label_map) == label.id).any()):
+        return True
+    return label.name in sample.box_labels or bool((sample.class_labels or {}).get(label.name))
+
+
 def _annotates_anything(samples: list[Sample]) -> bool:
     return any(s.seg_labels or s.det_labels or s.class_labels for s in samples)
 
 
 def build_sources(data: Path, config: TrainConfig, holdout: Holdout | None = None, all_splits: bool = False,
                   leave_out: str | None = None, teachers: dict[str, TeacherScores] | None = None,
-                  ) -> tuple[list[Source], Source | None, dict[str, Any]]:
+                  drop_showing: bool = False) -> tuple[list[Source], Source | None, dict[str, Any]]:
     """Grid items of every dataset's training cases, as the config's mix wants them.
 
     ``leave_out`` names a label whose annotations every dataset loses (:func:`without_label`);
-    a dataset left with nothing annotated does not train. ``teachers`` (by dataset, from
+    a dataset left with nothing annotated does not train. With ``drop_showing``, the cases that
+    show it go altogether (:func:`shows_label`): what teaching that label replays, since a case
+    that shows it unannotated teaches that it is background (the platelets of the blood smears
+    that replay the red and white cells). ``teachers`` (by dataset, from
     :func:`trainers.distillation.read_teachers`) give the items they score soft classification
     targets (:func:`trainers.distillation.with_teacher_scores`).
 
@@ -214,6 +231,8 @@ def build_sources(data: Path, config: TrainConfig, holdout: Holdout | None = Non
             continue
         train, held, split = split_cases(data, name, holdout, all_splits)
         if leave_out is not None:
+            if drop_showing:
+                train = [s for s in train if not shows_label(s, leave_out)]
             train = without_label(train, leave_out)
             if not _annotates_anything(train):
                 logger.info("%s annotates nothing but %s: training without it", name, leave_out)
@@ -380,7 +399,8 @@ def pretrain(
     card["version"] = version.number
     if evaluate_after and not all_splits:
         held = {name: p["held_out"] for name, p in plan.items() if p["held_out"] is not None}
-        card["validation"] = validate(model, data, progress=progress, held_out=held, only=set(plan))
+        card["validation"] = validate(model, data, progress=progress, held_out=held, only=set(plan),
+                                      leave_out=leave_out)
     write_model_card(model_dir, card)
     return card
 
@@ -432,10 +452,13 @@ def _train_saving(trainer: JointTrainer, state: Callable[[], dict[str, Any]], pa
 
 
 def validate(model: UniMed, data: Path, progress: bool = False,
-             held_out: dict[str, list[Sample]] | None = None, only: set[str] | None = None) -> dict[str, Any]:
+             held_out: dict[str, list[Sample]] | None = None, only: set[str] | None = None,
+             leave_out: str | None = None) -> dict[str, Any]:
     """The validation split of every dataset the folder holds (of ``only``'s, when given),
-    through the served inference path; for a dataset in ``held_out``, its held-out cases instead."""
-    from unimed.evaluation import evaluate, evaluate_samples
+    through the served inference path; for a dataset in ``held_out``, its held-out cases instead.
+    A label left out of the run (``leave_out``) is taken out of the cases first
+    (:func:`without_label`): the network cannot be asked for it."""
+    from unimed.evaluation import evaluate, evaluate_samples, score_samples
     from unimed.predictor import Predictor
 
     predictor = Predictor(model)
@@ -443,8 +466,18 @@ def validate(model: UniMed, data: Path, progress: bool = False,
     for name, spec in DATASETS.items():
         if not (data / spec.folder).exists() or (only is not None and name not in only):
             continue  # trained without it (build_sources said so)
+        if leave_out is not None and not (held_out and name in held_out):
+            cases = [s for s in without_label(spec.read(data / spec.folder, spec.val_split), leave_out)
+                     if spec.annotated(s)]
+            result = {"dataset": spec.kind, "split": spec.val_split, **score_samples(spec.kind, cases, predictor,
+                                                                                      progress),
+                      "command": f"python main.py evaluate --dataset {spec.kind} --data {data / spec.folder} "
+                                 f"--split {spec.val_split} (without {leave_out})"}
+            out[name] = result
+            logger.info("validation %s: %s", name, result["metrics"])
+            continue
         if held_out and name in held_out:
-            cases = held_out[name]
+            cases = without_label(held_out[name], leave_out) if leave_out else held_out[name]
             result = {"dataset": spec.kind, "split": f"{HELD_OUT}: " + ", ".join(s.name for s in cases),
                       "n": len(cases), "metrics": evaluate_samples(spec.kind, cases, predictor, progress=progress),
                       "command": f"python main.py pretrain --data {data} --hold-out {name}:"

@@ -4,11 +4,12 @@
 starts the token from the annotated examples (:func:`unimed.label_growth.fit_label_token`),
 then fine-tunes the whole network with :class:`~trainers.joint.JointTrainer` on the new
 label's masks (segmentation, detection from each mask's box and, when asked and some masks are
-empty, classification: does the image show it) with replay, so that the old labels keep their
-figures:
+empty, classification: does the image show it), or on its boxes where a detection dataset
+annotates it so (detection), with replay, so that the old labels keep their figures:
 
 - with ``replay_data`` (a folder in the shared data layout), the pretraining data's sources
-  (:func:`trainers.pretrain.build_sources`) train alongside: the default wherever that data is
+  (:func:`trainers.pretrain.build_sources`) train alongside, less the cases that show the
+  label taught if it is one of theirs (they show it unannotated): the default wherever that data is
   present (:func:`default_replay_data`: ``$UNIMED_REPLAY_DATA``, else ``../shared/data`` beside
   the project);
 - without it, the base network's own answers on the same images are the old labels' targets
@@ -47,7 +48,7 @@ from unimed.task_names import Task
 
 __all__ = ["DEFAULT_TASKS", "SHARED_DATA", "REPLAY_ENV", "TEACH_VOXELS", "TEACH_MAX_BATCH", "VOLUME_REPLAY_EVERY",
            "TEACH_CONTRAST", "default_contrast", "default_replay_data", "teach_config", "teach_batch_size",
-           "with_pseudo_labels", "teach", "teach_samples"]
+           "with_pseudo_labels", "structure_on_grid", "teach", "teach_samples"]
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +172,8 @@ def with_pseudo_labels(sample: Sample, label: Label, base: Predictor, tasks: Seq
     base network's "absent" is replayed too. Detection gets the structure's box (none where the
     image does not show it), classification whether it shows it.
     """
-    structure = np.asarray(sample.label_map) == label.id
+    boxed = sample.label_map is None  # boxes of the structure (detection), no mask
+    structure = np.zeros(sample.spatial_shape, bool) if boxed else np.asarray(sample.label_map) == label.id
     out = replace(sample)
     registry = base.model.registry
     image = sample.meta_image()
@@ -182,39 +184,77 @@ def with_pseudo_labels(sample: Sample, label: Label, base: Predictor, tasks: Seq
         out.label_map = label_map
         out.seg_labels = tuple(lab.name for lab in old) + (label.name,)
     else:
-        out.seg_labels = (label.name,)
+        out.seg_labels = () if boxed else (label.name,)
     if Task.DETECTION in tasks:
-        old = [lab for lab in registry.for_task(Task.DETECTION)]
-        boxes, names = [], []
-        if old:
-            ann = base.predict(image, Task.DETECTION, old).annotation
-            boxes, names = [np.asarray(b, np.float64) for b in ann.boxes], list(ann.labels)
-        if structure.any():
-            boxes.append(mask_box(structure))
-            names.append(label.name)
-        out.boxes, out.box_labels = np.stack(boxes) if boxes else np.zeros((0, 6)), names
-        out.det_labels = tuple(lab.name for lab in old) + (label.name,)
-    return _with_presence(out, structure, label, tasks)
+        out.boxes, out.box_labels, out.det_labels = _detection_targets(sample, structure, label, base)
+    return _with_presence(out, bool(structure.any()) or (boxed and len(sample.box_labels) > 0), label, tasks)
 
 
-def _with_presence(sample: Sample, structure: np.ndarray, label: Label, tasks: Sequence[Task]) -> Sample:
+def _detection_targets(sample: Sample, structure: np.ndarray, label: Label,
+                       base: Predictor | None) -> tuple[np.ndarray, list[str], tuple[str, ...]]:
+    """The detection targets of a sample of the new label: its boxes (a sample without a mask)
+    or its mask's box and, with ``base`` (the network before the label space grew), the base
+    network's detections of every old detection label, all of them listed as annotated."""
+    old = [] if base is None else list(base.model.registry.for_task(Task.DETECTION))
+    boxes: list[np.ndarray] = []
+    names: list[str] = []
+    if old:
+        ann = base.predict(sample.meta_image(), Task.DETECTION, old).annotation
+        boxes, names = [np.asarray(b, np.float64) for b in ann.boxes], list(ann.labels)
+    if sample.label_map is None:
+        boxes += [np.asarray(b, np.float64) for b in np.asarray(sample.boxes).reshape(-1, 6)]
+        names += list(sample.box_labels)
+    elif structure.any():
+        boxes.append(mask_box(structure))
+        names.append(label.name)
+    return (np.stack(boxes) if boxes else np.zeros((0, 6)), names,
+            tuple(lab.name for lab in old) + (label.name,))
+
+
+def _with_presence(sample: Sample, shows: bool, label: Label, tasks: Sequence[Task]) -> Sample:
     """``sample`` with whether it shows the structure as its image-level label (classification)."""
     if Task.CLASSIFICATION in tasks:
-        sample.class_labels = {label.name: int(structure.any())}
+        sample.class_labels = {label.name: int(shows)}
     else:
         sample.class_labels = None
     return sample
 
 
 def _structure_only(sample: Sample, label: Label, tasks: Sequence[Task]) -> Sample:
-    """``sample`` with the new structure as its only target (replay comes from other data)."""
-    structure = np.asarray(sample.label_map) == label.id
+    """``sample`` with the new structure as its only target (replay comes from other data): its
+    mask and, for detection, the mask's box; or (a sample without a mask) its boxes."""
+    boxed = sample.label_map is None
+    structure = np.zeros(sample.spatial_shape, bool) if boxed else np.asarray(sample.label_map) == label.id
     out = replace(sample, seg_labels=(label.name,) if Task.SEGMENTATION in tasks else ())
     if Task.DETECTION in tasks:
-        shows = bool(structure.any())
-        out.boxes = mask_box(structure)[None] if shows else np.zeros((0, 6))
-        out.box_labels, out.det_labels = [label.name] if shows else [], (label.name,)
-    return _with_presence(out, structure, label, tasks)
+        out.boxes, out.box_labels, out.det_labels = _detection_targets(sample, structure, label, None)
+    elif boxed:
+        out.det_labels = ()
+    return _with_presence(out, bool(structure.any()) or (boxed and len(sample.box_labels) > 0), label, tasks)
+
+
+def structure_on_grid(item: GridItem, label: Label) -> torch.Tensor:
+    """Where ``item`` shows ``label`` on its grid, as a boolean ``(gx, gy, gz)`` tensor: its mask,
+    or (an item without one) the voxels inside its boxes of the label.
+
+    Example:
+        >>> lab = Label(12, "dot", "Dot", frozenset({Task.DETECTION}), (0, 0, 0))
+        >>> it = GridItem(torch.zeros(1, 4, 4, 1), None, (), torch.tensor([[0.5, 0, 0, 1, 0.5, 1]]), ["dot"], ("dot",),
+        ...               None, "d", "n")
+        >>> structure_on_grid(it, lab)[..., 0].int().tolist()
+        [[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0]]
+    """
+    if item.label_map is not None:
+        return item.label_map == label.id
+    shape = tuple(item.image.shape[1:])
+    out = torch.zeros(shape, dtype=torch.bool)
+    for box, name in zip(item.boxes if item.boxes is not None else [], item.box_labels):
+        if name != label.name:
+            continue
+        lo = [min(n - 1, int(np.floor(float(box[a]) * n))) for a, n in enumerate(shape)]
+        hi = [max(lo[a] + 1, int(np.ceil(float(box[a + 3]) * n))) for a, n in enumerate(shape)]
+        out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
+    return out
 
 
 def _largest_shape_group(items: Sequence[GridItem]) -> list[GridItem]:
@@ -284,7 +324,10 @@ def teach_samples(
         model: the base network; its label space grows by ``name``.
         name: the new label's name.
         samples: images whose ``label_map`` is ``model.registry.next_id()`` on the structure
-            and 0 elsewhere (:func:`~unimed.datasets.datastore.read_structure` reads them).
+            and 0 elsewhere (:func:`~unimed.datasets.datastore.read_structure` reads them); or,
+            for a structure annotated by boxes (it then learns detection and classification,
+            not segmentation), images without a ``label_map`` whose ``boxes`` are the
+            structure's, ``box_labels`` naming it.
         tasks: what the label is taught and can be asked for: segmentation and detection by
             default; classification needs samples that do not show the structure (an empty
             mask) besides those that do.
@@ -312,7 +355,8 @@ def teach_samples(
 
     Raises:
         ValueError: the label exists, no samples, no or unknown tasks, classification without
-            samples both with and without the structure, ``steps < 0``, or ``contrast`` outside [0, 1].
+            samples both with and without the structure, ``steps < 0``, ``contrast`` outside [0, 1],
+            masks mixed with boxes, or segmentation asked of boxes.
 
     Example:
         >>> teach_samples(model, "spinal_cord", samples, steps=50, color=(255, 200, 0))  # doctest: +SKIP
@@ -328,13 +372,25 @@ def teach_samples(
     if not samples:
         raise ValueError(f"label {key!r} needs at least one annotated image to be taught from")
     value = model.registry.next_id()
-    stray = [s.name for s in samples if s.label_map is None or not set(np.unique(s.label_map).tolist()) <= {0, value}]
-    if stray:
-        raise ValueError(f"samples {stray} must mark the structure with value {value} (the new label's id) and "
-                         "nothing else")
-    shows = [bool(np.asarray(s.label_map).any()) for s in samples]
+    boxed = [s.label_map is None for s in samples]
+    if any(boxed) and not all(boxed):
+        raise ValueError("samples must all be masks or all be boxes of the structure, not a mix")
+    if all(boxed):
+        stray = [s.name for s in samples if s.boxes is None or set(s.box_labels) - {key}]
+        if stray:
+            raise ValueError(f"samples {stray}: a sample without a mask must hold boxes of {key!r} only")
+        if Task.SEGMENTATION in task_list:
+            raise ValueError(f"boxes teach detection (and classification), not segmentation: teach {key!r} with "
+                             "tasks=('detection',) or from masks")
+        shows = [len(s.box_labels) > 0 for s in samples]
+    else:
+        stray = [s.name for s in samples if not set(np.unique(s.label_map).tolist()) <= {0, value}]
+        if stray:
+            raise ValueError(f"samples {stray} must mark the structure with value {value} (the new label's id) and "
+                             "nothing else")
+        shows = [bool(np.asarray(s.label_map).any()) for s in samples]
     if not any(shows):
-        raise ValueError(f"label {key!r}: no sample shows the structure (every mask is empty)")
+        raise ValueError(f"label {key!r}: no sample shows the structure (every mask or box list is empty)")
     if Task.CLASSIFICATION in task_list and all(shows):
         raise ValueError(f"teaching {key!r} classification needs images that do not show it too (an empty mask "
                          "under labels/final/), besides those that do")
@@ -349,9 +405,10 @@ def teach_samples(
     elif replay_data is not None:
         replay = default_config()
         del replay.mix["unlabelled"]  # teaching replays labels: no self-supervised source to build
-        # a label of the shared data taught anew (leave-one-label-out) must not be replayed
+        # a label of the shared data taught anew (leave-one-label-out) must not be replayed, nor
+        # the cases that show it unannotated (they would teach that it is background)
         known = key if key in LabelRegistry() else None
-        replay_sources = build_sources(Path(replay_data), replay, leave_out=known)[0]
+        replay_sources = build_sources(Path(replay_data), replay, leave_out=known, drop_showing=True)[0]
         if not replay_sources:
             raise ValueError(f"replay data {replay_data} holds none of the shared datasets")
         for src in replay_sources:  # volumes replay half as often (VOLUME_REPLAY_EVERY)
@@ -372,11 +429,11 @@ def teach_samples(
     config.mix["teach"] = replace(config.mix["teach"], batch_size=source.batch_size)
 
     token_losses: list[float] = []
-    shown = [it for it in source.items if bool((it.label_map == label.id).any())]
+    shown = [it for it in source.items if bool(structure_on_grid(it, label).any())]
     if shown:
         group = _largest_shape_group(shown)[:TOKEN_ITEMS]
         images = torch.stack([it.image for it in group])
-        masks = torch.stack([(it.label_map == label.id) for it in group]).float()
+        masks = torch.stack([structure_on_grid(it, label) for it in group]).float()
         modalities = torch.stack([model.modality_ids(it.modalities, images.shape[1]) for it in group])
         token_losses = fit_label_token(model, label, images, masks, modalities=modalities, steps=token_steps)
         logger.info("token start: loss %.4f -> %.4f in %d steps", token_losses[0], token_losses[-1], token_steps)

@@ -54,10 +54,16 @@ class DetectionAnnotation:
 def detection_tokens(vocab: TokenVocabulary, class_logits: torch.Tensor, boxes: torch.Tensor,
                      labels: Sequence[Label], options: ComposeOptions, flat_depth: bool = False) -> TokenSequence:
     """``class_logits`` ``(Q, K + 1)`` and normalised ``boxes`` ``(Q, 6)`` of the queries; ``options``
-    give the score threshold, NMS IoU and most detections."""
-    probs = class_logits.float().softmax(-1)
+    give the score threshold, NMS IoU and most detections.
+
+    A query's class probabilities are a softmax over "no object" and the asked labels' columns
+    only, as training computes them (:func:`detection_loss` masks every class an image's prompt
+    does not name): a column never trained on such images (a brain label's on a blood smear)
+    would otherwise take a share of its own, enough to hide a label taught from a few images.
+    """
     cols = torch.tensor([vocab.registry.class_index(lab) for lab in labels], dtype=torch.long)
-    score, which = probs[:, cols].max(-1)
+    probs = class_logits.float()[:, torch.cat([torch.zeros(1, dtype=torch.long), cols])].softmax(-1)[:, 1:]
+    score, which = probs.max(-1)
     boxes = boxes.float().clone()
     boxes[:, 3:] = torch.maximum(boxes[:, 3:], boxes[:, :3])
     if flat_depth:
