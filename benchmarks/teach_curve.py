@@ -101,7 +101,7 @@ class TeachCurveConfig:
             raise ValueError(f"repeats must be at least 1, got {self.repeats}")
 
 
-def _as_new_label(sample: Sample, value: int, name: str = "") -> Sample:
+def _as_new_label(sample: Sample, value: int, name: str) -> Sample:
     """``sample`` as teach takes it: its mask with the new label's id on the structure, nothing
     else; or (a sample without a mask) its boxes of ``name`` alone.
 
@@ -205,13 +205,13 @@ def teach_curve(config: TeachCurveConfig, progress: bool = False) -> dict[str, A
             cases = chosen[:k]
             model = copy.deepcopy(base)
             value = model.registry.next_id()
-            report = teach_samples(model, config.label, [_as_new_label(s, value, config.label) for s in cases],
-                                   tasks=curve.tasks, minutes=config.minutes,
+            annotated = [_as_new_label(s, value, config.label) for s in cases]
+            report = teach_samples(model, config.label, annotated, tasks=curve.tasks, minutes=config.minutes,
                                    replay_data=config.data if config.replay else None, seed=seed, progress=progress)
             taught = curve_figures(evaluate_samples(kind, val, Predictor(model.eval())), config.label)
             old = _old_figures(model, old_samples)
             seed_everything(seed)
-            peer = PEERS[kind]([_as_new_label(s, value, config.label) for s in cases])
+            peer = PEERS[kind](annotated)
             fit = peer.fit(config.minutes * 60)
             scratch = curve_figures(evaluate_samples(kind, val, peer), config.label)
             logger.info("seed %d, k=%d: taught %s, scratch %s, old %s", seed, k, taught, scratch, old)

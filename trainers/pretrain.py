@@ -466,26 +466,23 @@ def validate(model: UniMed, data: Path, progress: bool = False,
     for name, spec in DATASETS.items():
         if not (data / spec.folder).exists() or (only is not None and name not in only):
             continue  # trained without it (build_sources said so)
-        if leave_out is not None and not (held_out and name in held_out):
-            cases = [s for s in without_label(spec.read(data / spec.folder, spec.val_split), leave_out)
-                     if spec.annotated(s)]
-            result = {"dataset": spec.kind, "split": spec.val_split, **score_samples(spec.kind, cases, predictor,
-                                                                                      progress),
-                      "command": f"python main.py evaluate --dataset {spec.kind} --data {data / spec.folder} "
-                                 f"--split {spec.val_split} (without {leave_out})"}
-            out[name] = result
-            logger.info("validation %s: %s", name, result["metrics"])
-            continue
         if held_out and name in held_out:
             cases = without_label(held_out[name], leave_out) if leave_out else held_out[name]
             result = {"dataset": spec.kind, "split": f"{HELD_OUT}: " + ", ".join(s.name for s in cases),
                       "n": len(cases), "metrics": evaluate_samples(spec.kind, cases, predictor, progress=progress),
                       "command": f"python main.py pretrain --data {data} --hold-out {name}:"
                                  + ",".join(s.name for s in cases)}
-        else:
+        elif leave_out is None:
             result = evaluate(spec.kind, data / spec.folder, predictor, split=spec.val_split, progress=progress)
             result["command"] = (f"python main.py evaluate --dataset {spec.kind} --data {data / spec.folder} "
                                  f"--split {spec.val_split}")
+        else:
+            cases = [s for s in without_label(spec.read(data / spec.folder, spec.val_split), leave_out)
+                     if spec.annotated(s)]
+            result = {"dataset": spec.kind, "split": spec.val_split,
+                      **score_samples(spec.kind, cases, predictor, progress),
+                      "command": f"python main.py evaluate --dataset {spec.kind} --data {data / spec.folder} "
+                                 f"--split {spec.val_split} (without {leave_out})"}
         out[name] = result
         logger.info("validation %s: %s", name, result["metrics"])
     return out

@@ -172,8 +172,7 @@ def with_pseudo_labels(sample: Sample, label: Label, base: Predictor, tasks: Seq
     base network's "absent" is replayed too. Detection gets the structure's box (none where the
     image does not show it), classification whether it shows it.
     """
-    boxed = sample.label_map is None  # boxes of the structure (detection), no mask
-    structure = np.zeros(sample.spatial_shape, bool) if boxed else np.asarray(sample.label_map) == label.id
+    structure, shows = _structure(sample, label)
     out = replace(sample)
     registry = base.model.registry
     image = sample.meta_image()
@@ -184,10 +183,19 @@ def with_pseudo_labels(sample: Sample, label: Label, base: Predictor, tasks: Seq
         out.label_map = label_map
         out.seg_labels = tuple(lab.name for lab in old) + (label.name,)
     else:
-        out.seg_labels = () if boxed else (label.name,)
+        out.seg_labels = () if sample.label_map is None else (label.name,)  # boxes teach no segmentation
     if Task.DETECTION in tasks:
         out.boxes, out.box_labels, out.det_labels = _detection_targets(sample, structure, label, base)
-    return _with_presence(out, bool(structure.any()) or (boxed and len(sample.box_labels) > 0), label, tasks)
+    return _with_presence(out, shows, label, tasks)
+
+
+def _structure(sample: Sample, label: Label) -> tuple[np.ndarray, bool]:
+    """A sample's mask of the new structure (all False for a sample annotated by boxes) and
+    whether the sample shows it (a nonempty mask, or a box)."""
+    if sample.label_map is None:
+        return np.zeros(sample.spatial_shape, bool), len(sample.box_labels) > 0
+    structure = np.asarray(sample.label_map) == label.id
+    return structure, bool(structure.any())
 
 
 def _detection_targets(sample: Sample, structure: np.ndarray, label: Label,
@@ -223,14 +231,13 @@ def _with_presence(sample: Sample, shows: bool, label: Label, tasks: Sequence[Ta
 def _structure_only(sample: Sample, label: Label, tasks: Sequence[Task]) -> Sample:
     """``sample`` with the new structure as its only target (replay comes from other data): its
     mask and, for detection, the mask's box; or (a sample without a mask) its boxes."""
-    boxed = sample.label_map is None
-    structure = np.zeros(sample.spatial_shape, bool) if boxed else np.asarray(sample.label_map) == label.id
+    structure, shows = _structure(sample, label)
     out = replace(sample, seg_labels=(label.name,) if Task.SEGMENTATION in tasks else ())
     if Task.DETECTION in tasks:
         out.boxes, out.box_labels, out.det_labels = _detection_targets(sample, structure, label, None)
-    elif boxed:
+    elif sample.label_map is None:
         out.det_labels = ()
-    return _with_presence(out, bool(structure.any()) or (boxed and len(sample.box_labels) > 0), label, tasks)
+    return _with_presence(out, shows, label, tasks)
 
 
 def structure_on_grid(item: GridItem, label: Label) -> torch.Tensor:

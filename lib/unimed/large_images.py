@@ -20,8 +20,8 @@ from unimed.sequence import TokenSequence
 from unimed.transforms import GridSpec, resize_to_image, resize_to_image_slabs
 from unimed.vocabulary import TokenVocabulary
 
-__all__ = ["DEFAULT_MAX_VOXELS", "WHOLE_BYTES", "SLAB_BYTES", "full_logit_bytes", "VoxelLimitError", "header_voxel_count", "check_voxel_limit",
-           "segmentation_tokens_at_image"]
+__all__ = ["DEFAULT_MAX_VOXELS", "WHOLE_BYTES", "SLAB_BYTES", "full_logit_bytes", "VoxelLimitError",
+           "header_voxel_count", "check_voxel_limit", "segmentation_tokens_at_image"]
 
 #: default largest image (voxels times channels) a server takes: admits a 512x512x1000 CT
 DEFAULT_MAX_VOXELS = 512 * 512 * 1000

@@ -61,9 +61,8 @@ def detection_tokens(vocab: TokenVocabulary, class_logits: torch.Tensor, boxes: 
     does not name): a column never trained on such images (a brain label's on a blood smear)
     would otherwise take a share of its own, enough to hide a label taught from a few images.
     """
-    cols = torch.tensor([vocab.registry.class_index(lab) for lab in labels], dtype=torch.long)
-    probs = class_logits.float()[:, torch.cat([torch.zeros(1, dtype=torch.long), cols])].softmax(-1)[:, 1:]
-    score, which = probs.max(-1)
+    cols = torch.tensor([0, *(vocab.registry.class_index(lab) for lab in labels)], dtype=torch.long)
+    score, which = class_logits.float()[:, cols].softmax(-1)[:, 1:].max(-1)
     boxes = boxes.float().clone()
     boxes[:, 3:] = torch.maximum(boxes[:, 3:], boxes[:, :3])
     if flat_depth:
